@@ -1,0 +1,141 @@
+//! The bridge ⇄ channel wire protocol: JSON text frames over the loopback WebSocket
+//! (DESIGN.md §4), shared by both ends so they cannot drift apart.
+//!
+//! Every frame is an object with a `"type"` tag. Frames only ever gain fields; a field's
+//! meaning never changes. Unknown fields are ignored on read so an older bridge can talk
+//! to a newer channel server.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Path the bridge's WebSocket hub listens on.
+pub const WS_PATH: &str = "/bridge";
+
+/// Largest WebSocket message either side accepts (a reply is text Claude wrote; 4 MiB is
+/// far above any real reply and keeps a runaway peer from exhausting memory).
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// Environment variables the bridge sets on every spawned `claude`; the channel server and
+/// the Stop hook inherit them from claude.
+pub mod env {
+    /// `ws://127.0.0.1:<port>/bridge`
+    pub const WS_URL: &str = "SYNTHESIS_WS_URL";
+    /// The session key (opaque text) this process serves.
+    pub const OPENCLAW_SESSION: &str = "SYNTHESIS_OPENCLAW_SESSION";
+    /// The Claude session uuid (`--session-id` / `--resume`).
+    pub const CLAUDE_SESSION: &str = "SYNTHESIS_CLAUDE_SESSION";
+    /// Unique per spawn; the hub refuses a hello whose spawn id no worker is waiting for.
+    pub const SPAWN_ID: &str = "SYNTHESIS_SPAWN_ID";
+    /// Secret made at bridge start; the hub refuses any frame that does not carry it.
+    pub const BRIDGE_TOKEN: &str = "SYNTHESIS_BRIDGE_TOKEN";
+    /// Milliseconds the channel server waits after `notifications/initialized` before it says
+    /// hello (Claude registers the channel 0–50 ms after that; notifications sent earlier are
+    /// dropped silently). Default 1000.
+    pub const HELLO_DELAY_MS: &str = "SYNTHESIS_HELLO_DELAY_MS";
+    /// If set, the channel server appends its log lines to this file instead of stderr
+    /// (claude swallows an MCP server's stderr).
+    pub const CHANNEL_LOG: &str = "SYNTHESIS_CHANNEL_LOG";
+}
+
+/// channel → bridge
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelFrame {
+    /// First frame of a channel connection, sent once the channel is registered in Claude.
+    Hello {
+        session: String,
+        claude_session: String,
+        spawn_id: String,
+        token: String,
+        pid: u32,
+        version: String,
+    },
+    /// One `reply` tool call. `final: false` is progress, streamed at once; `final: true`
+    /// ends the turn.
+    Reply {
+        turn: String,
+        text: String,
+        #[serde(default, rename = "final")]
+        is_final: bool,
+    },
+    /// Claude finished its turn (Stop hook backstop). Sent by `synthesis-bridge hook stop` on a
+    /// connection of its own, so it carries the credentials a hello would.
+    TurnEnd {
+        #[serde(default)]
+        turn: Option<String>,
+        #[serde(default)]
+        last_assistant_message: Option<String>,
+        #[serde(default)]
+        spawn_id: String,
+        #[serde(default)]
+        token: String,
+    },
+}
+
+/// bridge → channel
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BridgeFrame {
+    /// A user turn to push into Claude as `notifications/claude/channel {content, meta}`.
+    /// Meta keys must match `^[a-zA-Z_][a-zA-Z0-9_]*$` or Claude drops them.
+    Turn {
+        id: String,
+        content: String,
+        #[serde(default)]
+        meta: BTreeMap<String, String>,
+    },
+}
+
+impl ChannelFrame {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("frames always serialise")
+    }
+}
+
+impl BridgeFrame {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("frames always serialise")
+    }
+}
+
+/// Whether `key` is a meta key Claude keeps (`^[a-zA-Z_][a-zA-Z0-9_]*$`).
+pub fn is_valid_meta_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_frame_uses_final_on_the_wire() {
+        let frame = ChannelFrame::Reply { turn: "t1".into(), text: "hi".into(), is_final: true };
+        assert_eq!(frame.to_json(), r#"{"type":"reply","turn":"t1","text":"hi","final":true}"#);
+        let back: ChannelFrame =
+            serde_json::from_str(r#"{"type":"reply","turn":"t1","text":"hi","extra":1}"#).unwrap();
+        assert_eq!(back, ChannelFrame::Reply { turn: "t1".into(), text: "hi".into(), is_final: false });
+    }
+
+    #[test]
+    fn turn_frame_round_trips() {
+        let frame = BridgeFrame::Turn {
+            id: "t2".into(),
+            content: "hello".into(),
+            meta: BTreeMap::from([("turn_id".to_string(), "t2".to_string())]),
+        };
+        let json = frame.to_json();
+        assert_eq!(json, r#"{"type":"turn","id":"t2","content":"hello","meta":{"turn_id":"t2"}}"#);
+        assert_eq!(serde_json::from_str::<BridgeFrame>(&json).unwrap(), frame);
+    }
+
+    #[test]
+    fn meta_keys_follow_claudes_rule() {
+        assert!(is_valid_meta_key("turn_id"));
+        assert!(is_valid_meta_key("_x9"));
+        assert!(!is_valid_meta_key("9x"));
+        assert!(!is_valid_meta_key("turn-id"));
+        assert!(!is_valid_meta_key(""));
+    }
+}
