@@ -100,7 +100,8 @@ mod tests {
     #[test]
     fn waker_interrupts_a_wait_from_another_thread() {
         let (waker, mut receiver) = wake_pair().unwrap();
-        let t = std::thread::spawn(move || waker.wake());
+        let remote = waker.clone();
+        let t = std::thread::spawn(move || remote.wake());
         let ready = wait_readable(&[receiver.fd()], Some(Duration::from_secs(10))).unwrap();
         assert!(ready[0].readable);
         receiver.drain();
@@ -109,5 +110,6 @@ mod tests {
         let ready = wait_readable(&[receiver.fd()], Some(Duration::from_millis(20))).unwrap();
         assert!(!ready[0].readable, "drained receiver must not stay readable");
         assert!(started.elapsed() >= Duration::from_millis(15));
+        drop(waker);
     }
 }
