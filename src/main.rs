@@ -4,10 +4,16 @@
 //! `serve` (default) the bridge itself, `channel` the MCP stdio server each claude spawns,
 //! `sim-agent` the simulated Claude used by `--demo` and the tests.
 
+mod agent;
 mod channel;
+mod config;
+mod http;
+mod hub;
+mod session;
 mod logging;
 mod poll;
 mod protocol;
+mod serve;
 mod sim_agent;
 
 use std::process::ExitCode;
@@ -29,6 +35,7 @@ fn main() -> ExitCode {
         Some(_) => args.remove(0),
     };
     let code = match command.as_str() {
+        "serve" => serve::run(&args),
         "channel" => channel::run(),
         "sim-agent" => sim_agent::run(args),
         "-h" | "--help" | "help" => {

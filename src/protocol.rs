@@ -62,6 +62,8 @@ pub enum ChannelFrame {
     /// connection of its own, so it carries the credentials a hello would.
     TurnEnd {
         #[serde(default)]
+        session: String,
+        #[serde(default)]
         turn: Option<String>,
         #[serde(default)]
         last_assistant_message: Option<String>,

@@ -1,0 +1,319 @@
+//! One `claude` process: how it is started (flags, environment, the MCP config it reads),
+//! its terminal (PTY + parsed screen, start-up dialogs), and how it is stopped.
+//!
+//! This module knows Claude Code's command line and screens (DESIGN.md §5) and nothing about
+//! sessions, turns or HTTP. The session worker owns an `Agent` and decides when to use it.
+
+pub mod pty;
+pub mod screen;
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::protocol::env;
+use screen::{KnownScreen, Screen};
+
+/// How every agent of this bridge is launched; built once at start-up.
+#[derive(Debug, Clone)]
+pub struct AgentLauncher {
+    /// The claude binary (or the bridge itself for the simulated agent).
+    pub program: OsString,
+    /// Arguments before claude's own (`["sim-agent"]` for the simulated agent).
+    pub prefix_args: Vec<OsString>,
+    pub channel_name: String,
+    pub permission_mode: String,
+    pub mcp_config: PathBuf,
+    pub ws_url: String,
+    pub token: String,
+    pub hello_delay: Duration,
+    /// Extra `--settings` JSON (e.g. the Stop hook), if any.
+    pub settings_json: Option<String>,
+}
+
+/// What differs between two spawns.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    pub session_key: &'a str,
+    pub claude_session: &'a str,
+    /// `--resume` (the transcript exists) rather than `--session-id`.
+    pub resume: bool,
+    pub spawn_id: &'a str,
+    pub workspace: &'a Path,
+}
+
+impl AgentLauncher {
+    /// claude's flags. `--dangerously-load-development-channels` and `--allowedTools` are
+    /// variadic: each must be followed by another `--flag` or end the list (DESIGN.md §5).
+    /// Never `--channels` as well: with both, the channel is skipped.
+    pub fn args(&self, launch: &Launch) -> Vec<OsString> {
+        let mut args: Vec<OsString> = self.prefix_args.clone();
+        let mut push = |a: &str| args.push(OsString::from(a));
+        push("--dangerously-load-development-channels");
+        push(&format!("server:{}", self.channel_name));
+        push(if launch.resume { "--resume" } else { "--session-id" });
+        push(launch.claude_session);
+        push("--permission-mode");
+        push(&self.permission_mode);
+        push("--mcp-config");
+        args.push(self.mcp_config.clone().into_os_string());
+        let mut push = |a: &str| args.push(OsString::from(a));
+        push("--strict-mcp-config");
+        if let Some(settings) = &self.settings_json {
+            push("--settings");
+            push(settings);
+        }
+        push("--allowedTools");
+        push(&format!("mcp__{}__reply", self.channel_name));
+        args
+    }
+
+    /// Variables added to the bridge's own environment (which the child inherits whole, so
+    /// `CLAUDE_CONFIG_DIR`, `ANTHROPIC_*` and `HOME` pass through).
+    pub fn env(&self, launch: &Launch) -> Vec<(OsString, OsString)> {
+        let pairs = [
+            ("DISABLE_AUTOUPDATER", "1".to_string()),
+            ("ENABLE_TOOL_SEARCH", "false".to_string()),
+            ("TERM", "xterm-256color".to_string()),
+            (env::WS_URL, self.ws_url.clone()),
+            (env::OPENCLAW_SESSION, launch.session_key.to_string()),
+            (env::CLAUDE_SESSION, launch.claude_session.to_string()),
+            (env::SPAWN_ID, launch.spawn_id.to_string()),
+            (env::BRIDGE_TOKEN, self.token.clone()),
+            (env::HELLO_DELAY_MS, self.hello_delay.as_millis().to_string()),
+        ];
+        pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+}
+
+/// Writes the MCP config that names `<bridge> channel` as the stdio server, atomically.
+pub fn write_mcp_config(path: &Path, bridge_exe: &Path, channel_name: &str) -> io::Result<()> {
+    let config = serde_json::json!({
+        "mcpServers": {channel_name: {"command": bridge_exe, "args": ["channel"], "env": {}}}
+    });
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&config)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Claude's config dir: `$CLAUDE_CONFIG_DIR`, else `~/.claude`.
+pub fn claude_config_dir() -> PathBuf {
+    match std::env::var_os("CLAUDE_CONFIG_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into())).join(".claude"),
+    }
+}
+
+/// Longest project directory name Claude Code uses before it cuts and hash-suffixes it.
+const MAX_PROJECT_DIR_NAME: usize = 200;
+
+/// Claude's project directory name for a working directory: every non-alphanumeric
+/// character becomes `-` (DESIGN.md §5).
+pub fn project_dir_name(cwd: &Path) -> String {
+    cwd.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+}
+
+/// Whether Claude has a transcript for `session` run in `cwd`: then it must be started with
+/// `--resume`, else with `--session-id` (each refuses the other case). Names over 200
+/// characters are cut and given a hash suffix whose function we do not reproduce, so for
+/// those any directory starting with the cut name counts.
+pub fn transcript_exists(config_dir: &Path, cwd: &Path, session: &str) -> bool {
+    let projects = config_dir.join("projects");
+    let name = project_dir_name(cwd);
+    let file = format!("{session}.jsonl");
+    if name.len() <= MAX_PROJECT_DIR_NAME {
+        return projects.join(&name).join(&file).is_file();
+    }
+    let prefix = &name[..MAX_PROJECT_DIR_NAME];
+    std::fs::read_dir(&projects).into_iter().flatten().flatten().any(|entry| {
+        entry.file_name().to_string_lossy().starts_with(prefix) && entry.path().join(&file).is_file()
+    })
+}
+
+/// What draining the terminal found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Read what there was; the child's terminal is still open.
+    Open,
+    /// The terminal closed: the child (and everything holding the slave) is gone.
+    Closed,
+}
+
+/// A running agent in its terminal.
+pub struct Agent {
+    child: pty::PtyChild,
+    screen: Screen,
+    pub spawn_id: String,
+    dev_channels_accepted: bool,
+}
+
+impl Agent {
+    pub fn spawn(launcher: &AgentLauncher, launch: &Launch) -> io::Result<Agent> {
+        let args = launcher.args(launch);
+        let env = launcher.env(launch);
+        let child = pty::spawn(&pty::SpawnSpec {
+            program: &launcher.program,
+            args: &args,
+            env: &env,
+            cwd: launch.workspace,
+        })?;
+        Ok(Agent {
+            child,
+            screen: Screen::new(pty::ROWS, pty::COLS),
+            spawn_id: launch.spawn_id.to_string(),
+            dev_channels_accepted: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Descriptors to wait on: the PTY master, and the pidfd when the kernel has them.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.child.master.as_raw_fd()];
+        if let Some(fd) = &self.child.pidfd {
+            fds.push(fd.as_raw_fd());
+        }
+        fds
+    }
+
+    /// Reads everything the terminal has into the screen. Must be called whenever the master
+    /// is readable: a full PTY buffer blocks claude.
+    pub fn drain_output(&mut self) -> Output {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.child.master.read(&mut buf) {
+                Ok(0) => return Output::Closed,
+                Ok(n) => self.screen.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Output::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EIO: the slave side is closed (Linux reports a hung-up PTY this way).
+                Err(_) => return Output::Closed,
+            }
+        }
+    }
+
+    /// Handles start-up screens: accepts the dev-channels warning (once, and only once it is on
+    /// screen); any other blocking screen is an error naming the setting that avoids it.
+    pub fn answer_startup_screen(&mut self) -> Result<(), String> {
+        match self.screen.recognise() {
+            Some(KnownScreen::DevChannelsWarning) if !self.dev_channels_accepted => {
+                log::debug!("dev-channels warning on screen; accepting");
+                self.dev_channels_accepted = true;
+                self.send_keys(b"\r").map_err(|e| format!("could not answer the dev-channels warning: {e}"))
+            }
+            Some(KnownScreen::Blocking(name, fix)) => {
+                Err(format!("claude is waiting on its {name} screen, which the bridge does not answer: {fix}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Interrupts the current turn (Esc, as a person would press it).
+    pub fn interrupt(&mut self) -> io::Result<()> {
+        self.send_keys(b"\x1b")
+    }
+
+    fn send_keys(&mut self, keys: &[u8]) -> io::Result<()> {
+        self.child.master.write_all(keys)
+    }
+
+    /// The child's exit status if it has exited (reaps it).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `limit` for the child to exit (used after its terminal closed).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.child.wait_timeout(limit).ok().flatten()
+    }
+
+    /// The last lines on screen, for error messages.
+    pub fn screen_tail(&self, lines: usize) -> String {
+        self.screen.tail(lines)
+    }
+
+    pub fn screen_text(&self) -> String {
+        self.screen.text()
+    }
+
+    /// SIGTERM to the process group, SIGKILL after `grace`; always reaps.
+    pub fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
+        self.child.terminate(grace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launcher() -> AgentLauncher {
+        AgentLauncher {
+            program: "claude".into(),
+            prefix_args: vec![],
+            channel_name: "synthesis".into(),
+            permission_mode: "default".into(),
+            mcp_config: "/state/mcp.json".into(),
+            ws_url: "ws://127.0.0.1:1/bridge".into(),
+            token: "tok".into(),
+            hello_delay: Duration::from_secs(1),
+            settings_json: None,
+        }
+    }
+
+    fn launch(resume: bool) -> Launch<'static> {
+        Launch { session_key: "k", claude_session: "uuid-1", resume, spawn_id: "sp", workspace: Path::new("/") }
+    }
+
+    #[test]
+    fn variadic_flags_are_always_followed_by_a_flag_or_the_end() {
+        let args: Vec<String> = launcher().args(&launch(false)).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            args.join(" "),
+            "--dangerously-load-development-channels server:synthesis --session-id uuid-1 --permission-mode default \
+             --mcp-config /state/mcp.json --strict-mcp-config --allowedTools mcp__synthesis__reply"
+        );
+        assert!(!args.iter().any(|a| a == "--channels"));
+        let resumed: Vec<String> = launcher().args(&launch(true)).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert!(resumed.windows(2).any(|w| w[0] == "--resume" && w[1] == "uuid-1"));
+    }
+
+    #[test]
+    fn project_dir_replaces_every_non_alphanumeric() {
+        assert_eq!(project_dir_name(Path::new("/home/a.b/my_ws")), "-home-a-b-my-ws");
+    }
+
+    #[test]
+    fn transcript_lookup_follows_the_path_rule_including_the_200_char_cut() {
+        let root = std::env::temp_dir().join(format!("sb-transcript-{}", std::process::id()));
+        let short = Path::new("/w/s");
+        let long = PathBuf::from(format!("/w/{}", "x".repeat(250)));
+        assert!(!transcript_exists(&root, short, "u1"));
+        let dir = root.join("projects").join("-w-s");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("u1.jsonl"), "{}\n").unwrap();
+        assert!(transcript_exists(&root, short, "u1"));
+        assert!(!transcript_exists(&root, short, "u2"));
+        let cut = &project_dir_name(&long)[..200];
+        let dir = root.join("projects").join(format!("{cut}-1a2b3c"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("u3.jsonl"), "{}\n").unwrap();
+        assert!(transcript_exists(&root, &long, "u3"));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn every_spawn_gets_the_synthesis_variables() {
+        let env = launcher().env(&launch(false));
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_str().unwrap().to_string());
+        assert_eq!(get("DISABLE_AUTOUPDATER").as_deref(), Some("1"));
+        assert_eq!(get("ENABLE_TOOL_SEARCH").as_deref(), Some("false"));
+        assert_eq!(get("SYNTHESIS_SPAWN_ID").as_deref(), Some("sp"));
+        assert_eq!(get("SYNTHESIS_BRIDGE_TOKEN").as_deref(), Some("tok"));
+        assert_eq!(get("SYNTHESIS_HELLO_DELAY_MS").as_deref(), Some("1000"));
+    }
+}

@@ -1,0 +1,363 @@
+//! The bridge's configuration: one `Config` struct, filled once at start-up from
+//! defaults < JSON file (`--config`) < environment (`SYNTHESIS_<FIELD>`) < command-line flags,
+//! then validated. Every source goes through the same `Config::set(field, text)`, so a field
+//! is parsed one way wherever it comes from, and an error always names the field.
+//!
+//! Nothing else reads the environment or the flags for settings: other modules take a
+//! `&Config` (or the few values they need).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every settable field: name (as in the JSON file; `--name-with-dashes` on the command line;
+/// `SYNTHESIS_NAME` in the environment), value hint, and help text. `--help` prints this.
+pub const FIELDS: &[(&str, &str, &str)] = &[
+    ("host", "ADDR", "address both listeners bind (default 127.0.0.1)"),
+    ("port", "PORT", "HTTP port (default 8787; 0 = any free port)"),
+    ("channel_ws_port", "PORT", "WebSocket port for the channel servers (default 0 = any free port)"),
+    ("claude_bin", "PATH", "the claude binary (default `claude` from PATH)"),
+    ("demo", "BOOL", "use the built-in simulated Claude instead of claude (default false)"),
+    ("workspace", "DIR", "directory Claude runs in (default: the current directory)"),
+    ("state_dir", "DIR", "where the bridge keeps its files (default $XDG_STATE_HOME/synthesis-bridge)"),
+    ("models", "IDS", "comma-separated model ids served by /v1/models (default claude-code)"),
+    ("api_key", "KEY", "require `Authorization: Bearer KEY` on the API (default: none)"),
+    ("heartbeat_interval", "DUR", "empty-content chunk while a turn waits (default 15s)"),
+    ("ready_timeout", "DUR", "spawn → channel hello limit (default 15s)"),
+    ("turn_timeout", "DUR", "limit on one turn (default 30m)"),
+    ("channel_hello_delay", "DUR", "channel waits this long after MCP initialized before hello (default 1s)"),
+    ("channel_name", "NAME", "MCP server name of the channel (default synthesis)"),
+    ("permission_mode", "MODE", "claude --permission-mode (default `default`)"),
+    ("max_body_bytes", "BYTES", "largest request body accepted (default 8388608)"),
+    ("max_queued_turns", "N", "turns waiting per session before 429 (default 8)"),
+    ("fallback_session_key", "KEY", "session key when a request names none (default default::default)"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub channel_ws_port: u16,
+    pub claude_bin: String,
+    pub demo: bool,
+    pub workspace: PathBuf,
+    pub state_dir: PathBuf,
+    pub models: Vec<String>,
+    pub api_key: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub ready_timeout: Duration,
+    pub turn_timeout: Duration,
+    pub channel_hello_delay: Duration,
+    pub channel_name: String,
+    pub permission_mode: String,
+    pub max_body_bytes: usize,
+    pub max_queued_turns: usize,
+    pub fallback_session_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8787,
+            channel_ws_port: 0,
+            claude_bin: "claude".into(),
+            demo: false,
+            workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            state_dir: default_state_dir(),
+            models: vec!["claude-code".into()],
+            api_key: None,
+            heartbeat_interval: Duration::from_secs(15),
+            ready_timeout: Duration::from_secs(15),
+            turn_timeout: Duration::from_secs(30 * 60),
+            channel_hello_delay: Duration::from_secs(1),
+            channel_name: "synthesis".into(),
+            permission_mode: "default".into(),
+            max_body_bytes: 8 << 20,
+            max_queued_turns: 8,
+            fallback_session_key: "default::default".into(),
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/synthesis-bridge`, else `~/.local/state/synthesis-bridge`.
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("synthesis-bridge"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".local/state/synthesis-bridge"),
+    }
+}
+
+/// What the command line asked for besides settings.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    Help,
+}
+
+impl Config {
+    /// Builds the configuration from `args` (the flags after `serve`) and the process
+    /// environment, in precedence order defaults < file < env < flags.
+    pub fn load(args: &[String]) -> Result<Invocation, String> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(args, &env)
+    }
+
+    pub fn load_from(args: &[String], env: &[(String, String)]) -> Result<Invocation, String> {
+        let flags = parse_flags(args)?;
+        if flags.iter().any(|(k, _)| k == "help") {
+            return Ok(Invocation::Help);
+        }
+        let mut config = Config::default();
+        let file = flags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "config")
+            .map(|(_, v)| v.clone())
+            .or_else(|| env.iter().find(|(k, _)| k == "SYNTHESIS_CONFIG").map(|(_, v)| v.clone()));
+        if let Some(path) = file {
+            config.apply_file(Path::new(&path))?;
+        }
+        for (name, _, _) in FIELDS {
+            let var = format!("SYNTHESIS_{}", name.to_ascii_uppercase());
+            if let Some((_, value)) = env.iter().find(|(k, _)| *k == var) {
+                config.set(name, value).map_err(|e| format!("{var}: {e}"))?;
+            }
+        }
+        for (name, value) in flags.iter().filter(|(k, _)| k != "config") {
+            config.set(name, value).map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
+        }
+        config.validate()?;
+        Ok(Invocation::Run(Box::new(config)))
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("config file {}: not valid JSON: {e}", path.display()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| format!("config file {}: must be a JSON object", path.display()))?;
+        for (name, value) in object {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            self.set(name, &text)
+                .map_err(|e| format!("config file {}: field `{name}`: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Sets one field from its text form. The error does not repeat the field name; callers
+    /// prefix it with where the value came from.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match name {
+            "host" => self.host = nonempty(value)?,
+            "port" => self.port = parse_num(value)?,
+            "channel_ws_port" => self.channel_ws_port = parse_num(value)?,
+            "claude_bin" => self.claude_bin = nonempty(value)?,
+            "demo" => self.demo = parse_bool(value)?,
+            "workspace" => self.workspace = PathBuf::from(nonempty(value)?),
+            "state_dir" => self.state_dir = PathBuf::from(nonempty(value)?),
+            "models" => {
+                self.models = value.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
+                if self.models.is_empty() {
+                    return Err("needs at least one model id".into());
+                }
+            }
+            "api_key" => self.api_key = Some(value.to_string()).filter(|k| !k.is_empty()),
+            "heartbeat_interval" => self.heartbeat_interval = parse_duration(value)?,
+            "ready_timeout" => self.ready_timeout = parse_duration(value)?,
+            "turn_timeout" => self.turn_timeout = parse_duration(value)?,
+            "channel_hello_delay" => self.channel_hello_delay = parse_duration(value)?,
+            "channel_name" => {
+                if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || value.is_empty() {
+                    return Err(format!("`{value}` must be letters, digits, `_` or `-`"));
+                }
+                self.channel_name = value.to_string();
+            }
+            "permission_mode" => {
+                const MODES: [&str; 5] = ["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk"];
+                if !MODES.contains(&value) {
+                    return Err(format!("`{value}` is not one of {}", MODES.join(", ")));
+                }
+                self.permission_mode = value.to_string();
+            }
+            "max_body_bytes" => self.max_body_bytes = parse_num(value)?,
+            "max_queued_turns" => self.max_queued_turns = parse_num(value)?,
+            "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
+            _ => return Err(format!("unknown setting `{name}` (see `synthesis-bridge serve --help`)")),
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("ready_timeout", self.ready_timeout),
+            ("turn_timeout", self.turn_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_queued_turns == 0 {
+            return Err("max_queued_turns must be at least 1".into());
+        }
+        if !self.workspace.is_dir() {
+            return Err(format!("workspace {} is not a directory", self.workspace.display()));
+        }
+        Ok(())
+    }
+
+    /// The `--help` text, generated from `FIELDS` so it cannot drift from `set`.
+    pub fn help() -> String {
+        let mut out = String::from(
+            "synthesis-bridge serve [OPTIONS]\n\nEvery option can also be set as SYNTHESIS_<NAME> in the environment or as\n\"name\": value in a JSON file given with --config FILE (flags win over env, env over file).\nDurations take ms, s, m or h (a bare number means seconds).\n\n",
+        );
+        out.push_str("  --config FILE               read settings from a JSON file\n");
+        for (name, hint, help) in FIELDS {
+            let flag = format!("--{} {hint}", name.replace('_', "-"));
+            out.push_str(&format!("  {flag:<28}{help}\n"));
+        }
+        out
+    }
+}
+
+/// Turns `--name value`, `--name=value` and boolean `--demo` into (field, value) pairs.
+fn parse_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| (arg == "-h").then_some("help")) else {
+            return Err(format!("unexpected argument `{arg}` (options start with --; see --help)"));
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.replace('-', "_"), Some(v.to_string())),
+            None => (flag.replace('-', "_"), None),
+        };
+        if name == "help" {
+            out.push((name, String::new()));
+            continue;
+        }
+        let is_bool = FIELDS.iter().any(|(n, hint, _)| *n == name && *hint == "BOOL");
+        let value = match inline {
+            Some(v) => v,
+            None if is_bool => "true".to_string(),
+            None => iter.next().cloned().ok_or_else(|| format!("--{flag} needs a value"))?,
+        };
+        if name != "config" && !FIELDS.iter().any(|(n, _, _)| *n == name) {
+            return Err(format!("unknown option --{flag} (see --help)"));
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+fn nonempty(value: &str) -> Result<String, String> {
+    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_string()) }
+}
+
+fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value.trim().parse().map_err(|_| format!("`{value}` is not a valid number"))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{value}` is not true or false")),
+    }
+}
+
+/// `250ms`, `15s`, `30m`, `2h`, or a bare number of seconds (fractions allowed).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (v, 1.0)
+    };
+    let n: f64 = number.trim().parse().map_err(|_| format!("`{value}` is not a duration (e.g. 500ms, 15s, 30m)"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("`{value}` must be a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(n * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        match Config::load_from(&args, &env)? {
+            Invocation::Run(c) => Ok(*c),
+            Invocation::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.json");
+        std::fs::write(&file, r#"{"port": 1000, "channel_ws_port": 2000, "heartbeat_interval": "5s", "models": ["a", "b"]}"#).unwrap();
+        let f = file.to_str().unwrap();
+        let c = run(&["--config", f], &[]).unwrap();
+        assert_eq!((c.port, c.channel_ws_port), (1000, 2000));
+        assert_eq!(c.models, vec!["a", "b"]);
+        let c = run(&["--config", f], &[("SYNTHESIS_PORT", "1001")]).unwrap();
+        assert_eq!((c.port, c.channel_ws_port), (1001, 2000));
+        let c = run(&["--config", f, "--port=1002"], &[("SYNTHESIS_PORT", "1001")]).unwrap();
+        assert_eq!(c.port, 1002);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field_and_source() {
+        assert_eq!(run(&["--port", "x"], &[]).unwrap_err(), "--port: `x` is not a valid number");
+        assert_eq!(
+            run(&[], &[("SYNTHESIS_TURN_TIMEOUT", "soon")]).unwrap_err(),
+            "SYNTHESIS_TURN_TIMEOUT: `soon` is not a duration (e.g. 500ms, 15s, 30m)"
+        );
+        assert!(run(&["--bogus", "1"], &[]).unwrap_err().contains("unknown option --bogus"));
+        assert!(run(&["--heartbeat-interval", "0"], &[]).unwrap_err().contains("heartbeat_interval"));
+        assert!(run(&["--permission-mode", "yolo"], &[]).unwrap_err().contains("not one of"));
+    }
+
+    #[test]
+    fn boolean_flags_need_no_value() {
+        let c = run(&["--demo", "--port", "0"], &[]).unwrap();
+        assert!(c.demo);
+        assert_eq!(c.port, 0);
+        assert!(!run(&["--demo=false"], &[]).unwrap().demo);
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! `POST /v1/chat/completions`: one responder thread per request.
+//!
+//! It reads and validates the body (off the acceptor thread, so a slow client delays only
+//! itself), resolves the session key, queues the turn on that session, and turns the
+//! session's `TurnEvent`s into either an SSE stream or one `chat.completion`. While it waits
+//! it sends an empty-content chunk every `heartbeat_interval` (OpenClaw's watchdog counts
+//! JSON chunks, not SSE comments). If the client goes away mid-stream, it cancels the turn.
+
+use crossbeam_channel::RecvTimeoutError;
+use serde_json::json;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Instant;
+use tiny_http::Request;
+
+use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request};
+use super::sse::SseStream;
+use super::{HttpContext, respond_error};
+use crate::session::registry::SubmittedTurn;
+use crate::session::turn::{FailureKind, TurnEvent, TurnFailure};
+use crate::session::{SubmitError, identity};
+
+pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
+    let body = match read_body(&mut request, ctx.max_body_bytes) {
+        Ok(body) => body,
+        Err(error) => return respond_error(request, &error),
+    };
+    let (chat, value) = match parse_chat_request(&body) {
+        Ok(parsed) => parsed,
+        Err(error) => return respond_error(request, &error),
+    };
+    let received = Instant::now();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .collect();
+    let key = match identity::resolve(&headers, &value, &ctx.fallback_session_key) {
+        Ok(key) => key,
+        Err(message) => return respond_error(request, &ApiError::bad_request(message)),
+    };
+    let turn = match ctx.registry.submit(&key.key, chat.turn_text.clone(), received) {
+        Ok(turn) => turn,
+        Err(error) => return respond_error(request, &submit_error(error)),
+    };
+    log::debug!("session {:?} {}: queued (key from {}, stream={})", key.key, turn.id, key.source, chat.stream);
+    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
+    let completion = Completion::new(&model);
+    if chat.stream {
+        stream(request, &ctx, &chat, &completion, turn, &key.key);
+    } else {
+        respond_whole(request, &chat, &completion, turn);
+    }
+}
+
+/// Reads the body up to `limit` bytes; a declared or actual larger body is a 413 and is not
+/// read to the end.
+fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(413, "request_too_large", format!("request body is larger than max_body_bytes ({limit} bytes)"))
+    };
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(limit));
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+fn submit_error(error: SubmitError) -> ApiError {
+    match error {
+        SubmitError::QueueFull { limit } => ApiError::new(
+            429,
+            "session_queue_full",
+            format!("this session already has {limit} turns waiting; retry when one has finished"),
+        ),
+        SubmitError::ShuttingDown => ApiError::new(503, "shutting_down", "the bridge is shutting down; retry shortly"),
+        SubmitError::Internal(message) => ApiError::new(500, "internal_error", message),
+    }
+}
+
+fn failure_error(failure: &TurnFailure) -> ApiError {
+    let (status, code) = match failure.kind {
+        FailureKind::AgentUnavailable => (503, "agent_unavailable"),
+        FailureKind::AgentDied => (502, "agent_died"),
+        FailureKind::Timeout => (504, "turn_timeout"),
+        FailureKind::ShuttingDown => (503, "shutting_down"),
+    };
+    ApiError::new(status, code, failure.message.clone())
+}
+
+fn worker_vanished() -> ApiError {
+    ApiError::new(500, "session_worker_failed", "the session's worker ended unexpectedly (see the bridge log); retry")
+}
+
+fn stream(request: Request, ctx: &HttpContext, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn, key: &str) {
+    let mut sse = match SseStream::start(request) {
+        Ok(sse) => sse,
+        Err(e) => {
+            log::info!("session {key:?} {}: client gone before the stream started ({e})", turn.id);
+            return turn.cancel.cancel();
+        }
+    };
+    let mut sent_chars = 0usize;
+    let result = (|| -> std::io::Result<()> {
+        sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None))?;
+        loop {
+            match turn.events.recv_timeout(ctx.heartbeat_interval) {
+                Ok(TurnEvent::Text { text, .. }) => {
+                    // Separate consecutive replies (progress, then the answer) with a blank line.
+                    let content = if sent_chars > 0 { format!("\n\n{text}") } else { text };
+                    sent_chars += content.len();
+                    sse.event(&completion.chunk(json!({"content": content}), None))?;
+                }
+                Ok(TurnEvent::Done) => {
+                    sse.event(&completion.chunk(json!({}), Some("stop")))?;
+                    if chat.include_usage {
+                        sse.event(&completion.usage_chunk(Usage::estimate(chat.prompt_chars, sent_chars)))?;
+                    }
+                    break;
+                }
+                Ok(TurnEvent::Failed(failure)) => {
+                    log::warn!("session {key:?} {}: failed: {}", turn.id, failure.message);
+                    sse.event(&failure_error(&failure).body())?;
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => sse.event(&completion.chunk(json!({"content": ""}), None))?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    sse.event(&worker_vanished().body())?;
+                    break;
+                }
+            }
+        }
+        sse.event("[DONE]")
+    })();
+    match result.and_then(|()| sse.finish()) {
+        Ok(()) => log::debug!("session {key:?} {}: streamed {sent_chars} chars", turn.id),
+        Err(e) => {
+            log::info!("session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn", turn.id);
+            turn.cancel.cancel();
+        }
+    }
+}
+
+fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn) {
+    let mut text = String::new();
+    loop {
+        // No deadline of our own: the worker always ends a turn (turn_timeout at the latest).
+        match turn.events.recv() {
+            Ok(TurnEvent::Text { text: part, .. }) => {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(&part);
+            }
+            Ok(TurnEvent::Done) => break,
+            Ok(TurnEvent::Failed(failure)) => return respond_error(request, &failure_error(&failure)),
+            Err(_) => return respond_error(request, &worker_vanished()),
+        }
+    }
+    let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
+    super::respond_json(request, 200, body);
+}

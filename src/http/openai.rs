@@ -1,0 +1,274 @@
+//! OpenAI's wire shapes, and nothing else: reading a `chat.completions` request, finding
+//! the new turn in it, and writing `chat.completion` / `chat.completion.chunk` objects and
+//! `{"error": …}` bodies. No I/O here, so every rule is unit-tested on plain values.
+
+use serde_json::{Value, json};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// An error as the client sees it: HTTP status plus OpenAI's `{"error": {message, type, code}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        let kind = match status {
+            400 | 404 | 405 | 413 | 415 => "invalid_request_error",
+            401 | 403 => "authentication_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        };
+        ApiError { status, kind, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request", message)
+    }
+
+    pub fn body(&self) -> String {
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}}).to_string()
+    }
+}
+
+/// The parts of a chat-completions request the bridge uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// The new user turn: the text of every user message after the last assistant/tool message.
+    pub turn_text: String,
+    /// Rough size of everything sent, for the usage estimate.
+    pub prompt_chars: usize,
+}
+
+/// Parses and validates a request body. Every failure is a 400 whose message says what to fix.
+pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid UTF-8 ({e})")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
+    let model = match object.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(ApiError::bad_request("`model` must be a string")),
+    };
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("`stream` must be true or false")),
+    };
+    let include_usage = object
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let messages = match object.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => return Err(ApiError::bad_request("`messages` must not be empty")),
+        Some(_) => return Err(ApiError::bad_request("`messages` must be an array of message objects")),
+        None => return Err(ApiError::bad_request("`messages` is required")),
+    };
+    let turn_text = new_turn_text(messages)?;
+    let prompt_chars = text.len();
+    Ok((ChatRequest { model, stream, include_usage, turn_text, prompt_chars }, value))
+}
+
+/// The new turn is every message after the last `assistant`/`tool` message (DESIGN.md §3):
+/// OpenClaw appends an internal-context user message after the real user text, so the last
+/// message alone is not the turn. User messages are joined with a blank line; system and
+/// developer messages are not part of the turn.
+pub fn new_turn_text(messages: &[Value]) -> Result<String, ApiError> {
+    let mut roles = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_request(format!("messages[{i}] needs a string `role`")))?;
+        roles.push(role);
+    }
+    let start = roles.iter().rposition(|r| *r == "assistant" || *r == "tool").map_or(0, |i| i + 1);
+    let mut parts = Vec::new();
+    for (i, m) in messages.iter().enumerate().skip(start) {
+        if roles[i] != "user" {
+            continue;
+        }
+        let text = content_text(m.get("content").unwrap_or(&Value::Null))
+            .map_err(|e| ApiError::bad_request(format!("messages[{i}].content {e}")))?;
+        if !text.trim().is_empty() {
+            parts.push(text);
+        }
+    }
+    if parts.is_empty() {
+        return Err(ApiError::bad_request(
+            "no user text after the last assistant or tool message: send the new user turn as a `user` message",
+        ));
+    }
+    Ok(parts.join("\n\n"))
+}
+
+/// A message's text: a string, or an array of content parts whose `text` parts are joined.
+pub fn content_text(content: &Value) -> Result<String, String> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                match part {
+                    Value::String(s) => texts.push(s.as_str()),
+                    Value::Object(o) => {
+                        if let Some(t) = o.get("text").and_then(Value::as_str) {
+                            texts.push(t);
+                        }
+                    }
+                    _ => return Err("parts must be objects".into()),
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err("must be a string or an array of content parts".into()),
+    }
+}
+
+/// Identity shared by every chunk of one response.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Completion {
+    pub fn new(model: &str) -> Self {
+        Completion {
+            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            model: model.to_string(),
+        }
+    }
+
+    /// One `chat.completion.chunk` with the given delta and finish reason.
+    pub fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        })
+        .to_string()
+    }
+
+    /// The usage chunk sent after the finish chunk when `stream_options.include_usage` is set.
+    pub fn usage_chunk(&self, usage: Usage) -> String {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [], "usage": usage.to_json(),
+        })
+        .to_string()
+    }
+
+    /// The whole non-streaming `chat.completion`.
+    pub fn full(&self, text: &str, usage: Usage) -> String {
+        json!({
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage.to_json(),
+        })
+        .to_string()
+    }
+}
+
+/// Token counts are estimates (about 4 characters per token): Claude's real counts never
+/// reach the bridge. Documented in the README.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    pub fn estimate(prompt_chars: usize, completion_chars: usize) -> Self {
+        Usage { prompt_tokens: prompt_chars.div_ceil(4), completion_tokens: completion_chars.div_ceil(4) }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(messages: Value) -> Result<String, ApiError> {
+        new_turn_text(messages.as_array().unwrap())
+    }
+
+    #[test]
+    fn turn_is_every_user_message_after_the_last_assistant() {
+        let t = turn(json!([
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "old"},
+            {"role": "assistant", "content": "reply"},
+            {"role": "user", "content": "new question"},
+            {"role": "user", "content": [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>x"}]},
+        ]))
+        .unwrap();
+        assert_eq!(t, "new question\n\n<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>x");
+    }
+
+    #[test]
+    fn first_turn_skips_the_system_prompt_and_tool_results_end_history() {
+        assert_eq!(turn(json!([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}])).unwrap(), "hi");
+        let t = turn(json!([
+            {"role": "user", "content": "a"},
+            {"role": "tool", "content": "result"},
+            {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "c"}]},
+        ]))
+        .unwrap();
+        assert_eq!(t, "b\nc");
+    }
+
+    #[test]
+    fn a_request_without_new_user_text_is_refused() {
+        let err = turn(json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])).unwrap_err();
+        assert_eq!(err.status, 400);
+        assert!(err.message.contains("no user text"));
+        assert!(turn(json!([{"content": "no role"}])).unwrap_err().message.contains("messages[0]"));
+        assert!(turn(json!([{"role": "user", "content": 5}])).unwrap_err().message.contains("content"));
+    }
+
+    #[test]
+    fn request_validation_names_the_field() {
+        let msg = |body: &str| parse_chat_request(body.as_bytes()).unwrap_err().message;
+        assert!(msg("{").contains("not valid JSON"));
+        assert!(msg("[]").contains("JSON object"));
+        assert!(msg(r#"{"model":"m"}"#).contains("`messages` is required"));
+        assert!(msg(r#"{"messages":[]}"#).contains("must not be empty"));
+        assert!(msg(r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).contains("`stream`"));
+        assert!(parse_chat_request(b"\xff\xfe").unwrap_err().message.contains("UTF-8"));
+        let (req, _) = parse_chat_request(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}],"unknown":1}"#,
+        )
+        .unwrap();
+        assert!(req.stream && req.include_usage);
+        assert_eq!(req.turn_text, "x");
+    }
+
+    #[test]
+    fn error_body_has_openai_shape() {
+        let e = ApiError::new(429, "session_queue_full", "try later");
+        let v: Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v, json!({"error": {"message": "try later", "type": "rate_limit_error", "code": "session_queue_full"}}));
+    }
+}

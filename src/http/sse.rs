@@ -1,0 +1,48 @@
+//! Writing a Server-Sent Events response by hand on tiny_http's raw writer.
+//!
+//! tiny_http's own chunked encoder buffers 8 KiB before it sends anything, which would hold
+//! back every small event; so a streaming response takes the connection's writer
+//! (`Request::into_writer`) and writes the status line, headers and one HTTP chunk per event
+//! itself, flushing each. HTTP/1.0 clients get the same events unchunked, then a close.
+
+use std::io::{self, Write};
+use tiny_http::{HTTPVersion, Request};
+
+pub struct SseStream {
+    writer: Box<dyn Write + Send>,
+    chunked: bool,
+}
+
+impl SseStream {
+    /// Sends `200 OK` and the event-stream headers; the connection is ours from here on.
+    pub fn start(request: Request) -> io::Result<Self> {
+        let chunked = *request.http_version() >= HTTPVersion(1, 1);
+        let mut writer = request.into_writer();
+        let framing = if chunked { "Transfer-Encoding: chunked\r\n" } else { "Connection: close\r\n" };
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"
+        )?;
+        writer.flush()?;
+        Ok(SseStream { writer, chunked })
+    }
+
+    /// Sends `data: <data>\n\n` and flushes it to the client.
+    pub fn event(&mut self, data: &str) -> io::Result<()> {
+        let len = data.len() + "data: \n\n".len();
+        if self.chunked {
+            write!(self.writer, "{len:x}\r\ndata: {data}\n\n\r\n")?;
+        } else {
+            write!(self.writer, "data: {data}\n\n")?;
+        }
+        self.writer.flush()
+    }
+
+    /// Ends the response (the terminating zero-length chunk).
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.chunked {
+            self.writer.write_all(b"0\r\n\r\n")?;
+        }
+        self.writer.flush()
+    }
+}

@@ -1,0 +1,164 @@
+//! `synthesis-bridge serve`: wires the pieces together and owns the process's life.
+//!
+//! Start-up: load the config, find the agent binary, write the MCP config, bind both
+//! listeners, start the threads (`http`, `ws-accept`, `signals`), then print
+//! `listening http=<addr> ws=<addr>` on stdout (scripts and tests read it). Shutdown on
+//! SIGTERM/SIGINT: stop accepting, let turns in flight finish within the grace period, stop
+//! every child, exit 0.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::agent::{self, AgentLauncher};
+use crate::config::{Config, Invocation};
+use crate::http::{self, HttpContext};
+use crate::hub::{self, Hub};
+use crate::poll::wake_pair;
+use crate::session::Registry;
+use crate::session::worker::WorkerSettings;
+
+/// How long turns in flight may run on after SIGTERM before they are failed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// SIGTERM → SIGKILL grace for one claude process (it exits in ~0.1 s on SIGTERM).
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+pub fn run(args: &[String]) -> u8 {
+    let config = match Config::load(args) {
+        Ok(Invocation::Run(config)) => *config,
+        Ok(Invocation::Help) => {
+            print!("{}", Config::help());
+            return 0;
+        }
+        Err(message) => {
+            eprintln!("synthesis-bridge: {message}");
+            return 2;
+        }
+    };
+    crate::logging::init(None);
+    match serve(config) {
+        Ok(()) => 0,
+        Err(message) => {
+            log::error!("{message}");
+            eprintln!("synthesis-bridge: {message}");
+            1
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the bridge's own binary: {e}"))?;
+    let (program, prefix_args) = if config.demo {
+        log::warn!("DEMO MODE: the agent is SIMULATED (built-in sim-agent echoes each turn); no Claude is involved");
+        (exe.clone().into_os_string(), vec![OsString::from("sim-agent")])
+    } else {
+        let claude = find_program(&config.claude_bin).ok_or_else(|| {
+            format!(
+                "`{}` not found: install Claude Code (npm install -g @anthropic-ai/claude-code), pass --claude-bin PATH, or try --demo",
+                config.claude_bin
+            )
+        })?;
+        (claude.into_os_string(), vec![])
+    };
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| format!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+    let mcp_config = config.state_dir.join("mcp-config.json");
+    agent::write_mcp_config(&mcp_config, &exe, &config.channel_name)
+        .map_err(|e| format!("cannot write {}: {e}", mcp_config.display()))?;
+
+    let ws_listener =
+        TcpListener::bind(("127.0.0.1", config.channel_ws_port)).map_err(|e| format!("cannot bind the channel WebSocket port {}: {e}", config.channel_ws_port))?;
+    let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tiny_http::Server::http((config.host.as_str(), config.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let http_addr = server.server_addr().to_ip().ok_or("HTTP listener has no IP address")?;
+    let server = Arc::new(server);
+
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let launcher = AgentLauncher {
+        program,
+        prefix_args,
+        channel_name: config.channel_name.clone(),
+        permission_mode: config.permission_mode.clone(),
+        mcp_config,
+        ws_url: format!("ws://{ws_addr}{}", crate::protocol::WS_PATH),
+        token: token.clone(),
+        hello_delay: config.channel_hello_delay,
+        settings_json: None,
+    };
+    let registry = Arc::new(Registry::new(
+        WorkerSettings {
+            launcher,
+            workspace: config.workspace.clone(),
+            claude_config_dir: agent::claude_config_dir(),
+            ready_timeout: config.ready_timeout,
+            turn_timeout: config.turn_timeout,
+            stop_grace: STOP_GRACE,
+        },
+        config.max_queued_turns,
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (hub_waker, hub_wake) = wake_pair().map_err(|e| e.to_string())?;
+    let hub = Arc::new(Hub { registry: registry.clone(), token });
+    let hub_thread = hub::spawn_acceptor(ws_listener, hub, stop.clone(), hub_wake).map_err(|e| e.to_string())?;
+    let ctx = Arc::new(HttpContext {
+        registry: registry.clone(),
+        models: config.models.clone(),
+        api_key: config.api_key.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        max_body_bytes: config.max_body_bytes,
+        fallback_session_key: config.fallback_session_key.clone(),
+    });
+    let http_thread = http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = signal_tx.send(signal);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    log::info!(
+        "serving http://{http_addr}/v1 (agent: {}), channel hub ws://{ws_addr}, workspace {}, state {}",
+        if config.demo { "simulated".to_string() } else { config.claude_bin.clone() },
+        config.workspace.display(),
+        config.state_dir.display()
+    );
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening http={http_addr} ws={ws_addr}");
+    let _ = stdout.flush();
+
+    let signal = signal_rx.recv().map_err(|_| "signal thread ended")?;
+    log::info!("signal {signal}: shutting down (turns in flight get {SHUTDOWN_GRACE:?})");
+    stop.store(true, Ordering::SeqCst);
+    server.unblock();
+    hub_waker.wake();
+    registry.shutdown(SHUTDOWN_GRACE);
+    let _ = http_thread.join();
+    let _ = hub_thread.join();
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Resolves a program name the way a shell would (a path is taken as is).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return is_executable(&path).then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| is_executable(p))
+}

@@ -1,0 +1,230 @@
+//! The session table: key → handle of that session's worker. The one piece of state the
+//! HTTP side, the WebSocket hub and (later) the sweeper share, behind one `Mutex` that is
+//! held only to look up or insert a handle, never across I/O.
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::turn::{CancelToken, Turn, TurnEvent, next_turn_id};
+use super::worker::{ChannelSocket, Worker, WorkerSettings};
+use crate::poll::{Waker, wake_pair};
+
+/// Worker threads do little on their own stack (parsing and buffers live on the heap).
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
+/// Messages to a worker besides turns.
+pub enum Control {
+    /// The hub accepted a channel connection whose hello named this session's spawn.
+    Attach { ws: ChannelSocket, spawn_id: String },
+    /// The Stop hook says Claude finished its turn.
+    TurnEnd { spawn_id: String, last_assistant_message: Option<String> },
+    /// Stop the process now (its conversation stays resumable); the worker keeps running.
+    StopProcess,
+    /// Finish the turn in flight until `deadline`, fail queued ones, stop the process, exit.
+    Stop { deadline: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SessionState {
+    Absent = 0,
+    Starting = 1,
+    Ready = 2,
+    Busy = 3,
+}
+
+/// What others may read about a session without asking its worker.
+#[derive(Debug)]
+pub struct SessionStatus {
+    state: AtomicU8,
+    /// Turns accepted and not yet finished (queued + in flight).
+    pub queued: AtomicUsize,
+    /// Spawn id of the live process, for the hub's hello check.
+    pub spawn_id: Mutex<Option<String>>,
+    pub pid: AtomicU32,
+    last_active: Mutex<Instant>,
+}
+
+impl SessionStatus {
+    fn new() -> Self {
+        SessionStatus {
+            state: AtomicU8::new(SessionState::Absent as u8),
+            queued: AtomicUsize::new(0),
+            spawn_id: Mutex::new(None),
+            pid: AtomicU32::new(0),
+            last_active: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn state(&self) -> SessionState {
+        match self.state.load(Ordering::SeqCst) {
+            1 => SessionState::Starting,
+            2 => SessionState::Ready,
+            3 => SessionState::Busy,
+            _ => SessionState::Absent,
+        }
+    }
+
+    pub fn set_state(&self, state: SessionState) {
+        self.state.store(state as u8, Ordering::SeqCst);
+    }
+
+    pub fn touch(&self) {
+        *self.last_active.lock().unwrap() = Instant::now();
+    }
+
+    pub fn last_active(&self) -> Instant {
+        *self.last_active.lock().unwrap()
+    }
+}
+
+struct SessionHandle {
+    turns: Sender<Turn>,
+    control: Sender<Control>,
+    waker: Waker,
+    status: Arc<SessionStatus>,
+    thread: JoinHandle<()>,
+}
+
+impl SessionHandle {
+    fn send_control(&self, control: Control) -> bool {
+        let sent = self.control.send(control).is_ok();
+        self.waker.wake();
+        sent
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The session already has `max_queued_turns` waiting.
+    QueueFull { limit: usize },
+    ShuttingDown,
+    /// The worker thread could not be started.
+    Internal(String),
+}
+
+/// A turn handed to a session: the responder reads its events and can cancel it.
+pub struct SubmittedTurn {
+    pub id: String,
+    pub events: Receiver<TurnEvent>,
+    pub cancel: CancelToken,
+}
+
+pub struct Registry {
+    sessions: Mutex<HashMap<String, SessionHandle>>,
+    settings: Arc<WorkerSettings>,
+    max_queued_turns: usize,
+    shutting_down: AtomicBool,
+}
+
+impl Registry {
+    pub fn new(settings: WorkerSettings, max_queued_turns: usize) -> Self {
+        Registry {
+            sessions: Mutex::new(HashMap::new()),
+            settings: Arc::new(settings),
+            max_queued_turns,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a turn on `key`'s session, starting its worker on first use.
+    pub fn submit(&self, key: &str, content: String, received: Instant) -> Result<SubmittedTurn, SubmitError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let mut sessions = self.sessions.lock().unwrap();
+        // A worker that died (it panicked) is replaced; its queue died with it.
+        if sessions.get(key).is_some_and(|h| h.thread.is_finished()) {
+            log::error!("session {key:?}: worker had ended unexpectedly; starting a new one");
+            sessions.remove(key);
+        }
+        let handle = match sessions.get(key) {
+            Some(handle) => handle,
+            None => {
+                let handle = self.start_worker(key).map_err(SubmitError::Internal)?;
+                sessions.entry(key.to_string()).or_insert(handle)
+            }
+        };
+        let queued = handle.status.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.max_queued_turns {
+            handle.status.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull { limit: self.max_queued_turns });
+        }
+        handle.status.touch();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let id = next_turn_id();
+        let turn = Turn { id: id.clone(), content, events: tx, cancelled: cancelled.clone(), received };
+        if handle.turns.send(turn).is_err() {
+            handle.status.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Internal("session worker is gone".into()));
+        }
+        handle.waker.wake();
+        Ok(SubmittedTurn { id, events: rx, cancel: CancelToken { flag: cancelled, waker: handle.waker.clone() } })
+    }
+
+    fn start_worker(&self, key: &str) -> Result<SessionHandle, String> {
+        let (turns_tx, turns_rx) = unbounded();
+        let (control_tx, control_rx) = unbounded();
+        let (waker, wake) = wake_pair().map_err(|e| format!("cannot make a waker: {e}"))?;
+        let status = Arc::new(SessionStatus::new());
+        let worker = Worker::new(key.to_string(), self.settings.clone(), status.clone(), turns_rx, control_rx, wake);
+        let thread = std::thread::Builder::new()
+            .name(format!("session:{key}"))
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || worker.run())
+            .map_err(|e| format!("cannot start a session thread: {e}"))?;
+        Ok(SessionHandle { turns: turns_tx, control: control_tx, waker, status, thread })
+    }
+
+    /// Hands an accepted channel socket to the session whose live spawn it belongs to.
+    /// Err (with the reason, for the log) when no session is waiting for that spawn id.
+    pub fn attach(&self, key: &str, spawn_id: &str, ws: ChannelSocket) -> Result<(), (ChannelSocket, String)> {
+        let sessions = self.sessions.lock().unwrap();
+        let Some(handle) = sessions.get(key) else {
+            return Err((ws, format!("unknown session {key:?}")));
+        };
+        if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
+            return Err((ws, format!("stale spawn id {spawn_id} for session {key:?}")));
+        }
+        handle.send_control(Control::Attach { ws, spawn_id: spawn_id.to_string() });
+        Ok(())
+    }
+
+    /// Delivers a Stop-hook `turn_end` to the session whose live spawn sent it.
+    pub fn turn_end(&self, key: &str, spawn_id: &str, last_assistant_message: Option<String>) -> Result<(), String> {
+        let sessions = self.sessions.lock().unwrap();
+        let handle = sessions.get(key).ok_or_else(|| format!("unknown session {key:?}"))?;
+        if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
+            return Err(format!("stale spawn id {spawn_id} for session {key:?}"));
+        }
+        handle.send_control(Control::TurnEnd { spawn_id: spawn_id.to_string(), last_assistant_message });
+        Ok(())
+    }
+
+    /// Pids of the live agent processes (for tests and status).
+    pub fn pids(&self) -> Vec<u32> {
+        let sessions = self.sessions.lock().unwrap();
+        sessions.values().map(|h| h.status.pid.load(Ordering::SeqCst)).filter(|p| *p != 0).collect()
+    }
+
+    /// Stops accepting turns, lets turns in flight run until `grace` has passed, stops every
+    /// process and joins every worker.
+    pub fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        let handles: Vec<(String, SessionHandle)> = self.sessions.lock().unwrap().drain().collect();
+        for (_, handle) in &handles {
+            handle.send_control(Control::Stop { deadline });
+        }
+        for (key, handle) in handles {
+            if handle.thread.join().is_err() {
+                log::error!("session {key:?}: worker panicked during shutdown");
+            }
+        }
+    }
+}
