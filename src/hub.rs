@@ -118,11 +118,11 @@ impl Hub {
                     Err((ws, why)) => refuse(ws, &format!("hello from pid {pid} refused: {why}")),
                 }
             }
-            Ok(ChannelFrame::TurnEnd { session, spawn_id, token, last_assistant_message, .. }) => {
+            Ok(ChannelFrame::TurnEnd { session, spawn_id, token, turn, last_assistant_message }) => {
                 if !constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
                     return refuse(ws, &format!("turn_end from {peer} with a wrong token"));
                 }
-                match self.registry.turn_end(&session, &spawn_id, last_assistant_message) {
+                match self.registry.turn_end(&session, &spawn_id, turn, last_assistant_message) {
                     Ok(()) => close(ws),
                     Err(why) => refuse(ws, &format!("turn_end refused: {why}")),
                 }

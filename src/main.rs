@@ -7,6 +7,7 @@
 mod agent;
 mod channel;
 mod config;
+mod hook;
 mod http;
 mod hub;
 mod session;
@@ -24,6 +25,7 @@ synthesis-bridge: use long-lived Claude Code sessions as an OpenAI-compatible mo
 USAGE:
     synthesis-bridge [serve] [OPTIONS]   run the bridge (default); `serve --help` lists options
     synthesis-bridge channel             MCP stdio channel server (spawned by claude, not by hand)
+    synthesis-bridge hook stop           Claude Code's Stop hook (run by claude, not by hand)
     synthesis-bridge sim-agent [FLAGS]   the simulated Claude behind `serve --demo`
 ";
 
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let code = match command.as_str() {
         "serve" => serve::run(&args),
         "channel" => channel::run(),
+        "hook" => hook::run(&args),
         "sim-agent" => sim_agent::run(args),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

@@ -88,7 +88,7 @@ fn serve(config: Config) -> Result<(), String> {
         ws_url: format!("ws://{ws_addr}{}", crate::protocol::WS_PATH),
         token: token.clone(),
         hello_delay: config.channel_hello_delay,
-        settings_json: None,
+        settings_json: Some(agent::stop_hook_settings(&exe)),
     };
     let registry = Arc::new(Registry::new(
         WorkerSettings {

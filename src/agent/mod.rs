@@ -89,6 +89,16 @@ impl AgentLauncher {
     }
 }
 
+/// The `--settings` JSON that installs `<bridge> hook stop` as Claude's Stop hook (the
+/// turn-end backstop). Claude runs hook commands through a shell, so the path is quoted.
+pub fn stop_hook_settings(bridge_exe: &Path) -> String {
+    let quoted = format!("'{}'", bridge_exe.to_string_lossy().replace('\'', r"'\''"));
+    serde_json::json!({
+        "hooks": {"Stop": [{"hooks": [{"type": "command", "command": format!("{quoted} hook stop"), "timeout": 10}]}]}
+    })
+    .to_string()
+}
+
 /// Writes the MCP config that names `<bridge> channel` as the stdio server, atomically.
 pub fn write_mcp_config(path: &Path, bridge_exe: &Path, channel_name: &str) -> io::Result<()> {
     let config = serde_json::json!({
@@ -280,6 +290,14 @@ mod tests {
         assert!(!args.iter().any(|a| a == "--channels"));
         let resumed: Vec<String> = launcher().args(&launch(true)).into_iter().map(|a| a.into_string().unwrap()).collect();
         assert!(resumed.windows(2).any(|w| w[0] == "--resume" && w[1] == "uuid-1"));
+    }
+
+    #[test]
+    fn stop_hook_command_quotes_the_path_for_the_shell() {
+        let settings: serde_json::Value =
+            serde_json::from_str(&stop_hook_settings(Path::new("/opt/it's here/synthesis-bridge"))).unwrap();
+        let command = settings["hooks"]["Stop"][0]["hooks"][0]["command"].as_str().unwrap();
+        assert_eq!(command, r"'/opt/it'\''s here/synthesis-bridge' hook stop");
     }
 
     #[test]

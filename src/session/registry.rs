@@ -21,7 +21,7 @@ pub enum Control {
     /// The hub accepted a channel connection whose hello named this session's spawn.
     Attach { ws: ChannelSocket, spawn_id: String },
     /// The Stop hook says Claude finished its turn.
-    TurnEnd { spawn_id: String, last_assistant_message: Option<String> },
+    TurnEnd { spawn_id: String, turn: Option<String>, last_assistant_message: Option<String> },
     /// Stop the process now (its conversation stays resumable); the worker keeps running.
     StopProcess,
     /// Finish the turn in flight until `deadline`, fail queued ones, stop the process, exit.
@@ -196,13 +196,19 @@ impl Registry {
     }
 
     /// Delivers a Stop-hook `turn_end` to the session whose live spawn sent it.
-    pub fn turn_end(&self, key: &str, spawn_id: &str, last_assistant_message: Option<String>) -> Result<(), String> {
+    pub fn turn_end(
+        &self,
+        key: &str,
+        spawn_id: &str,
+        turn: Option<String>,
+        last_assistant_message: Option<String>,
+    ) -> Result<(), String> {
         let sessions = self.sessions.lock().unwrap();
         let handle = sessions.get(key).ok_or_else(|| format!("unknown session {key:?}"))?;
         if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
             return Err(format!("stale spawn id {spawn_id} for session {key:?}"));
         }
-        handle.send_control(Control::TurnEnd { spawn_id: spawn_id.to_string(), last_assistant_message });
+        handle.send_control(Control::TurnEnd { spawn_id: spawn_id.to_string(), turn, last_assistant_message });
         Ok(())
     }
 

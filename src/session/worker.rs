@@ -179,8 +179,13 @@ impl Worker {
                     }
                 }
                 Event::Frame(other) => log::debug!("session {:?} {}: stray frame dropped: {other:?}", self.key, turn.id),
-                Event::Control(Control::TurnEnd { spawn_id, last_assistant_message }) => {
-                    if self.agent.as_ref().is_some_and(|a| a.spawn_id == spawn_id) {
+                Event::Control(Control::TurnEnd { spawn_id, turn: ended, last_assistant_message }) => {
+                    let this_process = self.agent.as_ref().is_some_and(|a| a.spawn_id == spawn_id);
+                    let this_turn = ended.as_ref().is_none_or(|t| *t == turn.id);
+                    if !this_turn {
+                        log::debug!("session {:?} {}: late turn_end of {ended:?} ignored", self.key, turn.id);
+                    }
+                    if this_process && this_turn {
                         if !replied {
                             let text = last_assistant_message.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| {
                                 "(Claude ended its turn without sending a reply.)".to_string()

@@ -1,0 +1,352 @@
+//! Shared helpers for the black-box tests: start the real `synthesis-bridge` binary on free
+//! ports, talk HTTP to it with a tiny std-only client (so the bytes on the wire are what we
+//! assert), and make sure every process a test started is gone when it ends, even on panic.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_synthesis-bridge");
+
+/// Every process a test starts carries this variable with a per-test value; cleanup and
+/// leak checks find them by it in /proc, even after they were re-parented.
+pub const MARKER_VAR: &str = "SYNTHESIS_TEST_MARKER";
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sb-{tag}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Bridge {
+    pub child: Option<Child>,
+    pub http: SocketAddr,
+    pub ws: SocketAddr,
+    pub marker: String,
+    pub dir: TempDir,
+    pub stderr_log: PathBuf,
+}
+
+pub struct BridgeBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: Option<TempDir>,
+    marker: Option<String>,
+}
+
+impl Bridge {
+    /// A demo bridge (simulated Claude) with fast test timings.
+    pub fn demo() -> BridgeBuilder {
+        BridgeBuilder {
+            args: vec!["--demo".into(), "--channel-hello-delay".into(), "20ms".into()],
+            env: vec![],
+            dir: None,
+            marker: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Pids of live processes started by this test's bridge (the bridge itself excluded).
+    pub fn descendants(&self) -> Vec<u32> {
+        let own = self.child.as_ref().map(|c| c.id());
+        marked_pids(&self.marker).into_iter().filter(|p| Some(*p) != own).collect()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(child.id(), libc::SIGTERM);
+        let code = wait_child(&mut child, Duration::from_secs(20)).and_then(|s| s.code());
+        if code.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        code
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_marked(&self.marker);
+        if std::thread::panicking() {
+            eprintln!("--- bridge log ---\n{}", self.log());
+        }
+    }
+}
+
+impl BridgeBuilder {
+    pub fn arg(mut self, flag: &str, value: &str) -> Self {
+        self.args.push(flag.into());
+        self.args.push(value.into());
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    /// Reuse a state/workspace directory (to restart a bridge on the same state).
+    pub fn dir(mut self, dir: TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+    pub fn marker(mut self, marker: &str) -> Self {
+        self.marker = Some(marker.into());
+        self
+    }
+
+    pub fn start(self) -> Bridge {
+        let dir = self.dir.unwrap_or_else(|| TempDir::new("bridge"));
+        let marker = self.marker.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let state = dir.path().join("state");
+        let workspace = dir.path().join("workspace");
+        let home = dir.path().join("home");
+        for d in [&state, &workspace, &home] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let stderr_log = dir.path().join(format!("bridge-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(["--port", "0", "--channel-ws-port", "0"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--workspace")
+            .arg(&workspace)
+            .args(&self.args)
+            .env(MARKER_VAR, &marker)
+            .env("HOME", &home)
+            .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap());
+        let mut child = command.spawn().expect("start synthesis-bridge");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut bridge = Bridge {
+            child: Some(child),
+            http: "0.0.0.0:0".parse().unwrap(),
+            ws: "0.0.0.0:0".parse().unwrap(),
+            marker,
+            dir,
+            stderr_log,
+        };
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let mut parts = line.split_whitespace();
+        assert_eq!(parts.next(), Some("listening"), "bridge did not start; log:\n{}", bridge.log());
+        bridge.http = parts.next().unwrap().trim_start_matches("http=").parse().unwrap();
+        bridge.ws = parts.next().unwrap().trim_start_matches("ws=").parse().unwrap();
+        bridge
+    }
+}
+
+/// Pids of processes whose environment holds `MARKER_VAR=<marker>`.
+pub fn marked_pids(marker: &str) -> Vec<u32> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            // Zombies still have an environ; only count processes that have not exited.
+            let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            if !zombie {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+pub fn kill_marked(marker: &str) {
+    for pid in marked_pids(marker) {
+        signal(pid, libc::SIGKILL);
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    wait_until(limit, || child.try_wait().ok().flatten())
+}
+
+/// Polls `check` until it returns Some or `limit` passes. For conditions that have no
+/// event to wait on (another process's state); each probe is cheap.
+pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------- a tiny HTTP client
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw request bytes and reads one whole response (chunked or sized).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader, |_| {})
+}
+
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    raw_request(addr, build_request(method, path, headers, body).as_bytes())
+}
+
+pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    req
+}
+
+/// Reads a response; `on_chunk` sees each HTTP chunk of a chunked body as it arrives.
+pub fn read_response(reader: &mut BufReader<TcpStream>, mut on_chunk: impl FnMut(&[u8])) -> HttpResponse {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad status line {status_line:?}")).parse().unwrap();
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let mut body = Vec::new();
+    if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).unwrap();
+            let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            assert_eq!(&chunk[size..], b"\r\n", "chunk not terminated by CRLF");
+            chunk.truncate(size);
+            if size == 0 {
+                break;
+            }
+            on_chunk(&chunk);
+            body.extend_from_slice(&chunk);
+        }
+    } else if let Some(len) = headers.get("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        reader.read_exact(&mut body).unwrap();
+    } else {
+        reader.read_to_end(&mut body).unwrap();
+    }
+    HttpResponse { status, headers, body }
+}
+
+/// A chat request body with one user message.
+pub fn chat_body(text: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": "claude-code",
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}],
+    })
+    .to_string()
+}
+
+/// Streams a chat turn for `session`; returns the response and the `data:` payloads in order,
+/// each with the time it arrived.
+pub fn stream_chat(addr: SocketAddr, session: &str, text: &str) -> (HttpResponse, Vec<(Instant, String)>) {
+    let body = chat_body(text, true);
+    let req = build_request("POST", "/v1/chat/completions", &[("X-Session-Key", session), ("Content-Type", "application/json")], &body);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    let response = read_response(&mut reader, |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    events.push((Instant::now(), data.to_string()));
+                }
+            }
+        }
+    });
+    (response, events)
+}
+
+/// The concatenated `delta.content` of a stream's chunks.
+pub fn streamed_text(events: &[(Instant, String)]) -> String {
+    events
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str).map(String::from))
+        .collect()
+}
