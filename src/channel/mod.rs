@@ -1,5 +1,359 @@
-//! (placeholder; being written) The MCP stdio channel server.
+//! `synthesis-bridge channel`: the MCP stdio server each `claude` spawns (named in the MCP
+//! config the bridge writes). It relays between Claude and the bridge (DESIGN.md §4, §5):
+//! turns from the bridge's WebSocket become `notifications/claude/channel` on stdout, and
+//! Claude's `reply` tool calls become `reply` frames on the WebSocket.
+//!
+//! One thread serves both directions: `poll(2)` on [stdin, WebSocket] with a timeout, then
+//! reads whatever is ready. stdout carries nothing but JSON-RPC (logs go to
+//! `SYNTHESIS_CHANNEL_LOG` or stderr). This module must never block without a bound, never
+//! buffer a line without limit, and never decide anything about sessions: the bridge decides
+//! whether this process is ready, and its closing the socket ends the process.
+//!
+//! Exit codes: 0 when stdin ends (claude exited); 1 when the bridge closes or cannot be
+//! reached, or the process is misconfigured.
+
+pub(crate) mod bridge;
+pub(crate) mod lines;
+mod mcp;
+
+use crate::poll::wait_readable;
+use crate::protocol::{self, BridgeFrame, ChannelFrame, env};
+use bridge::BridgeLink;
+use lines::{Line, LineBuffer};
+use mcp::Output;
+use serde_json::Value;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Bound on each step of one dial (TCP connect; WebSocket handshake).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pauses between dial attempts: 5 tries within about 3 s (plus the dials themselves).
+const DIAL_BACKOFF_MS: [u64; 4] = [250, 500, 750, 1500];
+/// Longest wait in the loop when nothing is due, so the loop never sleeps unbounded.
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// Retry interval for a write the socket did not take at once.
+const PENDING_WAIT: Duration = Duration::from_millis(20);
+
+/// Everything the channel learns from its environment (set by the bridge on `claude`, which
+/// passes its whole environment to MCP servers).
+#[derive(Debug, Clone)]
+struct Settings {
+    ws_url: Option<String>,
+    session: String,
+    claude_session: String,
+    spawn_id: String,
+    token: String,
+    hello_delay: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let hello_delay = match std::env::var(env::HELLO_DELAY_MS) {
+            Ok(v) => v.trim().parse::<u64>().unwrap_or_else(|_| {
+                log::warn!(
+                    "{} = {v:?} is not a number of milliseconds; using 1000",
+                    env::HELLO_DELAY_MS
+                );
+                1000
+            }),
+            Err(_) => 1000,
+        };
+        Settings {
+            ws_url: std::env::var(env::WS_URL).ok().filter(|u| !u.is_empty()),
+            session: var(env::OPENCLAW_SESSION),
+            claude_session: var(env::CLAUDE_SESSION),
+            spawn_id: var(env::SPAWN_ID),
+            token: var(env::BRIDGE_TOKEN),
+            hello_delay: Duration::from_millis(hello_delay),
+        }
+    }
+}
+
+/// The state of the link to the bridge.
+enum Link {
+    /// Claude has not finished initialising; no reason to dial yet.
+    NotYet,
+    /// Dial at `at`; `failures` attempts have failed so far.
+    Dialing {
+        at: Instant,
+        failures: usize,
+    },
+    Connected(Box<BridgeLink>),
+}
+
+/// Why the loop ended.
+enum End {
+    /// stdin reached EOF (or stdout broke): claude is gone.
+    ClaudeGone,
+    /// The bridge ended the link, or could not be reached.
+    Bridge(String),
+}
+
 pub fn run() -> u8 {
-    eprintln!("channel: not built yet");
-    1
+    let log_file = std::env::var_os(env::CHANNEL_LOG)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    crate::logging::init(log_file.as_deref());
+    let settings = Settings::from_env();
+    log::info!(
+        "channel server {} starting (pid {}, session {:?}, spawn {:?})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        settings.session,
+        settings.spawn_id
+    );
+    let stdin = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            log::error!("cannot use stdin: {e}");
+            return 1;
+        }
+    };
+    let mut server = Server {
+        settings,
+        state: mcp::State::default(),
+        link: Link::NotYet,
+        stdout: io::stdout(),
+    };
+    match server.serve(stdin) {
+        End::ClaudeGone => {
+            log::info!("stdin closed: claude exited; stopping");
+            if let Link::Connected(link) = server.link {
+                link.close();
+            }
+            0
+        }
+        End::Bridge(why) => {
+            log::error!("stopping: {why}");
+            1
+        }
+    }
+}
+
+struct Server {
+    settings: Settings,
+    state: mcp::State,
+    link: Link,
+    stdout: io::Stdout,
+}
+
+impl Server {
+    fn serve(&mut self, mut stdin: File) -> End {
+        let mut lines = LineBuffer::new(protocol::MAX_FRAME_BYTES);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Link::Connected(link) = &mut self.link
+                && link.has_pending()
+                && let Err(e) = link.flush_pending()
+            {
+                return End::Bridge(format!("writing to the bridge failed: {e}"));
+            }
+            let mut fds = vec![stdin.as_raw_fd()];
+            if let Link::Connected(link) = &self.link {
+                fds.push(link.fd());
+            }
+            let ready = match wait_readable(&fds, Some(self.next_wait())) {
+                Ok(ready) => ready,
+                Err(e) => return End::Bridge(format!("poll failed: {e}")),
+            };
+
+            if ready[0].readable || ready[0].hangup {
+                // poll said readable: exactly one read(2) cannot block.
+                let got = match stdin.read(&mut buf) {
+                    Ok(0) => None,
+                    Ok(n) => Some(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
+                    Err(e) => {
+                        log::warn!("reading stdin failed: {e}");
+                        None
+                    }
+                };
+                let items = match got {
+                    Some(n) => lines.push(&buf[..n]),
+                    None => lines.finish().into_iter().collect(),
+                };
+                for item in items {
+                    if let Some(end) = self.on_line(item) {
+                        return end;
+                    }
+                }
+                if got.is_none() {
+                    return End::ClaudeGone;
+                }
+            }
+
+            if ready.get(1).is_some_and(|r| r.readable || r.hangup)
+                && let Link::Connected(link) = &mut self.link
+            {
+                let inbound = link.read_available();
+                for frame in inbound.frames {
+                    if let Some(end) = self.on_frame(frame) {
+                        return end;
+                    }
+                }
+                if let Some(why) = inbound.closed {
+                    return End::Bridge(why);
+                }
+            }
+
+            if let Link::Dialing { at, failures } = self.link
+                && Instant::now() >= at
+                && let Some(end) = self.dial(failures)
+            {
+                return end;
+            }
+        }
+    }
+
+    /// How long the next poll may sleep.
+    fn next_wait(&self) -> Duration {
+        match &self.link {
+            Link::Dialing { at, .. } => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+            Link::Connected(link) if link.has_pending() => PENDING_WAIT,
+            _ => IDLE_WAIT,
+        }
+    }
+
+    fn on_line(&mut self, line: Line) -> Option<End> {
+        let outputs = match line {
+            Line::Text(bytes) => mcp::handle_line(&mut self.state, &bytes),
+            Line::TooLong => {
+                log::warn!(
+                    "input line over {} bytes; skipping it",
+                    protocol::MAX_FRAME_BYTES
+                );
+                vec![Output::Send(mcp::line_too_long(protocol::MAX_FRAME_BYTES))]
+            }
+        };
+        for output in outputs {
+            let message = match output {
+                Output::Send(message) => message,
+                Output::Initialized => {
+                    log::info!(
+                        "claude initialised the channel; saying hello in {:?}",
+                        self.settings.hello_delay
+                    );
+                    if let Link::NotYet = self.link {
+                        self.link = Link::Dialing {
+                            at: Instant::now() + self.settings.hello_delay,
+                            failures: 0,
+                        };
+                    }
+                    continue;
+                }
+                Output::Forward { id, frame } => self.forward(id, &frame),
+            };
+            if let Some(end) = self.emit(&message) {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// Sends a reply frame; the answer to the tool call says whether it went out.
+    fn forward(&mut self, id: Value, frame: &ChannelFrame) -> Value {
+        let Link::Connected(link) = &mut self.link else {
+            log::warn!("reply tool called while the bridge is not connected; not sent");
+            return mcp::reply_failed(id, "not connected");
+        };
+        match link.send(frame) {
+            Ok(()) => {
+                if let ChannelFrame::Reply {
+                    turn,
+                    text,
+                    is_final,
+                } = frame
+                {
+                    log::info!(
+                        "reply for turn {turn} ({} bytes, final: {is_final}) sent",
+                        text.len()
+                    );
+                }
+                mcp::reply_sent(id)
+            }
+            Err(e) => {
+                // The read side will see the failure too and end the process.
+                log::error!("sending a reply to the bridge failed: {e}");
+                mcp::reply_failed(id, &e)
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: BridgeFrame) -> Option<End> {
+        match frame {
+            BridgeFrame::Turn { id, content, meta } => {
+                let (message, dropped) =
+                    mcp::turn_notification(&mut self.state, &id, &content, &meta);
+                if !dropped.is_empty() {
+                    log::warn!("turn {id}: dropping meta keys Claude would reject: {dropped:?}");
+                }
+                log::info!("turn {id} ({} bytes) → claude", content.len());
+                self.emit(&message)
+            }
+        }
+    }
+
+    /// Writes one JSON-RPC message as one line. A broken stdout means claude is gone.
+    fn emit(&mut self, message: &Value) -> Option<End> {
+        let mut line = serde_json::to_vec(message).expect("JSON values always serialise");
+        line.push(b'\n');
+        let mut out = self.stdout.lock();
+        match out.write_all(&line).and_then(|_| out.flush()) {
+            Ok(()) => None,
+            Err(e) => {
+                log::warn!("writing to claude failed: {e}");
+                Some(End::ClaudeGone)
+            }
+        }
+    }
+
+    /// One dial attempt; on success says hello, on failure schedules the next try or gives up.
+    fn dial(&mut self, failures: usize) -> Option<End> {
+        let Some(url) = self.settings.ws_url.clone() else {
+            return Some(End::Bridge(format!(
+                "{} is not set; cannot reach the bridge",
+                env::WS_URL
+            )));
+        };
+        match bridge::dial(&url, DIAL_TIMEOUT) {
+            Ok(mut link) => {
+                let s = &self.settings;
+                let hello = ChannelFrame::Hello {
+                    session: s.session.clone(),
+                    claude_session: s.claude_session.clone(),
+                    spawn_id: s.spawn_id.clone(),
+                    token: s.token.clone(),
+                    pid: std::process::id(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                };
+                if let Err(e) = link.send(&hello) {
+                    return Some(End::Bridge(format!("sending hello failed: {e}")));
+                }
+                log::info!("connected to {url}; hello sent (spawn {:?})", s.spawn_id);
+                self.link = Link::Connected(Box::new(link));
+                None
+            }
+            Err(e) => match DIAL_BACKOFF_MS.get(failures) {
+                Some(&pause) => {
+                    log::warn!(
+                        "dialing the bridge at {url} failed (attempt {}): {e}; retrying",
+                        failures + 1
+                    );
+                    self.link = Link::Dialing {
+                        at: Instant::now() + Duration::from_millis(pause),
+                        failures: failures + 1,
+                    };
+                    None
+                }
+                None => Some(End::Bridge(format!(
+                    "cannot reach the bridge at {url} after {} attempts: {e}",
+                    failures + 1
+                ))),
+            },
+        }
+    }
 }
