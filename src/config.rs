@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::session::workspace::WorkspaceMode;
+
 /// Every settable field: name (as in the JSON file; `--name-with-dashes` on the command line;
 /// `SYNTHESIS_NAME` in the environment), value hint, and help text. `--help` prints this.
 pub const FIELDS: &[(&str, &str, &str)] = &[
@@ -30,6 +32,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("max_body_bytes", "BYTES", "largest request body accepted (default 8388608)"),
     ("max_queued_turns", "N", "turns waiting per session before 429 (default 8)"),
     ("fallback_session_key", "KEY", "session key when a request names none (default default::default)"),
+    ("workspace_mode", "MODE", "shared (every session in `workspace`) or per_session (a dir each under state_dir)"),
+    ("idle_kill", "DUR", "stop a session's claude after this long without a turn (default 30m)"),
+    ("max_processes", "N", "claude processes at once (default: available memory / 300 MB, 1..16)"),
+    ("max_concurrent_turns", "N", "turns in flight across sessions (default = max_processes)"),
+    ("shutdown_grace", "DUR", "on SIGTERM, how long turns in flight may still run (default 10s)"),
 ];
 
 #[derive(Debug, Clone)]
@@ -52,6 +59,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_queued_turns: usize,
     pub fallback_session_key: String,
+    pub workspace_mode: WorkspaceMode,
+    pub idle_kill: Duration,
+    pub max_processes: usize,
+    /// None = same as `max_processes`.
+    pub max_concurrent_turns: Option<usize>,
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -75,8 +88,24 @@ impl Default for Config {
             max_body_bytes: 8 << 20,
             max_queued_turns: 8,
             fallback_session_key: "default::default".into(),
+            workspace_mode: WorkspaceMode::Shared,
+            idle_kill: Duration::from_secs(30 * 60),
+            max_processes: default_max_processes(),
+            max_concurrent_turns: None,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// Memory a claude process takes (observed 240–270 MB idle), for the default process cap.
+const BYTES_PER_CLAUDE: u64 = 300 << 20;
+
+/// Available memory / 300 MB, at least 1 and at most 16.
+pub fn default_max_processes() -> usize {
+    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    available_kib.map_or(4, |kib| ((kib * 1024) / BYTES_PER_CLAUDE).clamp(1, 16) as usize)
 }
 
 /// `$XDG_STATE_HOME/synthesis-bridge`, else `~/.local/state/synthesis-bridge`.
@@ -193,6 +222,11 @@ impl Config {
             "max_body_bytes" => self.max_body_bytes = parse_num(value)?,
             "max_queued_turns" => self.max_queued_turns = parse_num(value)?,
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
+            "workspace_mode" => self.workspace_mode = value.parse()?,
+            "idle_kill" => self.idle_kill = parse_duration(value)?,
+            "max_processes" => self.max_processes = parse_num(value)?,
+            "max_concurrent_turns" => self.max_concurrent_turns = Some(parse_num(value)?),
+            "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
             _ => return Err(format!("unknown setting `{name}` (see `synthesis-bridge serve --help`)")),
         }
         Ok(())
@@ -203,6 +237,7 @@ impl Config {
             ("heartbeat_interval", self.heartbeat_interval),
             ("ready_timeout", self.ready_timeout),
             ("turn_timeout", self.turn_timeout),
+            ("idle_kill", self.idle_kill),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -212,6 +247,9 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
         }
+        if self.max_processes == 0 || self.max_concurrent_turns == Some(0) {
+            return Err("max_processes and max_concurrent_turns must be at least 1".into());
+        }
         if self.max_queued_turns == 0 {
             return Err("max_queued_turns must be at least 1".into());
         }
@@ -219,6 +257,10 @@ impl Config {
             return Err(format!("workspace {} is not a directory", self.workspace.display()));
         }
         Ok(())
+    }
+
+    pub fn max_concurrent_turns(&self) -> usize {
+        self.max_concurrent_turns.unwrap_or(self.max_processes)
     }
 
     /// The `--help` text, generated from `FIELDS` so it cannot drift from `set`.

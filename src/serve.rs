@@ -20,10 +20,10 @@ use crate::http::{self, HttpContext};
 use crate::hub::{self, Hub};
 use crate::poll::wake_pair;
 use crate::session::Registry;
+use crate::session::registry::{Limits, Slots};
+use crate::session::store::SessionStore;
 use crate::session::worker::WorkerSettings;
 
-/// How long turns in flight may run on after SIGTERM before they are failed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// SIGTERM → SIGKILL grace for one claude process (it exits in ~0.1 s on SIGTERM).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -90,16 +90,31 @@ fn serve(config: Config) -> Result<(), String> {
         hello_delay: config.channel_hello_delay,
         settings_json: Some(agent::stop_hook_settings(&exe)),
     };
+    let (store, store_warning) = SessionStore::open(&config.state_dir);
+    if let Some(warning) = store_warning {
+        log::error!("{warning}");
+    }
+    log::info!("session map: {} known sessions", store.len());
+    let limits = Limits {
+        max_processes: config.max_processes,
+        max_queued_turns: config.max_queued_turns,
+        max_concurrent_turns: config.max_concurrent_turns(),
+    };
     let registry = Arc::new(Registry::new(
         WorkerSettings {
             launcher,
             workspace: config.workspace.clone(),
+            workspace_mode: config.workspace_mode,
+            state_dir: config.state_dir.clone(),
             claude_config_dir: agent::claude_config_dir(),
             ready_timeout: config.ready_timeout,
             turn_timeout: config.turn_timeout,
             stop_grace: STOP_GRACE,
+            store,
+            process_slots: Slots::new(limits.max_processes),
+            turn_slots: Slots::new(limits.max_concurrent_turns),
         },
-        config.max_queued_turns,
+        limits,
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -138,16 +153,37 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = writeln!(stdout, "listening http={http_addr} ws={ws_addr}");
     let _ = stdout.flush();
 
+    let (sweeper_stop, sweeper_thread) = spawn_sweeper(registry.clone(), config.idle_kill).map_err(|e| e.to_string())?;
+
     let signal = signal_rx.recv().map_err(|_| "signal thread ended")?;
-    log::info!("signal {signal}: shutting down (turns in flight get {SHUTDOWN_GRACE:?})");
+    let grace = config.shutdown_grace;
+    log::info!("signal {signal}: shutting down (turns in flight get {grace:?})");
     stop.store(true, Ordering::SeqCst);
     server.unblock();
     hub_waker.wake();
-    registry.shutdown(SHUTDOWN_GRACE);
+    drop(sweeper_stop);
+    registry.shutdown(grace);
     let _ = http_thread.join();
     let _ = hub_thread.join();
+    let _ = sweeper_thread.join();
     log::info!("stopped");
     Ok(())
+}
+
+/// The sweeper: every few seconds, idle kills and a write of the session map if it changed.
+/// Dropping the returned sender stops it at once.
+fn spawn_sweeper(
+    registry: Arc<Registry>,
+    idle_kill: Duration,
+) -> std::io::Result<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let period = (idle_kill / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let thread = std::thread::Builder::new().name("sweeper".into()).spawn(move || {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(period) {
+            registry.sweep(idle_kill);
+        }
+    })?;
+    Ok((stop_tx, thread))
 }
 
 /// Resolves a program name the way a shell would (a path is taken as is).

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::Request;
 
-use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request};
+use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::sse::SseStream;
 use super::{HttpContext, respond_error};
 use crate::session::registry::SubmittedTurn;
-use crate::session::turn::{FailureKind, TurnEvent, TurnFailure};
+use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
+use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
@@ -39,7 +40,11 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(key) => key,
         Err(message) => return respond_error(request, &ApiError::bad_request(message)),
     };
-    let turn = match ctx.registry.submit(&key.key, chat.turn_text.clone(), received) {
+    let history: HistoryRenderer = Box::new(move || {
+        let messages = value.get("messages")?.as_array()?;
+        render_history(messages, MAX_RESTORED_HISTORY_BYTES)
+    });
+    let turn = match ctx.registry.submit(&key.key, chat.turn_text.clone(), received, Some(history)) {
         Ok(turn) => turn,
         Err(error) => return respond_error(request, &submit_error(error)),
     };
@@ -81,6 +86,15 @@ fn submit_error(error: SubmitError) -> ApiError {
             "session_queue_full",
             format!("this session already has {limit} turns waiting; retry when one has finished"),
         ),
+        SubmitError::AtCapacity { max_processes, retry_after_secs } => {
+            let mut error = ApiError::new(
+                429,
+                "at_capacity",
+                format!("all {max_processes} claude processes (max_processes) are busy with turns; retry in {retry_after_secs}s"),
+            );
+            error.retry_after = Some(retry_after_secs);
+            error
+        }
         SubmitError::ShuttingDown => ApiError::new(503, "shutting_down", "the bridge is shutting down; retry shortly"),
         SubmitError::Internal(message) => ApiError::new(500, "internal_error", message),
     }

@@ -59,7 +59,14 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
         return respond_error(request, &error);
     }
     match (path.as_str(), method) {
-        ("/healthz", Method::Get | Method::Head) => respond_json(request, 200, json!({"status": "ok"}).to_string()),
+        ("/healthz", Method::Get | Method::Head) => {
+            // Still 200 when degraded: the bridge serves turns; the problem is for operators.
+            let body = match ctx.registry.store().last_error() {
+                None => json!({"status": "ok"}),
+                Some(error) => json!({"status": "degraded", "session_map_error": error}),
+            };
+            respond_json(request, 200, body.to_string());
+        }
         ("/v1/models", Method::Get) => {
             let data: Vec<_> = ctx
                 .models
@@ -111,5 +118,13 @@ pub fn respond_error(request: Request, error: &ApiError) {
     if error.status >= 500 {
         log::warn!("http: {} {}", error.status, error.message);
     }
-    respond_json(request, error.status, error.body());
+    let mut response = Response::from_string(error.body())
+        .with_status_code(error.status)
+        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header"));
+    if let Some(seconds) = error.retry_after {
+        response.add_header(Header::from_bytes(&b"Retry-After"[..], seconds.to_string().as_bytes()).expect("digits"));
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("http: could not send a {} response: {e}", error.status);
+    }
 }

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429/503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,7 @@ impl ApiError {
             429 => "rate_limit_error",
             _ => "server_error",
         };
-        ApiError { status, kind, code, message: message.into() }
+        ApiError { status, kind, code, message: message.into(), retry_after: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -136,6 +138,44 @@ pub fn content_text(content: &Value) -> Result<String, String> {
         }
         _ => Err("must be a string or an array of content parts".into()),
     }
+}
+
+/// A compact rendering of the conversation before the new turn, for a Claude conversation
+/// that has to start afresh (its transcript was lost): `User:` / `Assistant:` lines,
+/// system messages left out, the oldest part dropped beyond `max_bytes`. None when there is
+/// no earlier conversation.
+pub fn render_history(messages: &[Value], max_bytes: usize) -> Option<String> {
+    let end = messages.iter().rposition(|m| matches!(m.get("role").and_then(Value::as_str), Some("assistant" | "tool")))?;
+    let mut lines = Vec::new();
+    for m in &messages[..=end] {
+        let who = match m.get("role").and_then(Value::as_str) {
+            Some("user") => "User",
+            Some("assistant") => "Assistant",
+            Some("tool") => "Tool result",
+            _ => continue,
+        };
+        let text = content_text(m.get("content").unwrap_or(&Value::Null)).unwrap_or_default();
+        if !text.trim().is_empty() {
+            lines.push(format!("{who}: {}", text.trim()));
+        }
+    }
+    let mut kept = Vec::new();
+    let mut size = 0;
+    for line in lines.iter().rev() {
+        size += line.len() + 1;
+        if size > max_bytes {
+            break;
+        }
+        kept.push(line.as_str());
+    }
+    kept.reverse();
+    if kept.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "[The earlier part of this conversation, restored by the bridge because the session had to start afresh:]\n{}\n[End of the earlier conversation. The new message follows.]",
+        kept.join("\n")
+    ))
 }
 
 /// Identity shared by every chunk of one response.
@@ -263,6 +303,22 @@ mod tests {
         .unwrap();
         assert!(req.stream && req.include_usage);
         assert_eq!(req.turn_text, "x");
+    }
+
+    #[test]
+    fn history_rendering_keeps_the_recent_exchange_and_skips_the_system_prompt() {
+        let messages = json!([
+            {"role": "system", "content": "long system prompt"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "answer one"},
+            {"role": "user", "content": "new turn"},
+        ]);
+        let text = render_history(messages.as_array().unwrap(), 1024).unwrap();
+        assert!(text.contains("User: first\nAssistant: answer one\n"), "{text}");
+        assert!(!text.contains("system prompt") && !text.contains("new turn"));
+        let small = render_history(messages.as_array().unwrap(), 20).unwrap();
+        assert!(small.contains("Assistant: answer one") && !small.contains("User: first"), "{small}");
+        assert!(render_history(json!([{"role": "user", "content": "only"}]).as_array().unwrap(), 1024).is_none());
     }
 
     #[test]

@@ -1,20 +1,28 @@
 //! The session table: key → handle of that session's worker. The one piece of state the
-//! HTTP side, the WebSocket hub and (later) the sweeper share, behind one `Mutex` that is
-//! held only to look up or insert a handle, never across I/O.
+//! HTTP side, the WebSocket hub and the sweeper share, behind one `Mutex` that is held only
+//! to look up or insert a handle, never across I/O.
+//!
+//! It also enforces the host-wide limits, because only it sees every session: at most
+//! `max_processes` claude processes (a new one evicts the least recently used idle session,
+//! or the request gets 429 when every process is busy), at most `max_queued_turns` per
+//! session, and at most `max_concurrent_turns` turns in flight across sessions.
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::turn::{CancelToken, Turn, TurnEvent, next_turn_id};
+use super::store::SessionStore;
+use super::turn::{CancelToken, HistoryRenderer, Turn, TurnEvent, next_turn_id};
 use super::worker::{ChannelSocket, Worker, WorkerSettings};
 use crate::poll::{Waker, wake_pair};
 
 /// Worker threads do little on their own stack (parsing and buffers live on the heap).
 const WORKER_STACK_BYTES: usize = 256 * 1024;
+/// Retry-After for a 429 when every claude process is busy.
+const RETRY_AFTER_BUSY_SECS: u64 = 10;
 
 /// Messages to a worker besides turns.
 pub enum Control {
@@ -22,8 +30,10 @@ pub enum Control {
     Attach { ws: ChannelSocket, spawn_id: String },
     /// The Stop hook says Claude finished its turn.
     TurnEnd { spawn_id: String, turn: Option<String>, last_assistant_message: Option<String> },
-    /// Stop the process now (its conversation stays resumable); the worker keeps running.
-    StopProcess,
+    /// Stop the process if the session has been idle (no turn in flight or queued) for at
+    /// least `idle_for`; its conversation stays resumable. Sent by the sweeper and by eviction;
+    /// the worker decides, because only it knows for sure whether it is idle.
+    StopIfIdle { idle_for: Duration, reason: &'static str },
     /// Finish the turn in flight until `deadline`, fail queued ones, stop the process, exit.
     Stop { deadline: Instant },
 }
@@ -35,6 +45,17 @@ pub enum SessionState {
     Starting = 1,
     Ready = 2,
     Busy = 3,
+}
+
+impl SessionState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionState::Absent => "absent",
+            SessionState::Starting => "starting",
+            SessionState::Ready => "ready",
+            SessionState::Busy => "busy",
+        }
+    }
 }
 
 /// What others may read about a session without asking its worker.
@@ -80,6 +101,60 @@ impl SessionStatus {
     pub fn last_active(&self) -> Instant {
         *self.last_active.lock().unwrap()
     }
+
+    /// A live process with nothing to do.
+    fn is_idle(&self) -> bool {
+        self.state() == SessionState::Ready && self.queued.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// A counting semaphore over a host-wide resource (claude processes, turns in flight).
+#[derive(Debug)]
+pub struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+    pub max: usize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots { used: Mutex::new(0), freed: Condvar::new(), max }
+    }
+
+    pub fn try_acquire(&self) -> bool {
+        let mut used = self.used.lock().unwrap();
+        if *used < self.max {
+            *used += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits up to `limit` for a free slot.
+    pub fn acquire_timeout(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut used = self.used.lock().unwrap();
+        while *used >= self.max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            used = self.freed.wait_timeout(used, left).unwrap().0;
+        }
+        *used += 1;
+        true
+    }
+
+    pub fn release(&self) {
+        let mut used = self.used.lock().unwrap();
+        *used = used.saturating_sub(1);
+        self.freed.notify_one();
+    }
+
+    pub fn used(&self) -> usize {
+        *self.used.lock().unwrap()
+    }
 }
 
 struct SessionHandle {
@@ -102,6 +177,8 @@ impl SessionHandle {
 pub enum SubmitError {
     /// The session already has `max_queued_turns` waiting.
     QueueFull { limit: usize },
+    /// A new process is needed and every one of the `max_processes` is busy.
+    AtCapacity { max_processes: usize, retry_after_secs: u64 },
     ShuttingDown,
     /// The worker thread could not be started.
     Internal(String),
@@ -114,25 +191,43 @@ pub struct SubmittedTurn {
     pub cancel: CancelToken,
 }
 
+/// Host-wide limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_processes: usize,
+    pub max_queued_turns: usize,
+    pub max_concurrent_turns: usize,
+}
+
 pub struct Registry {
     sessions: Mutex<HashMap<String, SessionHandle>>,
     settings: Arc<WorkerSettings>,
-    max_queued_turns: usize,
+    limits: Limits,
     shutting_down: AtomicBool,
 }
 
 impl Registry {
-    pub fn new(settings: WorkerSettings, max_queued_turns: usize) -> Self {
+    pub fn new(settings: WorkerSettings, limits: Limits) -> Self {
         Registry {
             sessions: Mutex::new(HashMap::new()),
             settings: Arc::new(settings),
-            max_queued_turns,
+            limits,
             shutting_down: AtomicBool::new(false),
         }
     }
 
+    pub fn store(&self) -> &SessionStore {
+        &self.settings.store
+    }
+
     /// Queues a turn on `key`'s session, starting its worker on first use.
-    pub fn submit(&self, key: &str, content: String, received: Instant) -> Result<SubmittedTurn, SubmitError> {
+    pub fn submit(
+        &self,
+        key: &str,
+        content: String,
+        received: Instant,
+        history: Option<HistoryRenderer>,
+    ) -> Result<SubmittedTurn, SubmitError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -142,6 +237,10 @@ impl Registry {
             log::error!("session {key:?}: worker had ended unexpectedly; starting a new one");
             sessions.remove(key);
         }
+        let needs_process = sessions.get(key).is_none_or(|h| h.status.state() == SessionState::Absent);
+        if needs_process && self.settings.process_slots.used() >= self.limits.max_processes {
+            self.evict_one(&sessions, key)?;
+        }
         let handle = match sessions.get(key) {
             Some(handle) => handle,
             None => {
@@ -150,21 +249,40 @@ impl Registry {
             }
         };
         let queued = handle.status.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.max_queued_turns {
+        if queued >= self.limits.max_queued_turns {
             handle.status.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull { limit: self.max_queued_turns });
+            return Err(SubmitError::QueueFull { limit: self.limits.max_queued_turns });
         }
         handle.status.touch();
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
         let id = next_turn_id();
-        let turn = Turn { id: id.clone(), content, events: tx, cancelled: cancelled.clone(), received };
+        let turn = Turn { id: id.clone(), content, events: tx, cancelled: cancelled.clone(), received, history };
         if handle.turns.send(turn).is_err() {
             handle.status.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Internal("session worker is gone".into()));
         }
         handle.waker.wake();
         Ok(SubmittedTurn { id, events: rx, cancel: CancelToken { flag: cancelled, waker: handle.waker.clone() } })
+    }
+
+    /// Frees a process slot for `for_key` by stopping the least recently active idle session.
+    fn evict_one(&self, sessions: &HashMap<String, SessionHandle>, for_key: &str) -> Result<(), SubmitError> {
+        let victim = sessions
+            .iter()
+            .filter(|(key, h)| key.as_str() != for_key && h.status.is_idle())
+            .min_by_key(|(_, h)| h.status.last_active());
+        match victim {
+            Some((key, handle)) => {
+                log::info!("at max_processes ({}): evicting idle session {key:?} for {for_key:?}", self.limits.max_processes);
+                handle.send_control(Control::StopIfIdle { idle_for: Duration::ZERO, reason: "evicted for a new session" });
+                Ok(())
+            }
+            None => Err(SubmitError::AtCapacity {
+                max_processes: self.limits.max_processes,
+                retry_after_secs: RETRY_AFTER_BUSY_SECS,
+            }),
+        }
     }
 
     fn start_worker(&self, key: &str) -> Result<SessionHandle, String> {
@@ -212,14 +330,23 @@ impl Registry {
         Ok(())
     }
 
-    /// Pids of the live agent processes (for tests and status).
-    pub fn pids(&self) -> Vec<u32> {
-        let sessions = self.sessions.lock().unwrap();
-        sessions.values().map(|h| h.status.pid.load(Ordering::SeqCst)).filter(|p| *p != 0).collect()
+    /// The sweeper's round: asks sessions idle for `idle_kill` to stop their process, and
+    /// writes the session map if it changed.
+    pub fn sweep(&self, idle_kill: Duration) {
+        {
+            let sessions = self.sessions.lock().unwrap();
+            for (key, handle) in sessions.iter() {
+                if handle.status.is_idle() && handle.status.last_active().elapsed() >= idle_kill {
+                    log::debug!("sweeper: session {key:?} idle for {:?}", handle.status.last_active().elapsed());
+                    handle.send_control(Control::StopIfIdle { idle_for: idle_kill, reason: "idle_kill" });
+                }
+            }
+        }
+        self.settings.store.flush_if_dirty();
     }
 
     /// Stops accepting turns, lets turns in flight run until `grace` has passed, stops every
-    /// process and joins every worker.
+    /// process, joins every worker and writes the session map.
     pub fn shutdown(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
@@ -232,5 +359,6 @@ impl Registry {
                 log::error!("session {key:?}: worker panicked during shutdown");
             }
         }
+        self.settings.store.flush_if_dirty();
     }
 }

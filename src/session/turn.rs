@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use crate::poll::Waker;
 
+/// Renders the client's earlier conversation, for the rare turn that must start a fresh
+/// Claude conversation (its transcript was lost). Called at most once, only then.
+pub type HistoryRenderer = Box<dyn FnOnce() -> Option<String> + Send>;
+
 /// A turn queued on a session.
-#[derive(Debug)]
 pub struct Turn {
     /// Unique for the life of the bridge (`turn-<n>`); replies carry it back, so a late reply
     /// of a finished turn can never be taken for the next one's.
@@ -21,6 +24,13 @@ pub struct Turn {
     pub cancelled: Arc<AtomicBool>,
     /// When the HTTP request was parsed (the start of the bridge's own inbound time).
     pub received: Instant,
+    pub history: Option<HistoryRenderer>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn").field("id", &self.id).field("content_len", &self.content.len()).finish()
+    }
 }
 
 /// What a session worker reports about a turn, in order: any number of `Text`, then

@@ -1,15 +1,26 @@
 //! The session worker: one thread per session key, the only owner of that session's
-//! `claude` process (in its PTY) and of the WebSocket to its channel server.
+//! `claude` process (in its PTY) and of the WebSocket to its channel server. The whole life
+//! of a session is decided here, in one state machine:
 //!
-//! States (`SessionState`): `Absent` (no process) → `Starting` (spawned, waiting for the
-//! channel's hello, ≤ `ready_timeout`) → `Ready` ⇄ `Busy` (a turn in flight) → back to
-//! `Absent` when the process exits or is stopped. Turns are taken from a FIFO queue one at a
-//! time; a new turn never starts before the previous one has ended.
+//! ```text
+//! Absent ──turn──▶ Starting ──hello──▶ Ready ⇄ Busy
+//!   ▲                 │ exit / timeout / blocking screen  │ exit / channel lost / stop
+//!   └─────────────────┴──────────────────────────────────┘
+//! ```
+//! - Turns come from a FIFO queue, one at a time; a new turn never starts before the
+//!   previous one has ended (reply with `final`, Stop hook, failure, timeout or cancel).
+//! - The process is spawned lazily for a turn, with `--resume` when Claude has a transcript
+//!   for the session's uuid. If a resume fails ("No conversation found"), the session gets a
+//!   new uuid and its first turn carries the client's earlier conversation.
+//! - Start failures back off (crash loops are bounded); a process that dies mid-turn fails
+//!   that turn (502) and the next turn starts it again.
+//! - `StopIfIdle` (sweeper, eviction) stops the process only if no turn is in flight or
+//!   queued; `Stop` (shutdown) lets the turn in flight run until its deadline.
 //!
 //! The worker waits with `poll(2)` on everything it owns at once (its waker, the PTY master,
 //! the child's pidfd, the WebSocket), always with a deadline, so it drains the terminal,
-//! notices a dead child and sees replies without any helper thread. It never touches
-//! HTTP: it only sends `TurnEvent`s into the turn's channel.
+//! notices a dead child and sees replies without any helper thread. It never touches HTTP:
+//! it only sends `TurnEvent`s into the turn's channel.
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::VecDeque;
@@ -21,28 +32,45 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
-use super::registry::{Control, SessionState, SessionStatus};
+use super::registry::{Control, SessionState, SessionStatus, Slots};
+use super::store::SessionStore;
 use super::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
+use super::workspace::{WorkspaceMode, workspace_for};
 use crate::agent::{Agent, AgentLauncher, Launch, Output};
 use crate::poll::{WakeReceiver, wait_readable};
 use crate::protocol::{BridgeFrame, ChannelFrame};
 
-/// Settings every worker shares.
-#[derive(Debug)]
+/// Settings and host-wide resources every worker shares.
 pub struct WorkerSettings {
     pub launcher: AgentLauncher,
     pub workspace: PathBuf,
+    pub workspace_mode: WorkspaceMode,
+    pub state_dir: PathBuf,
     pub claude_config_dir: PathBuf,
     pub ready_timeout: Duration,
     pub turn_timeout: Duration,
     /// SIGTERM → SIGKILL grace when stopping a process.
     pub stop_grace: Duration,
+    pub store: SessionStore,
+    /// One per live claude process (`max_processes`).
+    pub process_slots: Slots,
+    /// One per turn in flight across all sessions (`max_concurrent_turns`).
+    pub turn_slots: Slots,
 }
 
 /// Longest single wait when nothing is due: the loop re-checks its state at least this often.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often a turn waiting for a `max_concurrent_turns` slot looks again.
+const TURN_SLOT_RETRY: Duration = Duration::from_millis(50);
 /// Lines of screen quoted in start-up and crash errors.
 const SCREEN_LINES_IN_ERRORS: usize = 8;
+/// Start failures in a row before the worker stops trying for a while.
+const START_FAILURES_BEFORE_BACKOFF: u32 = 3;
+const MAX_START_BACKOFF: Duration = Duration::from_secs(60);
+/// What claude prints when `--resume` names a conversation it does not have.
+const RESUME_FAILED_TEXT: &str = "No conversation found";
+/// Most of the client's earlier conversation carried into a fresh Claude conversation.
+pub const MAX_RESTORED_HISTORY_BYTES: usize = 64 * 1024;
 
 pub type ChannelSocket = WebSocket<TcpStream>;
 
@@ -62,18 +90,23 @@ enum Event {
 }
 
 pub struct Worker {
-    pub key: String,
-    pub settings: Arc<WorkerSettings>,
-    pub status: Arc<SessionStatus>,
-    pub turns: Receiver<Turn>,
-    pub control: Receiver<Control>,
-    pub wake: WakeReceiver,
-    pub claude_session: String,
+    key: String,
+    settings: Arc<WorkerSettings>,
+    status: Arc<SessionStatus>,
+    turns: Receiver<Turn>,
+    control: Receiver<Control>,
+    wake: WakeReceiver,
+    workspace: PathBuf,
+    claude_session: String,
     agent: Option<Agent>,
     ws: Option<ChannelSocket>,
     frames: VecDeque<ChannelFrame>,
     /// Set by `Control::Stop`: finish what is in flight until then, start nothing new.
     stop_deadline: Option<Instant>,
+    /// The Claude conversation was started afresh; the next turn carries the old one.
+    restore_history: bool,
+    start_failures: u32,
+    no_start_before: Option<(Instant, String)>,
 }
 
 impl Worker {
@@ -85,6 +118,11 @@ impl Worker {
         control: Receiver<Control>,
         wake: WakeReceiver,
     ) -> Self {
+        let known = settings.store.get(&key);
+        let workspace = known.as_ref().map(|r| r.workspace.clone()).unwrap_or_else(|| {
+            workspace_for(settings.workspace_mode, &settings.workspace, &settings.state_dir, &key)
+        });
+        let claude_session = known.map(|r| r.claude_session).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Worker {
             key,
             settings,
@@ -92,17 +130,21 @@ impl Worker {
             turns,
             control,
             wake,
-            claude_session: uuid::Uuid::new_v4().to_string(),
+            workspace,
+            claude_session,
             agent: None,
             ws: None,
             frames: VecDeque::new(),
             stop_deadline: None,
+            restore_history: false,
+            start_failures: 0,
+            no_start_before: None,
         }
     }
 
     /// The worker's main loop; returns once told to stop (its process is stopped by then).
     pub fn run(mut self) {
-        log::debug!("session {:?}: worker started", self.key);
+        log::debug!("session {:?}: worker started (claude session {})", self.key, self.claude_session);
         loop {
             if self.stop_deadline.is_some() {
                 self.fail_queued_turns();
@@ -118,32 +160,60 @@ impl Worker {
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {}
             }
-            match self.wait(Instant::now() + MAX_WAIT) {
-                Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
-                Event::Control(Control::StopProcess) => self.stop_agent("asked to stop"),
-                Event::Control(Control::Attach { ws, spawn_id }) => reject_socket(ws, &spawn_id, "no spawn waiting"),
-                Event::Control(Control::TurnEnd { .. }) => {}
-                Event::Frame(frame) => log::debug!("session {:?}: frame outside a turn dropped: {frame:?}", self.key),
-                Event::AgentExited(how) => {
-                    log::info!("session {:?}: claude exited while idle ({how})", self.key);
-                    self.forget_agent();
-                }
-                Event::ChannelClosed(why) => self.stop_agent(&format!("channel closed while idle: {why}")),
-                Event::ScreenChanged | Event::Woken | Event::Timeout => {}
-            }
+            let event = self.wait(Instant::now() + MAX_WAIT);
+            self.handle_between_turns(event);
         }
         self.stop_agent("session stopping");
         log::debug!("session {:?}: worker finished", self.key);
     }
 
-    fn run_turn(&mut self, turn: Turn) {
-        if turn.cancelled.load(Ordering::SeqCst) {
-            log::info!("session {:?} {}: client left before the turn started; skipped", self.key, turn.id);
-            return;
+    /// Reacts to an event while no turn is talking to Claude.
+    fn handle_between_turns(&mut self, event: Event) {
+        match event {
+            Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
+            Event::Control(Control::StopIfIdle { idle_for, reason }) => {
+                let idle = self.status.queued.load(Ordering::SeqCst) == 0
+                    && self.status.last_active().elapsed() >= idle_for;
+                if idle && self.agent.is_some() {
+                    self.stop_agent(reason);
+                }
+            }
+            Event::Control(Control::Attach { ws, spawn_id }) => reject_socket(ws, &spawn_id, "no spawn waiting"),
+            Event::Control(Control::TurnEnd { .. }) => {}
+            Event::Frame(frame) => log::debug!("session {:?}: frame outside a turn dropped: {frame:?}", self.key),
+            Event::AgentExited(how) => {
+                log::info!("session {:?}: claude exited while idle ({how})", self.key);
+                self.forget_agent();
+            }
+            Event::ChannelClosed(why) => self.stop_agent(&format!("channel closed while idle: {why}")),
+            Event::ScreenChanged | Event::Woken | Event::Timeout => {}
         }
+    }
+
+    fn run_turn(&mut self, mut turn: Turn) {
         let turn_deadline = turn.received + self.settings.turn_timeout;
         if self.stop_deadline.is_some() {
-            fail(&turn, FailureKind::ShuttingDown, "the bridge is shutting down; retry on another instance or after restart");
+            fail(&turn, FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts");
+            return;
+        }
+        // Host-wide bound on turns in flight; wait for a slot while still serving our process.
+        while !self.settings.turn_slots.try_acquire() {
+            if turn.cancelled.load(Ordering::SeqCst) || self.stop_deadline.is_some() {
+                return fail(&turn, FailureKind::ShuttingDown, "cancelled while waiting for a turn slot");
+            }
+            if Instant::now() >= turn_deadline {
+                return fail(&turn, FailureKind::Timeout, "no max_concurrent_turns slot freed before turn_timeout");
+            }
+            let event = self.wait(Instant::now() + TURN_SLOT_RETRY);
+            self.handle_between_turns(event);
+        }
+        self.run_turn_with_slot(&mut turn, turn_deadline);
+        self.settings.turn_slots.release();
+    }
+
+    fn run_turn_with_slot(&mut self, turn: &mut Turn, turn_deadline: Instant) {
+        if turn.cancelled.load(Ordering::SeqCst) {
+            log::info!("session {:?} {}: client left before the turn started; skipped", self.key, turn.id);
             return;
         }
         if let Err(failure) = self.ensure_ready(turn_deadline.min(Instant::now() + self.settings.ready_timeout)) {
@@ -152,13 +222,32 @@ impl Worker {
             return;
         }
         self.status.set_state(SessionState::Busy);
-        let frame = BridgeFrame::Turn { id: turn.id.clone(), content: turn.content.clone(), meta: Default::default() };
+        let mut content = std::mem::take(&mut turn.content);
+        if self.restore_history
+            && let Some(history) = turn.history.take().and_then(|render| render())
+        {
+            log::info!("session {:?} {}: carrying {} bytes of earlier conversation into the fresh one", self.key, turn.id, history.len());
+            content = format!("{history}\n\n{content}");
+        }
+        let frame = BridgeFrame::Turn { id: turn.id.clone(), content, meta: Default::default() };
         if let Err(e) = self.send_frame(&frame) {
             self.stop_agent(&format!("could not send turn: {e}"));
-            fail(&turn, FailureKind::AgentDied, format!("could not deliver the turn to claude's channel ({e}); retry"));
+            fail(turn, FailureKind::AgentDied, format!("could not deliver the turn to claude's channel ({e}); retry"));
             return;
         }
-        log::debug!("session {:?} {}: turn sent ({} bytes)", self.key, turn.id, turn.content.len());
+        self.restore_history = false;
+        log::debug!("session {:?} {}: turn sent", self.key, turn.id);
+        let finished = self.await_replies(turn, turn_deadline);
+        if finished {
+            self.settings.store.note_turn(&self.key);
+        }
+        if self.agent.is_some() {
+            self.status.set_state(SessionState::Ready);
+        }
+    }
+
+    /// Forwards this turn's replies until it ends; true when it ended normally.
+    fn await_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
         let mut replied = false;
         loop {
             if turn.cancelled.load(Ordering::SeqCst) {
@@ -166,7 +255,7 @@ impl Worker {
                 if let Some(agent) = self.agent.as_mut() {
                     let _ = agent.interrupt();
                 }
-                break;
+                return false;
             }
             let deadline = self.stop_deadline.map_or(turn_deadline, |d| d.min(turn_deadline));
             match self.wait(deadline) {
@@ -175,66 +264,56 @@ impl Worker {
                     let _ = turn.events.send(TurnEvent::Text { text, is_final });
                     if is_final {
                         let _ = turn.events.send(TurnEvent::Done);
-                        break;
+                        return true;
                     }
                 }
                 Event::Frame(other) => log::debug!("session {:?} {}: stray frame dropped: {other:?}", self.key, turn.id),
                 Event::Control(Control::TurnEnd { spawn_id, turn: ended, last_assistant_message }) => {
                     let this_process = self.agent.as_ref().is_some_and(|a| a.spawn_id == spawn_id);
                     let this_turn = ended.as_ref().is_none_or(|t| *t == turn.id);
-                    if !this_turn {
+                    if !(this_process && this_turn) {
                         log::debug!("session {:?} {}: late turn_end of {ended:?} ignored", self.key, turn.id);
+                        continue;
                     }
-                    if this_process && this_turn {
-                        if !replied {
-                            let text = last_assistant_message.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| {
-                                "(Claude ended its turn without sending a reply.)".to_string()
-                            });
-                            let _ = turn.events.send(TurnEvent::Text { text, is_final: true });
-                        }
-                        let _ = turn.events.send(TurnEvent::Done);
-                        break;
+                    if !replied {
+                        let text = last_assistant_message
+                            .filter(|t| !t.trim().is_empty())
+                            .unwrap_or_else(|| "(Claude ended its turn without sending a reply.)".to_string());
+                        log::info!("session {:?} {}: turn ended without a final reply; using the Stop hook's text", self.key, turn.id);
+                        let _ = turn.events.send(TurnEvent::Text { text, is_final: true });
                     }
+                    let _ = turn.events.send(TurnEvent::Done);
+                    return true;
                 }
                 Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
-                Event::Control(Control::StopProcess) => {
-                    self.stop_agent("asked to stop mid-turn");
-                    fail(&turn, FailureKind::AgentDied, "the session's claude process was stopped by an operator; retry");
-                    break;
-                }
+                Event::Control(Control::StopIfIdle { .. }) => {}
                 Event::Control(Control::Attach { ws, spawn_id }) => reject_socket(ws, &spawn_id, "session already attached"),
                 Event::AgentExited(how) => {
-                    let screen = self.agent.as_ref().map(|a| a.screen_tail(SCREEN_LINES_IN_ERRORS)).unwrap_or_default();
+                    let screen = self.screen_tail();
                     self.forget_agent();
-                    fail(
-                        &turn,
-                        FailureKind::AgentDied,
-                        format!("claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}"),
-                    );
-                    break;
+                    let message = format!("claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}");
+                    fail(turn, FailureKind::AgentDied, message);
+                    return false;
                 }
                 Event::ChannelClosed(why) => {
                     self.stop_agent(&format!("channel closed mid-turn: {why}"));
-                    fail(&turn, FailureKind::AgentDied, format!("claude's channel disconnected mid-turn ({why}); retry"));
-                    break;
+                    fail(turn, FailureKind::AgentDied, format!("claude's channel disconnected mid-turn ({why}); retry"));
+                    return false;
                 }
                 Event::Timeout => {
                     if let Some(agent) = self.agent.as_mut() {
                         let _ = agent.interrupt();
                     }
                     if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
-                        fail(&turn, FailureKind::ShuttingDown, "the bridge shut down before the turn finished; retry");
+                        fail(turn, FailureKind::ShuttingDown, "the bridge shut down before the turn finished; retry");
                     } else {
                         let limit = self.settings.turn_timeout;
-                        fail(&turn, FailureKind::Timeout, format!("the turn took longer than turn_timeout ({limit:?})"));
+                        fail(turn, FailureKind::Timeout, format!("the turn took longer than turn_timeout ({limit:?}); claude was interrupted"));
                     }
-                    break;
+                    return false;
                 }
                 Event::ScreenChanged | Event::Woken => {}
             }
-        }
-        if self.agent.is_some() {
-            self.status.set_state(SessionState::Ready);
         }
     }
 
@@ -246,26 +325,97 @@ impl Worker {
         if self.agent.is_some() {
             self.stop_agent("process without a channel");
         }
+        if let Some((until, last_error)) = &self.no_start_before {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(TurnFailure::new(
+                    FailureKind::AgentUnavailable,
+                    format!(
+                        "claude failed to start {} times in a row; not trying again for {}s. Last error: {last_error}",
+                        self.start_failures,
+                        left.as_secs() + 1
+                    ),
+                ));
+            }
+        }
+        let result = match self.start_agent(deadline) {
+            Err(failure) if failure.message.contains(RESUME_FAILED_TEXT) => {
+                let old = std::mem::replace(&mut self.claude_session, uuid::Uuid::new_v4().to_string());
+                log::warn!(
+                    "session {:?}: claude could not resume conversation {old} ({RESUME_FAILED_TEXT}); starting a new one, {}, with the client's earlier messages",
+                    self.key,
+                    self.claude_session
+                );
+                self.restore_history = true;
+                self.start_agent(deadline)
+            }
+            other => other,
+        };
+        match &result {
+            Ok(()) => {
+                self.start_failures = 0;
+                self.no_start_before = None;
+            }
+            Err(failure) if failure.kind != FailureKind::ShuttingDown => {
+                self.start_failures += 1;
+                if self.start_failures >= START_FAILURES_BEFORE_BACKOFF {
+                    let exponent = (self.start_failures - START_FAILURES_BEFORE_BACKOFF).min(6);
+                    let backoff = (Duration::from_secs(5) * 2u32.pow(exponent)).min(MAX_START_BACKOFF);
+                    log::error!("session {:?}: {} start failures in a row; backing off {backoff:?}", self.key, self.start_failures);
+                    self.no_start_before = Some((Instant::now() + backoff, failure.message.clone()));
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Spawns claude and waits for its channel's hello.
+    fn start_agent(&mut self, deadline: Instant) -> Result<(), TurnFailure> {
+        let limit = deadline.saturating_duration_since(Instant::now());
+        if !self.settings.process_slots.acquire_timeout(limit) {
+            return Err(TurnFailure::new(
+                FailureKind::AgentUnavailable,
+                format!("all {} claude processes (max_processes) are busy; retry later", self.settings.process_slots.max),
+            ));
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.workspace) {
+            self.settings.process_slots.release();
+            return Err(TurnFailure::new(
+                FailureKind::AgentUnavailable,
+                format!("cannot create workspace {}: {e}", self.workspace.display()),
+            ));
+        }
         let spawn_id = uuid::Uuid::new_v4().simple().to_string();
-        let resume = crate::agent::transcript_exists(
-            &self.settings.claude_config_dir,
-            &self.settings.workspace,
-            &self.claude_session,
-        );
+        let resume = crate::agent::transcript_exists(&self.settings.claude_config_dir, &self.workspace, &self.claude_session);
+        let had_turns = self.settings.store.get(&self.key).is_some_and(|r| r.turns > 0);
+        if !resume && had_turns && !self.restore_history {
+            let old = std::mem::replace(&mut self.claude_session, uuid::Uuid::new_v4().to_string());
+            log::warn!(
+                "session {:?}: claude's transcript of conversation {old} is missing; starting a new one, {}, with the client's earlier messages",
+                self.key,
+                self.claude_session
+            );
+            self.restore_history = true;
+        }
         let launch = Launch {
             session_key: &self.key,
             claude_session: &self.claude_session,
             resume,
             spawn_id: &spawn_id,
-            workspace: &self.settings.workspace,
+            workspace: &self.workspace,
         };
         let program = self.settings.launcher.program.to_string_lossy().into_owned();
-        let agent = Agent::spawn(&self.settings.launcher, &launch).map_err(|e| {
-            TurnFailure::new(
-                FailureKind::AgentUnavailable,
-                format!("could not start `{program}`: {e}. Install Claude Code, point --claude-bin at it, or run with --demo"),
-            )
-        })?;
+        let agent = match Agent::spawn(&self.settings.launcher, &launch) {
+            Ok(agent) => agent,
+            Err(e) => {
+                self.settings.process_slots.release();
+                return Err(TurnFailure::new(
+                    FailureKind::AgentUnavailable,
+                    format!("could not start `{program}`: {e}. Install Claude Code, point --claude-bin at it, or run with --demo"),
+                ));
+            }
+        };
         log::info!(
             "session {:?}: spawned pid {} ({} {}, spawn {spawn_id})",
             self.key,
@@ -273,6 +423,7 @@ impl Worker {
             if resume { "--resume" } else { "--session-id" },
             self.claude_session
         );
+        self.settings.store.put(&self.key, &self.claude_session, &self.workspace);
         *self.status.spawn_id.lock().unwrap() = Some(spawn_id.clone());
         self.status.pid.store(agent.pid(), Ordering::SeqCst);
         self.status.set_state(SessionState::Starting);
@@ -297,21 +448,24 @@ impl Worker {
                 }
                 Event::Control(Control::Attach { ws, spawn_id: id }) => reject_socket(ws, &id, "stale spawn id"),
                 Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
-                Event::Control(Control::StopProcess) => {
-                    break TurnFailure::new(FailureKind::AgentUnavailable, "stopped by an operator during start-up");
-                }
-                Event::Control(Control::TurnEnd { .. }) | Event::Frame(_) | Event::Woken | Event::ChannelClosed(_) => {}
+                Event::Control(Control::StopIfIdle { .. } | Control::TurnEnd { .. })
+                | Event::Frame(_)
+                | Event::Woken
+                | Event::ChannelClosed(_) => {}
                 Event::AgentExited(how) => {
-                    let screen = self.agent.as_ref().map(|a| a.screen_tail(SCREEN_LINES_IN_ERRORS)).unwrap_or_default();
+                    let screen = self.screen_tail();
                     self.forget_agent();
                     return Err(TurnFailure::new(
                         FailureKind::AgentUnavailable,
                         format!("claude exited during start-up ({how}). Last screen lines:\n{screen}"),
                     ));
                 }
+                Event::Timeout if self.stop_deadline.is_some() => {
+                    break TurnFailure::new(FailureKind::ShuttingDown, "the bridge is shutting down");
+                }
                 Event::Timeout => {
-                    let screen = self.agent.as_ref().map(|a| a.screen_tail(SCREEN_LINES_IN_ERRORS)).unwrap_or_default();
                     let limit = self.settings.ready_timeout;
+                    let screen = self.screen_tail();
                     break TurnFailure::new(
                         FailureKind::AgentUnavailable,
                         format!(
@@ -368,11 +522,10 @@ impl Worker {
                 }
                 return Event::ScreenChanged;
             }
-            if ws_fd.is_some() && ready[1 + agent_fds.len()].readable | ready[1 + agent_fds.len()].hangup {
-                if let Err(why) = self.read_frames() {
-                    self.ws = None;
-                    return Event::ChannelClosed(why);
-                }
+            let ws_ready = ready.get(1 + agent_fds.len()).is_some_and(|r| r.readable || r.hangup);
+            if ws_ready && let Err(why) = self.read_frames() {
+                self.ws = None;
+                return Event::ChannelClosed(why);
             }
         }
     }
@@ -406,6 +559,10 @@ impl Worker {
         result
     }
 
+    fn screen_tail(&self) -> String {
+        self.agent.as_ref().map(|a| a.screen_tail(SCREEN_LINES_IN_ERRORS)).unwrap_or_default()
+    }
+
     /// Collects the exit status after the terminal closed (the child may take a moment).
     fn reap_agent(&mut self) -> String {
         let agent = self.agent.as_mut().expect("reaping needs an agent");
@@ -420,6 +577,7 @@ impl Worker {
         if let Some(agent) = self.agent.take() {
             // Reaps if it somehow still runs; a no-op for an exited child.
             let _ = agent.stop(self.settings.stop_grace);
+            self.settings.process_slots.release();
         }
         self.detach();
     }
@@ -431,6 +589,7 @@ impl Worker {
                 Ok(status) => log::info!("session {:?}: stopped pid {pid} ({why}): {status}", self.key),
                 Err(e) => log::error!("session {:?}: stopping pid {pid} failed ({why}): {e}", self.key),
             }
+            self.settings.process_slots.release();
         }
         self.detach();
     }
