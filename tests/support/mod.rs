@@ -350,3 +350,39 @@ pub fn streamed_text(events: &[(Instant, String)]) -> String {
         .filter_map(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str).map(String::from))
         .collect()
 }
+
+/// Pids of the agent processes (not channel servers or hooks) serving session `key`.
+pub fn agent_pids(marker: &str, key: &str) -> Vec<u32> {
+    let session_var = format!("SYNTHESIS_OPENCLAW_SESSION={key}");
+    marked_pids(marker)
+        .into_iter()
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            environ.split(|b| *b == 0).any(|v| v == session_var.as_bytes()) && args.get(1) == Some(&&b"sim-agent"[..])
+        })
+        .collect()
+}
+
+/// Starts a streamed turn on another thread; join it for (response, events).
+pub fn stream_chat_in_background(
+    addr: SocketAddr,
+    session: &str,
+    text: &str,
+) -> std::thread::JoinHandle<(HttpResponse, Vec<(Instant, String)>)> {
+    let (session, text) = (session.to_string(), text.to_string());
+    std::thread::spawn(move || stream_chat(addr, &session, &text))
+}
+
+/// The `error` object of a stream that ended in one.
+pub fn stream_error(events: &[(Instant, String)]) -> Option<Value> {
+    events.iter().filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok()).find_map(|v| v.get("error").cloned())
+}
+
+impl Bridge {
+    /// Waits until the bridge log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || self.log().contains(needle).then_some(())).is_some()
+    }
+}
