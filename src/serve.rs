@@ -20,10 +20,13 @@ use crate::http::{self, HttpContext};
 use crate::hub::{self, Hub};
 use crate::poll::wake_pair;
 use crate::session::Registry;
+use crate::session::identity::Continuations;
 use crate::session::registry::{Limits, Slots};
 use crate::session::store::SessionStore;
 use crate::session::worker::WorkerSettings;
 
+/// Conversations remembered for matching clients that send no id (a few hundred bytes each).
+const CONTINUATIONS_REMEMBERED: usize = 100_000;
 /// SIGTERM → SIGKILL grace for one claude process (it exits in ~0.1 s on SIGTERM).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -128,6 +131,7 @@ fn serve(config: Config) -> Result<(), String> {
         heartbeat_interval: config.heartbeat_interval,
         max_body_bytes: config.max_body_bytes,
         fallback_session_key: config.fallback_session_key.clone(),
+        continuations: config.conversation_match.then(|| Continuations::new(CONTINUATIONS_REMEMBERED)),
     });
     let http_thread = http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;
 

@@ -36,10 +36,15 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         .iter()
         .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
         .collect();
-    let key = match identity::resolve(&headers, &value, &ctx.fallback_session_key) {
+    let key = match identity::resolve(&headers, &value, &ctx.fallback_session_key, ctx.continuations.as_ref()) {
         Ok(key) => key,
         Err(message) => return respond_error(request, &ApiError::bad_request(message)),
     };
+    // Only sessions found by conversation matching need the chain their next request will show.
+    let chain_before_reply = matches!(key.source, "conversation-continuation" | "new-conversation").then(|| {
+        let messages = value.get("messages").and_then(|m| m.as_array()).map_or(&[][..], Vec::as_slice);
+        identity::conversation_hash(identity::CHAIN_START, messages)
+    });
     let history: HistoryRenderer = Box::new(move || {
         let messages = value.get("messages")?.as_array()?;
         render_history(messages, MAX_RESTORED_HISTORY_BYTES)
@@ -51,10 +56,13 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     log::debug!("session {:?} {}: queued (key from {}, stream={})", key.key, turn.id, key.source, chat.stream);
     let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let completion = Completion::new(&model);
-    if chat.stream {
-        stream(request, &ctx, &chat, &completion, turn, &key.key);
+    let reply = if chat.stream {
+        stream(request, &ctx, &chat, &completion, turn, &key.key)
     } else {
-        respond_whole(request, &chat, &completion, turn);
+        respond_whole(request, &chat, &completion, turn)
+    };
+    if let (Some(continuations), Some(chain), Some(reply)) = (&ctx.continuations, chain_before_reply, reply) {
+        continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
     }
 }
 
@@ -114,30 +122,41 @@ fn worker_vanished() -> ApiError {
     ApiError::new(500, "session_worker_failed", "the session's worker ended unexpectedly (see the bridge log); retry")
 }
 
-fn stream(request: Request, ctx: &HttpContext, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn, key: &str) {
+/// Streams the turn; returns the whole reply text when the turn ended normally.
+fn stream(
+    request: Request,
+    ctx: &HttpContext,
+    chat: &ChatRequest,
+    completion: &Completion,
+    turn: SubmittedTurn,
+    key: &str,
+) -> Option<String> {
     let mut sse = match SseStream::start(request) {
         Ok(sse) => sse,
         Err(e) => {
             log::info!("session {key:?} {}: client gone before the stream started ({e})", turn.id);
-            return turn.cancel.cancel();
+            turn.cancel.cancel();
+            return None;
         }
     };
-    let mut sent_chars = 0usize;
+    let mut reply = String::new();
+    let mut completed = false;
     let result = (|| -> std::io::Result<()> {
         sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None))?;
         loop {
             match turn.events.recv_timeout(ctx.heartbeat_interval) {
                 Ok(TurnEvent::Text { text, .. }) => {
                     // Separate consecutive replies (progress, then the answer) with a blank line.
-                    let content = if sent_chars > 0 { format!("\n\n{text}") } else { text };
-                    sent_chars += content.len();
+                    let content = if reply.is_empty() { text } else { format!("\n\n{text}") };
+                    reply.push_str(&content);
                     sse.event(&completion.chunk(json!({"content": content}), None))?;
                 }
                 Ok(TurnEvent::Done) => {
                     sse.event(&completion.chunk(json!({}), Some("stop")))?;
                     if chat.include_usage {
-                        sse.event(&completion.usage_chunk(Usage::estimate(chat.prompt_chars, sent_chars)))?;
+                        sse.event(&completion.usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())))?;
                     }
+                    completed = true;
                     break;
                 }
                 Ok(TurnEvent::Failed(failure)) => {
@@ -155,15 +174,20 @@ fn stream(request: Request, ctx: &HttpContext, chat: &ChatRequest, completion: &
         sse.event("[DONE]")
     })();
     match result.and_then(|()| sse.finish()) {
-        Ok(()) => log::debug!("session {key:?} {}: streamed {sent_chars} chars", turn.id),
+        Ok(()) => {
+            log::debug!("session {key:?} {}: streamed {} chars", turn.id, reply.len());
+            completed.then_some(reply)
+        }
         Err(e) => {
             log::info!("session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn", turn.id);
             turn.cancel.cancel();
+            None
         }
     }
 }
 
-fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn) {
+/// Answers with one `chat.completion`; returns the reply text when the turn ended normally.
+fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn) -> Option<String> {
     let mut text = String::new();
     loop {
         // No deadline of our own: the worker always ends a turn (turn_timeout at the latest).
@@ -175,10 +199,17 @@ fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, 
                 text.push_str(&part);
             }
             Ok(TurnEvent::Done) => break,
-            Ok(TurnEvent::Failed(failure)) => return respond_error(request, &failure_error(&failure)),
-            Err(_) => return respond_error(request, &worker_vanished()),
+            Ok(TurnEvent::Failed(failure)) => {
+                respond_error(request, &failure_error(&failure));
+                return None;
+            }
+            Err(_) => {
+                respond_error(request, &worker_vanished());
+                return None;
+            }
         }
     }
     let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
     super::respond_json(request, 200, body);
+    Some(text)
 }

@@ -27,6 +27,8 @@ pub struct HttpContext {
     pub heartbeat_interval: Duration,
     pub max_body_bytes: usize,
     pub fallback_session_key: String,
+    /// Conversation matching for clients that send no id (None when `conversation_match` is off).
+    pub continuations: Option<crate::session::identity::Continuations>,
 }
 
 /// Responder threads mostly wait; their stacks stay small.

@@ -316,7 +316,7 @@ mod tests {
         let text = render_history(messages.as_array().unwrap(), 1024).unwrap();
         assert!(text.contains("User: first\nAssistant: answer one\n"), "{text}");
         assert!(!text.contains("system prompt") && !text.contains("new turn"));
-        let small = render_history(messages.as_array().unwrap(), 20).unwrap();
+        let small = render_history(messages.as_array().unwrap(), 30).unwrap();
         assert!(small.contains("Assistant: answer one") && !small.contains("User: first"), "{small}");
         assert!(render_history(json!([{"role": "user", "content": "only"}]).as_array().unwrap(), 1024).is_none());
     }
