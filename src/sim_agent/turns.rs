@@ -1,0 +1,456 @@
+//! The simulated Claude's interactive loop, after start-up: channel notifications come in
+//! from the MCP server, each becomes a turn, and a turn answers through the `reply` tool as
+//! its `[sim:...]` directives say (see `directives.rs`), then ends with the Stop hooks.
+//!
+//! One thread waits with `poll(2)` on the terminal, the MCP server's stdout and the signal
+//! socket, with a timeout, so a turn that sleeps or hangs stays interruptible: Esc on the
+//! terminal interrupts it. Turns that arrive while one runs are queued and run in order.
+//! This loop owns the turn queue and the session files' updates; it must never block
+//! without a bound (the Stop hooks are bounded too) and never answer for a turn it is not
+//! running (answers to tool calls of an interrupted turn are dropped).
+
+use super::directives::{Directives, Step};
+use super::files::{StatusFile, Transcript};
+use super::hook::{self, HookCommand, Outcome};
+use super::mcp_client::McpClient;
+use super::signals::{self, Signals};
+use super::term::{self, Key, Screen};
+use crate::poll::wait_readable;
+use serde_json::{Map, Value, json};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Longest a wait lasts when nothing is due (signals and input wake it earlier anyway).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Characters of a turn's content shown on screen.
+const SHOWN_CHARS: usize = 200;
+
+/// How the loop ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// A signal or the terminal closing: clean up and exit 0.
+    Clean(String),
+    /// `[sim:exit=N]`: exit with N right away, like a crash (session file left behind).
+    Crash(u8),
+}
+
+/// Everything the loop needs, prepared by start-up.
+pub struct Conversation<'a> {
+    pub screen: Screen,
+    pub signals: &'a Signals,
+    pub mcp: Option<McpClient>,
+    pub channel: String,
+    pub reply_allowed: bool,
+    pub hooks: Vec<HookCommand>,
+    /// `SYNTHESIS_SIM_DEFAULT`: directives applied to every turn before its own.
+    pub defaults: String,
+    /// Run the Stop hooks after an interrupt too (Claude Code does not; see `interrupt`).
+    pub stop_hooks_on_interrupt: bool,
+    pub transcript: Transcript,
+    pub status: StatusFile,
+    pub session_id: String,
+    pub cwd: PathBuf,
+    /// Extra environment for hooks (Claude's own additions).
+    pub env: Vec<(String, String)>,
+    pub queue: VecDeque<Incoming>,
+    pub current: Option<Turn>,
+    pub tool_calls: u64,
+}
+
+/// A channel notification waiting to be processed.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    content: String,
+    turn_id: Option<String>,
+}
+
+/// The turn being processed.
+#[derive(Debug)]
+pub struct Turn {
+    turn_id: Option<String>,
+    steps: VecDeque<Step>,
+    wait: Wait,
+    last_reply: Option<String>,
+}
+
+#[derive(Debug)]
+enum Wait {
+    /// Run the next step.
+    Ready,
+    Until(Instant),
+    /// A `reply` call is out; its answer (request `id`) moves the turn on.
+    Answer {
+        id: u64,
+        text: String,
+    },
+    /// The permission prompt for a `reply` call is on screen.
+    Permission {
+        text: String,
+        is_final: bool,
+    },
+    /// `[sim:hang]`: until interrupted.
+    Forever,
+}
+
+impl Conversation<'_> {
+    /// Runs until a signal, the terminal closing, or `[sim:exit]`; `stdin` is the terminal.
+    pub fn run(&mut self, mut stdin: File) -> Ending {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(signal) = self.signals.received() {
+                return Ending::Clean(format!("received {}", signals::name(signal)));
+            }
+            let held_back = self
+                .mcp
+                .as_mut()
+                .map(McpClient::take_backlog)
+                .unwrap_or_default();
+            for message in held_back {
+                self.on_mcp_message(message);
+            }
+            if let Some(ending) = self.advance() {
+                return ending;
+            }
+            let mut fds = vec![term::STDIN, self.signals.fd()];
+            if let Some(mcp) = &self.mcp {
+                fds.push(mcp.fd());
+            }
+            let ready = match wait_readable(&fds, Some(self.next_wait())) {
+                Ok(ready) => ready,
+                Err(e) => return Ending::Clean(format!("poll failed: {e}")),
+            };
+            if ready[0].readable || ready[0].hangup {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return Ending::Clean("the terminal closed".into()),
+                    Ok(n) => {
+                        if let Some(ending) = self.on_keys(&buf[..n]) {
+                            return ending;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // EIO: the PTY master is gone.
+                    Err(e) => return Ending::Clean(format!("the terminal closed ({e})")),
+                }
+            }
+            if ready.get(2).is_some_and(|r| r.readable || r.hangup)
+                && let Some(mcp) = &mut self.mcp
+            {
+                match mcp.read_available() {
+                    Ok(messages) => messages.into_iter().for_each(|m| self.on_mcp_message(m)),
+                    Err(_) => {
+                        if let Some(ending) = self.mcp_gone() {
+                            return ending;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_wait(&self) -> Duration {
+        match self.current.as_ref().map(|t| &t.wait) {
+            Some(Wait::Until(at)) => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+            _ => IDLE_WAIT,
+        }
+    }
+
+    /// Runs every step that is due; starts queued turns when none runs.
+    fn advance(&mut self) -> Option<Ending> {
+        loop {
+            let Some(turn) = self.current.as_mut() else {
+                let incoming = self.queue.pop_front()?;
+                if let Some(code) = self.start_turn(incoming) {
+                    return Some(Ending::Crash(code));
+                }
+                continue;
+            };
+            match turn.wait {
+                Wait::Until(at) if Instant::now() < at => return None,
+                Wait::Ready | Wait::Until(_) => turn.wait = Wait::Ready,
+                Wait::Answer { .. } | Wait::Permission { .. } | Wait::Forever => return None,
+            }
+            let step = turn.steps.pop_front();
+            let ending = match step {
+                None => self.end_turn(),
+                Some(Step::Sleep(d)) => self.set_wait(Wait::Until(Instant::now() + d)),
+                Some(Step::Hang) => self.set_wait(Wait::Forever),
+                Some(Step::Reply { text, is_final }) if !self.reply_allowed => {
+                    self.show_permission_prompt(&text);
+                    self.set_wait(Wait::Permission { text, is_final })
+                }
+                Some(Step::Reply { text, is_final }) => self.call_reply(text, is_final),
+            };
+            if ending.is_some() {
+                return ending;
+            }
+        }
+    }
+
+    fn set_wait(&mut self, wait: Wait) -> Option<Ending> {
+        if let Some(turn) = self.current.as_mut() {
+            turn.wait = wait;
+        }
+        None
+    }
+
+    /// Begins a turn; `Some(code)` when its directives say to exit.
+    fn start_turn(&mut self, incoming: Incoming) -> Option<u8> {
+        let _ = self.status.set("busy");
+        if let Err(e) = self.transcript.append("user", &incoming.content) {
+            self.screen
+                .line(&format!("  ⎿  could not write the transcript: {e}"));
+        }
+        let mut directives = Directives::default();
+        let mut problems = directives.apply(&self.defaults);
+        problems.extend(directives.apply(&incoming.content));
+        for problem in problems {
+            self.screen.line(&format!("  ⎿  sim: {problem}"));
+        }
+        if let Some(code) = directives.exit {
+            self.screen
+                .line(&format!("sim-agent: exiting with code {code} ([sim:exit])"));
+            return Some(code);
+        }
+        self.screen.line("✻ Working…");
+        self.current = Some(Turn {
+            turn_id: incoming.turn_id,
+            steps: directives.plan(&incoming.content).into(),
+            wait: Wait::Ready,
+            last_reply: None,
+        });
+        None
+    }
+
+    fn call_reply(&mut self, text: String, is_final: bool) -> Option<Ending> {
+        let turn_id = self.current.as_ref()?.turn_id.clone();
+        if self.mcp.is_none() {
+            self.screen
+                .line("  ⎿  Error: the channel's MCP server is not connected; reply not sent");
+            return self.end_turn();
+        }
+        self.tool_calls += 1;
+        let n = self.tool_calls;
+        let mut arguments = json!({ "text": text, "final": is_final });
+        if let Some(turn_id) = turn_id {
+            arguments["turn_id"] = Value::String(turn_id);
+        }
+        let params = json!({
+            "name": "reply",
+            "arguments": arguments,
+            "_meta": { "claudecode/toolUseId": format!("toolu_sim_{n}"), "progressToken": n },
+        });
+        self.screen.line(&format!(
+            "⏺ {} - reply (MCP)(final: {is_final}, text: \"{}\")",
+            self.channel,
+            term::one_line(&text, 80)
+        ));
+        let sent = self
+            .mcp
+            .as_mut()
+            .map(|mcp| mcp.send_request("tools/call", params));
+        match sent {
+            Some(Ok(id)) => self.set_wait(Wait::Answer { id, text }),
+            Some(Err(e)) => {
+                self.screen.line(&format!("  ⎿  Error: {e}"));
+                self.end_turn()
+            }
+            None => self.end_turn(),
+        }
+    }
+
+    fn show_permission_prompt(&self, text: &str) {
+        let s = &self.screen;
+        s.line("");
+        s.line("Tool use");
+        s.line(&format!(
+            "  {} - reply(text: \"{}\") (MCP)",
+            self.channel,
+            term::one_line(text, 60)
+        ));
+        s.line("Do you want to proceed?");
+        s.line("❯ 1. Yes");
+        s.line(&format!(
+            "  2. Yes, and don't ask again for {} - reply commands",
+            self.channel
+        ));
+        s.line("  3. No, and tell Claude what to do differently (esc)");
+    }
+
+    /// Ends the running turn: Stop hooks, then idle.
+    fn end_turn(&mut self) -> Option<Ending> {
+        let turn = self.current.take()?;
+        let ending = self.run_stop_hooks(turn.last_reply.as_deref().unwrap_or("done"));
+        let _ = self.status.set("idle");
+        self.screen.prompt();
+        ending
+    }
+
+    /// Esc: the turn stops at once. Claude Code runs no Stop hook after an interrupt (the
+    /// user stopped it, nothing "finished"), so by default neither does the sim.
+    fn interrupt(&mut self) -> Option<Ending> {
+        let turn = self.current.take()?;
+        self.screen
+            .line("  ⎿  Interrupted · What should Claude do instead?");
+        let ending = if self.stop_hooks_on_interrupt {
+            self.run_stop_hooks(turn.last_reply.as_deref().unwrap_or("done"))
+        } else {
+            None
+        };
+        let _ = self.status.set("idle");
+        self.screen.prompt();
+        ending
+    }
+
+    fn run_stop_hooks(&mut self, last_message: &str) -> Option<Ending> {
+        if self.hooks.is_empty() {
+            return None;
+        }
+        let input = json!({
+            "session_id": self.session_id,
+            "transcript_path": self.transcript.path,
+            "cwd": self.cwd,
+            "hook_event_name": "Stop",
+            "stop_hook_active": false,
+            "last_assistant_message": last_message,
+        });
+        for h in &self.hooks {
+            match hook::run(h, &input, &self.env, self.signals) {
+                Outcome::Exited(status) if status.success() => {}
+                Outcome::Exited(status) => self
+                    .screen
+                    .line(&format!("  ⎿  Stop hook error: {} ({status})", h.command)),
+                Outcome::TimedOut => self.screen.line(&format!(
+                    "  ⎿  Stop hook timed out after {:?}: {}",
+                    h.timeout, h.command
+                )),
+                Outcome::Failed(e) => self.screen.line(&format!("  ⎿  Stop hook failed: {e}")),
+                Outcome::Interrupted => {
+                    return Some(Ending::Clean("stopped during a Stop hook".into()));
+                }
+            }
+        }
+        None
+    }
+
+    fn on_keys(&mut self, bytes: &[u8]) -> Option<Ending> {
+        for key in term::keys(bytes) {
+            let permission = match self.current.as_ref().map(|t| &t.wait) {
+                Some(Wait::Permission { text, is_final }) => Some((text.clone(), *is_final)),
+                _ => None,
+            };
+            let ending = match (key, permission) {
+                (Key::Esc | Key::Char(b'3'), Some(_)) => self.interrupt(),
+                (Key::Esc, None) => self.interrupt(),
+                (Key::Enter | Key::Char(b'1' | b'2'), Some((text, is_final))) => {
+                    if key == Key::Char(b'2') {
+                        self.reply_allowed = true;
+                    }
+                    self.screen.clear();
+                    self.call_reply(text, is_final)
+                }
+                _ => None,
+            };
+            if ending.is_some() {
+                return ending;
+            }
+        }
+        None
+    }
+
+    fn on_mcp_message(&mut self, message: Value) {
+        if message.get("method").and_then(Value::as_str) == Some("notifications/claude/channel") {
+            self.on_channel_notification(&message["params"]);
+            return;
+        }
+        let Some(id) = message.get("id").and_then(Value::as_u64) else {
+            return;
+        };
+        let Some(turn) = self.current.as_mut() else {
+            return;
+        };
+        let Wait::Answer { id: waiting, .. } = &turn.wait else {
+            return;
+        };
+        if *waiting != id {
+            return;
+        }
+        let Wait::Answer { text, .. } = std::mem::replace(&mut turn.wait, Wait::Ready) else {
+            unreachable!()
+        };
+        let failure = match (message.get("error"), message.get("result")) {
+            (Some(e), _) => Some(e.to_string()),
+            (None, Some(r)) if r.get("isError") == Some(&Value::Bool(true)) => Some(
+                r.pointer("/content/0/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error")
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        match failure {
+            Some(why) => self
+                .screen
+                .line(&format!("  ⎿  Error: {}", term::one_line(&why, 150))),
+            None => {
+                self.screen.line("  ⎿  sent");
+                if let Err(e) = self.transcript.append("assistant", &text) {
+                    self.screen
+                        .line(&format!("  ⎿  could not write the transcript: {e}"));
+                }
+                turn.last_reply = Some(text);
+            }
+        }
+    }
+
+    fn on_channel_notification(&mut self, params: &Value) {
+        let content = match &params["content"] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let empty = Map::new();
+        let meta = params["meta"].as_object().unwrap_or(&empty);
+        let turn_id = meta
+            .get("turn_id")
+            .and_then(Value::as_str)
+            .map(String::from);
+        let mut tag = format!("<channel source=\"{}\"", self.channel);
+        if let Some(id) = &turn_id {
+            tag.push_str(&format!(" turn_id=\"{id}\""));
+        }
+        for (key, value) in meta.iter().filter(|(k, _)| *k != "turn_id") {
+            let value = value
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| value.to_string());
+            tag.push_str(&format!(" {key}=\"{}\"", term::one_line(&value, 60)));
+        }
+        self.screen
+            .line(&format!("{tag}> {}", term::one_line(&content, SHOWN_CHARS)));
+        if self.current.is_some() {
+            self.screen.line("  ⎿  queued (a turn is running)");
+        }
+        self.queue.push_back(Incoming { content, turn_id });
+    }
+
+    /// The MCP server's stdout closed: the channel is gone for good.
+    fn mcp_gone(&mut self) -> Option<Ending> {
+        if let Some(mcp) = self.mcp.take() {
+            mcp.stop(Duration::from_millis(200));
+        }
+        self.screen.line(&format!(
+            "  ⎿  MCP server \"{}\" disconnected",
+            self.channel
+        ));
+        match self.current.as_ref().map(|t| &t.wait) {
+            Some(Wait::Answer { .. }) => {
+                self.screen.line("  ⎿  Error: the reply was not answered");
+                self.end_turn()
+            }
+            _ => None,
+        }
+    }
+}
