@@ -144,6 +144,7 @@ fn frame_kind(message: &Message) -> &'static str {
 }
 
 fn refuse(ws: WebSocket<TcpStream>, why: &str) {
+    crate::metrics::METRICS.channel_refused.inc();
     log::warn!("ws: {why}; connection closed");
     close(ws);
 }

@@ -12,6 +12,7 @@ mod http;
 mod hub;
 mod session;
 mod logging;
+mod metrics;
 mod poll;
 mod protocol;
 mod serve;

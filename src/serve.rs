@@ -135,14 +135,21 @@ fn serve(config: Config) -> Result<(), String> {
     });
     let http_thread = http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let (signal_tx, signal_rx) = crossbeam_channel::bounded(1);
+    let report_registry = registry.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGUSR1 {
+                    log::info!("SIGUSR1: thread report\n{}", http::thread_report(&report_registry));
+                    continue;
+                }
                 let _ = signal_tx.send(signal);
+                break;
             }
         })
         .map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ use super::{HttpContext, respond_error};
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
+use crate::metrics::{self, METRICS};
 use crate::session::{SubmitError, identity};
 
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
@@ -140,7 +141,7 @@ fn stream(
         }
     };
     let mut reply = String::new();
-    let mut completed = false;
+    let mut completed: Option<Instant> = None;
     let result = (|| -> std::io::Result<()> {
         sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None))?;
         loop {
@@ -151,12 +152,12 @@ fn stream(
                     reply.push_str(&content);
                     sse.event(&completion.chunk(json!({"content": content}), None))?;
                 }
-                Ok(TurnEvent::Done) => {
+                Ok(TurnEvent::Done(read_at)) => {
                     sse.event(&completion.chunk(json!({}), Some("stop")))?;
                     if chat.include_usage {
                         sse.event(&completion.usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())))?;
                     }
-                    completed = true;
+                    completed = Some(read_at);
                     break;
                 }
                 Ok(TurnEvent::Failed(failure)) => {
@@ -164,7 +165,10 @@ fn stream(
                     sse.event(&failure_error(&failure).body())?;
                     break;
                 }
-                Err(RecvTimeoutError::Timeout) => sse.event(&completion.chunk(json!({"content": ""}), None))?,
+                Err(RecvTimeoutError::Timeout) => {
+                    METRICS.heartbeats.inc();
+                    sse.event(&completion.chunk(json!({"content": ""}), None))?;
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     sse.event(&worker_vanished().body())?;
                     break;
@@ -175,11 +179,14 @@ fn stream(
     })();
     match result.and_then(|()| sse.finish()) {
         Ok(()) => {
+            let read_at = completed?;
+            METRICS.bridge_outbound.record(read_at.elapsed());
             log::debug!("session {key:?} {}: streamed {} chars", turn.id, reply.len());
-            completed.then_some(reply)
+            Some(reply)
         }
         Err(e) => {
             log::info!("session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn", turn.id);
+            metrics::failed("client_gone");
             turn.cancel.cancel();
             None
         }
@@ -189,7 +196,7 @@ fn stream(
 /// Answers with one `chat.completion`; returns the reply text when the turn ended normally.
 fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn) -> Option<String> {
     let mut text = String::new();
-    loop {
+    let read_at = loop {
         // No deadline of our own: the worker always ends a turn (turn_timeout at the latest).
         match turn.events.recv() {
             Ok(TurnEvent::Text { text: part, .. }) => {
@@ -198,7 +205,7 @@ fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, 
                 }
                 text.push_str(&part);
             }
-            Ok(TurnEvent::Done) => break,
+            Ok(TurnEvent::Done(read_at)) => break read_at,
             Ok(TurnEvent::Failed(failure)) => {
                 respond_error(request, &failure_error(&failure));
                 return None;
@@ -208,8 +215,9 @@ fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, 
                 return None;
             }
         }
-    }
+    };
     let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
     super::respond_json(request, 200, body);
+    METRICS.bridge_outbound.record(read_at.elapsed());
     Some(text)
 }

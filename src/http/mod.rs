@@ -87,15 +87,102 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 log::error!("http: cannot start a responder thread: {e}");
             }
         }
-        ("/healthz" | "/v1/models" | "/v1/chat/completions", method) => {
+        ("/metrics", Method::Get) => {
+            let body = crate::metrics::expose(&ctx.registry.gauges());
+            let header = Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..]).expect("static header");
+            let _ = request.respond(Response::from_string(body).with_header(header));
+        }
+        ("/v1/sessions", Method::Get) => respond_json(request, 200, sessions_json(ctx).to_string()),
+        ("/v1/debug/threads", Method::Get) => {
+            let report = thread_report(&ctx.registry);
+            log::info!("thread report requested:\n{report}");
+            let _ = request.respond(Response::from_string(report));
+        }
+        (p, Method::Delete) if p.starts_with("/v1/sessions/") => {
+            let key = percent_decode(&p["/v1/sessions/".len()..]);
+            match ctx.registry.stop_session(&key) {
+                Ok(()) => respond_json(request, 202, json!({"stopping": key}).to_string()),
+                Err(message) if message.starts_with("no session") => {
+                    respond_error(request, &ApiError::new(404, "no_such_session", message))
+                }
+                Err(message) => respond_error(request, &ApiError::new(409, "session_busy", message)),
+            }
+        }
+        ("/healthz" | "/v1/models" | "/v1/chat/completions" | "/metrics" | "/v1/sessions", method) => {
             let message = format!("{method} is not allowed on {path}");
             respond_error(request, &ApiError::new(405, "method_not_allowed", message));
         }
         _ => {
-            let message = format!("no route {path}; the bridge serves /v1/chat/completions, /v1/models and /healthz");
+            let message = format!(
+                "no route {path}; the bridge serves /v1/chat/completions, /v1/models, /v1/sessions, /metrics and /healthz"
+            );
             respond_error(request, &ApiError::new(404, "not_found", message));
         }
     }
+}
+
+/// `GET /v1/sessions`: the live sessions, then those only in the session map.
+fn sessions_json(ctx: &HttpContext) -> serde_json::Value {
+    let live = ctx.registry.snapshot();
+    let mut rows: Vec<serde_json::Value> = live
+        .iter()
+        .map(|s| {
+            let uptime = s.info.process_started.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs());
+            json!({
+                "key": s.key, "state": s.state.name(), "pid": (s.pid != 0).then_some(s.pid),
+                "claude_session": s.info.claude_session, "workspace": s.info.workspace,
+                "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
+                "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
+            })
+        })
+        .collect();
+    for (key, record) in ctx.registry.store().all() {
+        if !live.iter().any(|s| s.key == key) {
+            rows.push(json!({
+                "key": key, "state": "absent", "pid": null, "claude_session": record.claude_session,
+                "workspace": record.workspace, "turns": record.turns, "queued_turns": 0, "last_used": record.last_used,
+            }));
+        }
+    }
+    json!({"object": "list", "data": rows})
+}
+
+/// One line per session worker: what it is doing and for how long (also on SIGUSR1).
+pub fn thread_report(registry: &crate::session::Registry) -> String {
+    let rows = registry.snapshot();
+    let mut out = format!("{} session workers\n", rows.len());
+    for s in rows {
+        let pid = if s.pid == 0 { String::from("-") } else { s.pid.to_string() };
+        out.push_str(&format!(
+            "session:{} state={} pid={pid} queued={} step=\"{}\" for {:.1}s\n",
+            s.key,
+            s.state.name(),
+            s.queued,
+            s.step,
+            s.step_for.as_secs_f64()
+        ));
+    }
+    out
+}
+
+/// Decodes `%XX` escapes in a path segment (a session key may hold `:` or `/`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn authorised(request: &Request, ctx: &HttpContext) -> bool {

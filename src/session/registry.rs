@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::store::SessionStore;
 use super::turn::{CancelToken, HistoryRenderer, Turn, TurnEvent, next_turn_id};
 use super::worker::{ChannelSocket, Worker, WorkerSettings};
+use crate::metrics::{Gauges, METRICS};
 use crate::poll::{Waker, wake_pair};
 
 /// Worker threads do little on their own stack (parsing and buffers live on the heap).
@@ -68,6 +69,20 @@ pub struct SessionStatus {
     pub spawn_id: Mutex<Option<String>>,
     pub pid: AtomicU32,
     last_active: Mutex<Instant>,
+    /// What the worker is doing and since when (for thread dumps and /v1/debug/threads).
+    step: Mutex<(&'static str, Instant)>,
+    /// Facts for `/v1/sessions`, updated by the worker.
+    pub info: Mutex<SessionInfo>,
+}
+
+/// What `/v1/sessions` shows about a session besides its state.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    pub claude_session: String,
+    pub workspace: String,
+    pub process_started: Option<std::time::SystemTime>,
+    pub turns: u64,
+    pub last_error: Option<String>,
 }
 
 impl SessionStatus {
@@ -78,7 +93,17 @@ impl SessionStatus {
             spawn_id: Mutex::new(None),
             pid: AtomicU32::new(0),
             last_active: Mutex::new(Instant::now()),
+            step: Mutex::new(("waiting for a turn", Instant::now())),
+            info: Mutex::new(SessionInfo::default()),
         }
+    }
+
+    pub fn set_step(&self, step: &'static str) {
+        *self.step.lock().unwrap() = (step, Instant::now());
+    }
+
+    pub fn step(&self) -> (&'static str, Instant) {
+        *self.step.lock().unwrap()
     }
 
     pub fn state(&self) -> SessionState {
@@ -191,6 +216,19 @@ pub struct SubmittedTurn {
     pub cancel: CancelToken,
 }
 
+/// One session as `/v1/sessions` and the thread report show it.
+#[derive(Debug, Clone)]
+pub struct SessionSnapshot {
+    pub key: String,
+    pub state: SessionState,
+    pub pid: u32,
+    pub queued: usize,
+    pub idle_for: Duration,
+    pub step: &'static str,
+    pub step_for: Duration,
+    pub info: SessionInfo,
+}
+
 /// Host-wide limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -251,6 +289,7 @@ impl Registry {
         let queued = handle.status.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.limits.max_queued_turns {
             handle.status.queued.fetch_sub(1, Ordering::SeqCst);
+            METRICS.turns_rejected_queue_full.inc();
             return Err(SubmitError::QueueFull { limit: self.limits.max_queued_turns });
         }
         handle.status.touch();
@@ -278,10 +317,13 @@ impl Registry {
                 handle.send_control(Control::StopIfIdle { idle_for: Duration::ZERO, reason: "evicted for a new session" });
                 Ok(())
             }
-            None => Err(SubmitError::AtCapacity {
+            None => {
+                METRICS.turns_rejected_at_capacity.inc();
+                Err(SubmitError::AtCapacity {
                 max_processes: self.limits.max_processes,
                 retry_after_secs: RETRY_AFTER_BUSY_SECS,
-            }),
+                })
+            }
         }
     }
 
@@ -327,6 +369,51 @@ impl Registry {
             return Err(format!("stale spawn id {spawn_id} for session {key:?}"));
         }
         handle.send_control(Control::TurnEnd { spawn_id: spawn_id.to_string(), turn, last_assistant_message });
+        Ok(())
+    }
+
+    /// One row per session, for `/v1/sessions` (sorted by key).
+    pub fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let sessions = self.sessions.lock().unwrap();
+        let mut rows: Vec<SessionSnapshot> = sessions
+            .iter()
+            .map(|(key, h)| {
+                let (step, step_since) = h.status.step();
+                SessionSnapshot {
+                    key: key.clone(),
+                    state: h.status.state(),
+                    pid: h.status.pid.load(Ordering::SeqCst),
+                    queued: h.status.queued.load(Ordering::SeqCst),
+                    idle_for: h.status.last_active().elapsed(),
+                    step,
+                    step_for: step_since.elapsed(),
+                    info: h.status.info.lock().unwrap().clone(),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let rows = self.snapshot();
+        let states = [SessionState::Absent, SessionState::Starting, SessionState::Ready, SessionState::Busy];
+        Gauges {
+            sessions_by_state: states.iter().map(|s| (s.name(), rows.iter().filter(|r| r.state == *s).count())).collect(),
+            queued_turns: rows.iter().map(|r| r.queued).sum(),
+            processes: self.settings.process_slots.used(),
+        }
+    }
+
+    /// Stops `key`'s process if it is idle (`DELETE /v1/sessions/<key>`); its conversation
+    /// stays resumable. Err when there is no such session or it has turns in flight.
+    pub fn stop_session(&self, key: &str) -> Result<(), String> {
+        let sessions = self.sessions.lock().unwrap();
+        let handle = sessions.get(key).ok_or_else(|| format!("no session {key:?}"))?;
+        if handle.status.queued.load(Ordering::SeqCst) > 0 {
+            return Err(format!("session {key:?} has turns in flight; try again when it is idle"));
+        }
+        handle.send_control(Control::StopIfIdle { idle_for: Duration::ZERO, reason: "stopped by an operator" });
         Ok(())
     }
 

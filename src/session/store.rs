@@ -71,6 +71,10 @@ impl SessionStore {
         self.inner.lock().unwrap().sessions.get(key).cloned()
     }
 
+    pub fn all(&self) -> Vec<(String, SessionRecord)> {
+        self.inner.lock().unwrap().sessions.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().sessions.len()
     }

@@ -39,7 +39,9 @@ impl std::fmt::Debug for Turn {
 pub enum TurnEvent {
     /// One `reply` from Claude: progress (`is_final: false`) or the closing one.
     Text { text: String, is_final: bool },
-    Done,
+    /// The turn ended normally; carries when the worker read the frame that ended it (the
+    /// start of the bridge's own outbound time).
+    Done(Instant),
     Failed(TurnFailure),
 }
 
@@ -47,6 +49,18 @@ pub enum TurnEvent {
 pub struct TurnFailure {
     pub kind: FailureKind,
     pub message: String,
+}
+
+impl FailureKind {
+    /// The label used in metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            FailureKind::AgentUnavailable => "agent_unavailable",
+            FailureKind::AgentDied => "agent_died",
+            FailureKind::Timeout => "timeout",
+            FailureKind::ShuttingDown => "shutting_down",
+        }
+    }
 }
 
 /// Why a turn failed; the HTTP side maps each to a status (DESIGN.md §3).

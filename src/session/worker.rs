@@ -37,6 +37,7 @@ use super::store::SessionStore;
 use super::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
 use super::workspace::{WorkspaceMode, workspace_for};
 use crate::agent::{Agent, AgentLauncher, Launch, Output};
+use crate::metrics::{self, METRICS};
 use crate::poll::{WakeReceiver, wait_readable};
 use crate::protocol::{BridgeFrame, ChannelFrame};
 
@@ -107,6 +108,8 @@ pub struct Worker {
     restore_history: bool,
     start_failures: u32,
     no_start_before: Option<(Instant, String)>,
+    /// This session has had a process before (the next start is a respawn).
+    spawned_before: bool,
 }
 
 impl Worker {
@@ -139,13 +142,35 @@ impl Worker {
             restore_history: false,
             start_failures: 0,
             no_start_before: None,
+            spawned_before: false,
         }
+    }
+
+    fn publish_identity(&self) {
+        let mut info = self.status.info.lock().unwrap();
+        info.claude_session = self.claude_session.clone();
+        info.workspace = self.workspace.display().to_string();
+    }
+
+    /// Ends a turn with an error: tells its responder, counts it, remembers it for `/v1/sessions`.
+    fn fail(&self, turn: &Turn, failure: TurnFailure) {
+        metrics::failed(failure.kind.metric_label());
+        self.status.info.lock().unwrap().last_error = Some(failure.message.clone());
+        let _ = turn.events.send(TurnEvent::Failed(failure));
+    }
+
+    fn finish(&self, turn: &Turn, final_frame_read: Instant) {
+        METRICS.turns_completed.inc();
+        METRICS.turn_duration.record(turn.received.elapsed());
+        let _ = turn.events.send(TurnEvent::Done(final_frame_read));
     }
 
     /// The worker's main loop; returns once told to stop (its process is stopped by then).
     pub fn run(mut self) {
         log::debug!("session {:?}: worker started (claude session {})", self.key, self.claude_session);
+        self.publish_identity();
         loop {
+            self.status.set_step("waiting for a turn");
             if self.stop_deadline.is_some() {
                 self.fail_queued_turns();
                 break;
@@ -175,6 +200,11 @@ impl Worker {
                 let idle = self.status.queued.load(Ordering::SeqCst) == 0
                     && self.status.last_active().elapsed() >= idle_for;
                 if idle && self.agent.is_some() {
+                    match reason {
+                        "idle_kill" => METRICS.idle_kills.inc(),
+                        "evicted for a new session" => METRICS.evictions.inc(),
+                        _ => {}
+                    }
                     self.stop_agent(reason);
                 }
             }
@@ -193,16 +223,17 @@ impl Worker {
     fn run_turn(&mut self, mut turn: Turn) {
         let turn_deadline = turn.received + self.settings.turn_timeout;
         if self.stop_deadline.is_some() {
-            fail(&turn, FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts");
+            self.fail(&turn, TurnFailure::new(FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts"));
             return;
         }
         // Host-wide bound on turns in flight; wait for a slot while still serving our process.
+        self.status.set_step("waiting for a max_concurrent_turns slot");
         while !self.settings.turn_slots.try_acquire() {
             if turn.cancelled.load(Ordering::SeqCst) || self.stop_deadline.is_some() {
-                return fail(&turn, FailureKind::ShuttingDown, "cancelled while waiting for a turn slot");
+                return self.fail(&turn, TurnFailure::new(FailureKind::ShuttingDown, "cancelled while waiting for a turn slot"));
             }
             if Instant::now() >= turn_deadline {
-                return fail(&turn, FailureKind::Timeout, "no max_concurrent_turns slot freed before turn_timeout");
+                return self.fail(&turn, TurnFailure::new(FailureKind::Timeout, "no max_concurrent_turns slot freed before turn_timeout"));
             }
             let event = self.wait(Instant::now() + TURN_SLOT_RETRY);
             self.handle_between_turns(event);
@@ -216,9 +247,10 @@ impl Worker {
             log::info!("session {:?} {}: client left before the turn started; skipped", self.key, turn.id);
             return;
         }
+        let warm = self.agent.is_some() && self.ws.is_some();
         if let Err(failure) = self.ensure_ready(turn_deadline.min(Instant::now() + self.settings.ready_timeout)) {
             log::warn!("session {:?} {}: {}", self.key, turn.id, failure.message);
-            let _ = turn.events.send(TurnEvent::Failed(failure));
+            self.fail(turn, failure);
             return;
         }
         self.status.set_state(SessionState::Busy);
@@ -232,14 +264,19 @@ impl Worker {
         let frame = BridgeFrame::Turn { id: turn.id.clone(), content, meta: Default::default() };
         if let Err(e) = self.send_frame(&frame) {
             self.stop_agent(&format!("could not send turn: {e}"));
-            fail(turn, FailureKind::AgentDied, format!("could not deliver the turn to claude's channel ({e}); retry"));
+            self.fail(turn, TurnFailure::new(FailureKind::AgentDied, format!("could not deliver the turn to claude's channel ({e}); retry")));
             return;
+        }
+        if warm {
+            METRICS.bridge_inbound.record(turn.received.elapsed());
         }
         self.restore_history = false;
         log::debug!("session {:?} {}: turn sent", self.key, turn.id);
+        self.status.set_step("waiting for claude's reply");
         let finished = self.await_replies(turn, turn_deadline);
         if finished {
             self.settings.store.note_turn(&self.key);
+            self.status.info.lock().unwrap().turns += 1;
         }
         if self.agent.is_some() {
             self.status.set_state(SessionState::Ready);
@@ -263,7 +300,7 @@ impl Worker {
                     replied = true;
                     let _ = turn.events.send(TurnEvent::Text { text, is_final });
                     if is_final {
-                        let _ = turn.events.send(TurnEvent::Done);
+                        self.finish(turn, Instant::now());
                         return true;
                     }
                 }
@@ -282,7 +319,7 @@ impl Worker {
                         log::info!("session {:?} {}: turn ended without a final reply; using the Stop hook's text", self.key, turn.id);
                         let _ = turn.events.send(TurnEvent::Text { text, is_final: true });
                     }
-                    let _ = turn.events.send(TurnEvent::Done);
+                    self.finish(turn, Instant::now());
                     return true;
                 }
                 Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
@@ -292,12 +329,12 @@ impl Worker {
                     let screen = self.screen_tail();
                     self.forget_agent();
                     let message = format!("claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}");
-                    fail(turn, FailureKind::AgentDied, message);
+                    self.fail(turn, TurnFailure::new(FailureKind::AgentDied, message));
                     return false;
                 }
                 Event::ChannelClosed(why) => {
                     self.stop_agent(&format!("channel closed mid-turn: {why}"));
-                    fail(turn, FailureKind::AgentDied, format!("claude's channel disconnected mid-turn ({why}); retry"));
+                    self.fail(turn, TurnFailure::new(FailureKind::AgentDied, format!("claude's channel disconnected mid-turn ({why}); retry")));
                     return false;
                 }
                 Event::Timeout => {
@@ -305,10 +342,10 @@ impl Worker {
                         let _ = agent.interrupt();
                     }
                     if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
-                        fail(turn, FailureKind::ShuttingDown, "the bridge shut down before the turn finished; retry");
+                        self.fail(turn, TurnFailure::new(FailureKind::ShuttingDown, "the bridge shut down before the turn finished; retry"));
                     } else {
                         let limit = self.settings.turn_timeout;
-                        fail(turn, FailureKind::Timeout, format!("the turn took longer than turn_timeout ({limit:?}); claude was interrupted"));
+                        self.fail(turn, TurnFailure::new(FailureKind::Timeout, format!("the turn took longer than turn_timeout ({limit:?}); claude was interrupted")));
                     }
                     return false;
                 }
@@ -373,6 +410,7 @@ impl Worker {
     /// Spawns claude and waits for its channel's hello.
     fn start_agent(&mut self, deadline: Instant) -> Result<(), TurnFailure> {
         let limit = deadline.saturating_duration_since(Instant::now());
+        self.status.set_step("waiting for a max_processes slot");
         if !self.settings.process_slots.acquire_timeout(limit) {
             return Err(TurnFailure::new(
                 FailureKind::AgentUnavailable,
@@ -423,7 +461,15 @@ impl Worker {
             if resume { "--resume" } else { "--session-id" },
             self.claude_session
         );
+        METRICS.spawns.inc();
+        if self.spawned_before {
+            METRICS.respawns.inc();
+        }
+        self.spawned_before = true;
         self.settings.store.put(&self.key, &self.claude_session, &self.workspace);
+        self.publish_identity();
+        self.status.info.lock().unwrap().process_started = Some(std::time::SystemTime::now());
+        self.status.set_step("waiting for the channel's hello");
         *self.status.spawn_id.lock().unwrap() = Some(spawn_id.clone());
         self.status.pid.store(agent.pid(), Ordering::SeqCst);
         self.status.set_state(SessionState::Starting);
@@ -601,20 +647,17 @@ impl Worker {
         }
         self.frames.clear();
         *self.status.spawn_id.lock().unwrap() = None;
+        self.status.info.lock().unwrap().process_started = None;
         self.status.pid.store(0, Ordering::SeqCst);
         self.status.set_state(SessionState::Absent);
     }
 
     fn fail_queued_turns(&mut self) {
         while let Ok(turn) = self.turns.try_recv() {
-            fail(&turn, FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts");
+            self.fail(&turn, TurnFailure::new(FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts"));
             self.status.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
-}
-
-fn fail(turn: &Turn, kind: FailureKind, message: impl Into<String>) {
-    let _ = turn.events.send(TurnEvent::Failed(TurnFailure::new(kind, message)));
 }
 
 fn reject_socket(mut ws: ChannelSocket, spawn_id: &str, why: &str) {
