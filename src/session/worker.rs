@@ -63,6 +63,8 @@ pub struct WorkerSettings {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a turn waiting for a `max_concurrent_turns` slot looks again.
 const TURN_SLOT_RETRY: Duration = Duration::from_millis(50);
+/// How long a new turn waits for an interrupted one's Stop hook before it is pushed anyway.
+const INTERRUPTED_TURN_WAIT: Duration = Duration::from_secs(5);
 /// Lines of screen quoted in start-up and crash errors.
 const SCREEN_LINES_IN_ERRORS: usize = 8;
 /// Start failures in a row before the worker stops trying for a while.
@@ -110,6 +112,9 @@ pub struct Worker {
     no_start_before: Option<(Instant, String)>,
     /// This session has had a process before (the next start is a respawn).
     spawned_before: bool,
+    /// A turn Claude may still be finishing (its Stop hook has not reported yet), and whether
+    /// it was interrupted. The next `turn_end` without a turn id belongs to it.
+    unfinished: Option<(String, bool)>,
 }
 
 impl Worker {
@@ -143,6 +148,7 @@ impl Worker {
             start_failures: 0,
             no_start_before: None,
             spawned_before: false,
+            unfinished: None,
         }
     }
 
@@ -209,7 +215,7 @@ impl Worker {
                 }
             }
             Event::Control(Control::Attach { ws, spawn_id }) => reject_socket(ws, &spawn_id, "no spawn waiting"),
-            Event::Control(Control::TurnEnd { .. }) => {}
+            Event::Control(Control::TurnEnd { .. }) => self.unfinished = None,
             Event::Frame(frame) => log::debug!("session {:?}: frame outside a turn dropped: {frame:?}", self.key),
             Event::AgentExited(how) => {
                 log::info!("session {:?}: claude exited while idle ({how})", self.key);
@@ -253,6 +259,7 @@ impl Worker {
             self.fail(turn, failure);
             return;
         }
+        self.await_interrupted_turn();
         self.status.set_state(SessionState::Busy);
         let mut content = std::mem::take(&mut turn.content);
         if self.restore_history
@@ -283,8 +290,36 @@ impl Worker {
         }
     }
 
+    /// After an interrupted turn Claude may still be winding down; a turn pushed now could
+    /// land in that turn. Wait (bounded) for its Stop hook before pushing the next one.
+    fn await_interrupted_turn(&mut self) {
+        if !matches!(self.unfinished, Some((_, true))) {
+            return;
+        }
+        self.status.set_step("waiting for the interrupted turn to end");
+        let deadline = Instant::now() + INTERRUPTED_TURN_WAIT;
+        while matches!(self.unfinished, Some((_, true))) && self.agent.is_some() {
+            match self.wait(deadline) {
+                Event::Timeout => {
+                    log::warn!("session {:?}: no Stop hook for the interrupted turn within {INTERRUPTED_TURN_WAIT:?}; going on", self.key);
+                    self.unfinished = None;
+                }
+                event => self.handle_between_turns(event),
+            }
+        }
+    }
+
     /// Forwards this turn's replies until it ends; true when it ended normally.
     fn await_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
+        let ended = self.forward_replies(turn, turn_deadline);
+        let interrupted = !ended && self.agent.is_some();
+        if ended || interrupted {
+            self.unfinished = Some((turn.id.clone(), interrupted));
+        }
+        ended
+    }
+
+    fn forward_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
         let mut replied = false;
         loop {
             if turn.cancelled.load(Ordering::SeqCst) {
@@ -307,9 +342,16 @@ impl Worker {
                 Event::Frame(other) => log::debug!("session {:?} {}: stray frame dropped: {other:?}", self.key, turn.id),
                 Event::Control(Control::TurnEnd { spawn_id, turn: ended, last_assistant_message }) => {
                     let this_process = self.agent.as_ref().is_some_and(|a| a.spawn_id == spawn_id);
-                    let this_turn = ended.as_ref().is_none_or(|t| *t == turn.id);
+                    // With a turn id (read from the transcript) attribution is exact; without
+                    // one, the first turn_end after a turn Claude was still finishing is that
+                    // turn's.
+                    let this_turn = match &ended {
+                        Some(id) => *id == turn.id,
+                        None => self.unfinished.is_none(),
+                    };
                     if !(this_process && this_turn) {
-                        log::debug!("session {:?} {}: late turn_end of {ended:?} ignored", self.key, turn.id);
+                        log::debug!("session {:?} {}: turn_end of an earlier turn ({ended:?}) ignored", self.key, turn.id);
+                        self.unfinished = None;
                         continue;
                     }
                     if !replied {
@@ -641,6 +683,7 @@ impl Worker {
     }
 
     fn detach(&mut self) {
+        self.unfinished = None;
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None);
             let _ = ws.flush();
