@@ -14,30 +14,122 @@ use crate::session::workspace::WorkspaceMode;
 /// Every settable field: name (as in the JSON file; `--name-with-dashes` on the command line;
 /// `SYNTHESIS_NAME` in the environment), value hint, and help text. `--help` prints this.
 pub const FIELDS: &[(&str, &str, &str)] = &[
-    ("host", "ADDR", "address both listeners bind (default 127.0.0.1)"),
-    ("port", "PORT", "HTTP port (default 8787; 0 = any free port)"),
-    ("channel_ws_port", "PORT", "WebSocket port for the channel servers (default 0 = any free port)"),
-    ("claude_bin", "PATH", "the claude binary (default `claude` from PATH)"),
-    ("demo", "BOOL", "use the built-in simulated Claude instead of claude (default false)"),
-    ("workspace", "DIR", "directory Claude runs in (default: the current directory)"),
-    ("state_dir", "DIR", "where the bridge keeps its files (default $XDG_STATE_HOME/synthesis-bridge)"),
-    ("models", "IDS", "comma-separated model ids served by /v1/models (default claude-code)"),
-    ("api_key", "KEY", "require `Authorization: Bearer KEY` on the API (default: none)"),
-    ("heartbeat_interval", "DUR", "empty-content chunk while a turn waits (default 15s)"),
-    ("ready_timeout", "DUR", "spawn → channel hello limit (default 15s)"),
+    (
+        "host",
+        "ADDR",
+        "address both listeners bind (default 127.0.0.1)",
+    ),
+    (
+        "port",
+        "PORT",
+        "HTTP port (default 8787; 0 = any free port)",
+    ),
+    (
+        "channel_ws_port",
+        "PORT",
+        "WebSocket port for the channel servers (default 0 = any free port)",
+    ),
+    (
+        "claude_bin",
+        "PATH",
+        "the claude binary (default `claude` from PATH)",
+    ),
+    (
+        "demo",
+        "BOOL",
+        "use the built-in simulated Claude instead of claude (default false)",
+    ),
+    (
+        "workspace",
+        "DIR",
+        "directory Claude runs in (default: the current directory)",
+    ),
+    (
+        "state_dir",
+        "DIR",
+        "where the bridge keeps its files (default $XDG_STATE_HOME/synthesis-bridge)",
+    ),
+    (
+        "models",
+        "IDS",
+        "comma-separated model ids served by /v1/models (default claude-code)",
+    ),
+    (
+        "api_key",
+        "KEY",
+        "require `Authorization: Bearer KEY` on the API (default: none)",
+    ),
+    (
+        "heartbeat_interval",
+        "DUR",
+        "empty-content chunk while a turn waits (default 15s)",
+    ),
+    (
+        "ready_timeout",
+        "DUR",
+        "spawn → channel hello limit (default 15s)",
+    ),
     ("turn_timeout", "DUR", "limit on one turn (default 30m)"),
-    ("channel_hello_delay", "DUR", "channel waits this long after MCP initialized before hello (default 1s)"),
-    ("channel_name", "NAME", "MCP server name of the channel (default synthesis)"),
-    ("permission_mode", "MODE", "claude --permission-mode (default `default`)"),
-    ("max_body_bytes", "BYTES", "largest request body accepted (default 8388608)"),
-    ("max_queued_turns", "N", "turns waiting per session before 429 (default 8)"),
-    ("conversation_match", "BOOL", "requests naming no session continue the one whose history they carry (default true)"),
-    ("fallback_session_key", "KEY", "with conversation_match off: key for requests naming no session (default default::default)"),
-    ("workspace_mode", "MODE", "shared (every session in `workspace`) or per_session (a dir each under state_dir)"),
-    ("idle_kill", "DUR", "stop a session's claude after this long without a turn (default 30m)"),
-    ("max_processes", "N", "claude processes at once (default: available memory / 300 MB, 1..16)"),
-    ("max_concurrent_turns", "N", "turns in flight across sessions (default = max_processes)"),
-    ("shutdown_grace", "DUR", "on SIGTERM, how long turns in flight may still run (default 10s)"),
+    (
+        "channel_hello_delay",
+        "DUR",
+        "channel waits this long after MCP initialized before hello (default 1s)",
+    ),
+    (
+        "channel_name",
+        "NAME",
+        "MCP server name of the channel (default synthesis)",
+    ),
+    (
+        "permission_mode",
+        "MODE",
+        "claude --permission-mode (default `default`)",
+    ),
+    (
+        "max_body_bytes",
+        "BYTES",
+        "largest request body accepted (default 8388608)",
+    ),
+    (
+        "max_queued_turns",
+        "N",
+        "turns waiting per session before 429 (default 8)",
+    ),
+    (
+        "conversation_match",
+        "BOOL",
+        "requests naming no session continue the one whose history they carry (default true)",
+    ),
+    (
+        "fallback_session_key",
+        "KEY",
+        "with conversation_match off: key for requests naming no session (default default::default)",
+    ),
+    (
+        "workspace_mode",
+        "MODE",
+        "shared (every session in `workspace`) or per_session (a dir each under state_dir)",
+    ),
+    (
+        "idle_kill",
+        "DUR",
+        "stop a session's claude after this long without a turn (default 30m)",
+    ),
+    (
+        "max_processes",
+        "N",
+        "claude processes at once (default: available memory / 300 MB, 1..16)",
+    ),
+    (
+        "max_concurrent_turns",
+        "N",
+        "turns in flight across sessions (default = max_processes)",
+    ),
+    (
+        "shutdown_grace",
+        "DUR",
+        "on SIGTERM, how long turns in flight may still run (default 10s)",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -105,10 +197,19 @@ const BYTES_PER_CLAUDE: u64 = 300 << 20;
 
 /// Available memory / 300 MB, at least 1 and at most 16.
 pub fn default_max_processes() -> usize {
-    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
-        text.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
-    });
-    available_kib.map_or(4, |kib| ((kib * 1024) / BYTES_PER_CLAUDE).clamp(1, 16) as usize)
+    let available_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        });
+    available_kib.map_or(4, |kib| {
+        ((kib * 1024) / BYTES_PER_CLAUDE).clamp(1, 16) as usize
+    })
 }
 
 /// `$XDG_STATE_HOME/synthesis-bridge`, else `~/.local/state/synthesis-bridge`.
@@ -146,7 +247,11 @@ impl Config {
             .rev()
             .find(|(k, _)| k == "config")
             .map(|(_, v)| v.clone())
-            .or_else(|| env.iter().find(|(k, _)| k == "SYNTHESIS_CONFIG").map(|(_, v)| v.clone()));
+            .or_else(|| {
+                env.iter()
+                    .find(|(k, _)| k == "SYNTHESIS_CONFIG")
+                    .map(|(_, v)| v.clone())
+            });
         if let Some(path) = file {
             config.apply_file(Path::new(&path))?;
         }
@@ -157,7 +262,9 @@ impl Config {
             }
         }
         for (name, value) in flags.iter().filter(|(k, _)| k != "config") {
-            config.set(name, value).map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
+            config
+                .set(name, value)
+                .map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
         }
         config.validate()?;
         Ok(Invocation::Run(Box::new(config)))
@@ -176,7 +283,11 @@ impl Config {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Array(items) => items
                     .iter()
-                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
                     .collect::<Vec<_>>()
                     .join(","),
                 other => other.to_string(),
@@ -199,7 +310,12 @@ impl Config {
             "workspace" => self.workspace = PathBuf::from(nonempty(value)?),
             "state_dir" => self.state_dir = PathBuf::from(nonempty(value)?),
             "models" => {
-                self.models = value.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
+                self.models = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(String::from)
+                    .collect();
                 if self.models.is_empty() {
                     return Err("needs at least one model id".into());
                 }
@@ -210,13 +326,23 @@ impl Config {
             "turn_timeout" => self.turn_timeout = parse_duration(value)?,
             "channel_hello_delay" => self.channel_hello_delay = parse_duration(value)?,
             "channel_name" => {
-                if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || value.is_empty() {
+                if !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    || value.is_empty()
+                {
                     return Err(format!("`{value}` must be letters, digits, `_` or `-`"));
                 }
                 self.channel_name = value.to_string();
             }
             "permission_mode" => {
-                const MODES: [&str; 5] = ["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk"];
+                const MODES: [&str; 5] = [
+                    "default",
+                    "acceptEdits",
+                    "plan",
+                    "bypassPermissions",
+                    "dontAsk",
+                ];
                 if !MODES.contains(&value) {
                     return Err(format!("`{value}` is not one of {}", MODES.join(", ")));
                 }
@@ -231,7 +357,11 @@ impl Config {
             "max_processes" => self.max_processes = parse_num(value)?,
             "max_concurrent_turns" => self.max_concurrent_turns = Some(parse_num(value)?),
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
-            _ => return Err(format!("unknown setting `{name}` (see `synthesis-bridge serve --help`)")),
+            _ => {
+                return Err(format!(
+                    "unknown setting `{name}` (see `synthesis-bridge serve --help`)"
+                ));
+            }
         }
         Ok(())
     }
@@ -258,7 +388,10 @@ impl Config {
             return Err("max_queued_turns must be at least 1".into());
         }
         if !self.workspace.is_dir() {
-            return Err(format!("workspace {} is not a directory", self.workspace.display()));
+            return Err(format!(
+                "workspace {} is not a directory",
+                self.workspace.display()
+            ));
         }
         Ok(())
     }
@@ -286,8 +419,13 @@ fn parse_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
-        let Some(flag) = arg.strip_prefix("--").or_else(|| (arg == "-h").then_some("help")) else {
-            return Err(format!("unexpected argument `{arg}` (options start with --; see --help)"));
+        let Some(flag) = arg
+            .strip_prefix("--")
+            .or_else(|| (arg == "-h").then_some("help"))
+        else {
+            return Err(format!(
+                "unexpected argument `{arg}` (options start with --; see --help)"
+            ));
         };
         let (name, inline) = match flag.split_once('=') {
             Some((n, v)) => (n.replace('-', "_"), Some(v.to_string())),
@@ -297,11 +435,16 @@ fn parse_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
             out.push((name, String::new()));
             continue;
         }
-        let is_bool = FIELDS.iter().any(|(n, hint, _)| *n == name && *hint == "BOOL");
+        let is_bool = FIELDS
+            .iter()
+            .any(|(n, hint, _)| *n == name && *hint == "BOOL");
         let value = match inline {
             Some(v) => v,
             None if is_bool => "true".to_string(),
-            None => iter.next().cloned().ok_or_else(|| format!("--{flag} needs a value"))?,
+            None => iter
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("--{flag} needs a value"))?,
         };
         if name != "config" && !FIELDS.iter().any(|(n, _, _)| *n == name) {
             return Err(format!("unknown option --{flag} (see --help)"));
@@ -312,11 +455,18 @@ fn parse_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn nonempty(value: &str) -> Result<String, String> {
-    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_string()) }
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_string())
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
-    value.trim().parse().map_err(|_| format!("`{value}` is not a valid number"))
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a valid number"))
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -341,7 +491,10 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     } else {
         (v, 1.0)
     };
-    let n: f64 = number.trim().parse().map_err(|_| format!("`{value}` is not a duration (e.g. 500ms, 15s, 30m)"))?;
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration (e.g. 500ms, 15s, 30m)"))?;
     if !n.is_finite() || n < 0.0 {
         return Err(format!("`{value}` must be a non-negative duration"));
     }
@@ -354,7 +507,10 @@ mod tests {
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         match Config::load_from(&args, &env)? {
             Invocation::Run(c) => Ok(*c),
             Invocation::Help => Err("help".into()),
@@ -373,7 +529,11 @@ mod tests {
         assert_eq!(c.models, vec!["a", "b"]);
         let c = run(&["--config", f], &[("SYNTHESIS_PORT", "1001")]).unwrap();
         assert_eq!((c.port, c.channel_ws_port), (1001, 2000));
-        let c = run(&["--config", f, "--port=1002"], &[("SYNTHESIS_PORT", "1001")]).unwrap();
+        let c = run(
+            &["--config", f, "--port=1002"],
+            &[("SYNTHESIS_PORT", "1001")],
+        )
+        .unwrap();
         assert_eq!(c.port, 1002);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         std::fs::remove_dir_all(dir).unwrap();
@@ -381,14 +541,29 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_source() {
-        assert_eq!(run(&["--port", "x"], &[]).unwrap_err(), "--port: `x` is not a valid number");
+        assert_eq!(
+            run(&["--port", "x"], &[]).unwrap_err(),
+            "--port: `x` is not a valid number"
+        );
         assert_eq!(
             run(&[], &[("SYNTHESIS_TURN_TIMEOUT", "soon")]).unwrap_err(),
             "SYNTHESIS_TURN_TIMEOUT: `soon` is not a duration (e.g. 500ms, 15s, 30m)"
         );
-        assert!(run(&["--bogus", "1"], &[]).unwrap_err().contains("unknown option --bogus"));
-        assert!(run(&["--heartbeat-interval", "0"], &[]).unwrap_err().contains("heartbeat_interval"));
-        assert!(run(&["--permission-mode", "yolo"], &[]).unwrap_err().contains("not one of"));
+        assert!(
+            run(&["--bogus", "1"], &[])
+                .unwrap_err()
+                .contains("unknown option --bogus")
+        );
+        assert!(
+            run(&["--heartbeat-interval", "0"], &[])
+                .unwrap_err()
+                .contains("heartbeat_interval")
+        );
+        assert!(
+            run(&["--permission-mode", "yolo"], &[])
+                .unwrap_err()
+                .contains("not one of")
+        );
     }
 
     #[test]

@@ -32,27 +32,59 @@ pub fn run(args: &[String]) -> u8 {
 }
 
 fn send_turn_end() -> Result<(), String> {
-    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set (not started by the bridge?)"));
-    let (url, session, spawn_id, token) =
-        (var(env::WS_URL)?, var(env::OPENCLAW_SESSION)?, var(env::SPAWN_ID)?, var(env::BRIDGE_TOKEN)?);
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| format!("{name} is not set (not started by the bridge?)"))
+    };
+    let (url, session, spawn_id, token) = (
+        var(env::WS_URL)?,
+        var(env::OPENCLAW_SESSION)?,
+        var(env::SPAWN_ID)?,
+        var(env::BRIDGE_TOKEN)?,
+    );
     let mut input = String::new();
-    std::io::stdin().take(16 << 20).read_to_string(&mut input).map_err(|e| format!("reading hook input: {e}"))?;
+    std::io::stdin()
+        .take(16 << 20)
+        .read_to_string(&mut input)
+        .map_err(|e| format!("reading hook input: {e}"))?;
     let input: Value = serde_json::from_str(&input).unwrap_or(Value::Null);
-    let last_assistant_message = input.get("last_assistant_message").and_then(Value::as_str).map(String::from);
+    let last_assistant_message = input
+        .get("last_assistant_message")
+        .and_then(Value::as_str)
+        .map(String::from);
     let turn = input
         .get("transcript_path")
         .and_then(Value::as_str)
         .and_then(|path| std::fs::read_to_string(path).ok())
         .and_then(|transcript| last_turn_id(&transcript));
-    let frame = ChannelFrame::TurnEnd { session, turn, last_assistant_message, spawn_id, token };
+    let frame = ChannelFrame::TurnEnd {
+        session,
+        turn,
+        last_assistant_message,
+        spawn_id,
+        token,
+    };
 
-    let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).ok_or("bad SYNTHESIS_WS_URL")?;
-    let addr = authority.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
-    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| e.to_string())?;
-    let (mut ws, _) = tungstenite::client(url.as_str(), stream).map_err(|e| format!("handshake: {e}"))?;
-    ws.send(tungstenite::Message::text(frame.to_json())).map_err(|e| e.to_string())?;
+    let authority = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or("bad SYNTHESIS_WS_URL")?;
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let (mut ws, _) =
+        tungstenite::client(url.as_str(), stream).map_err(|e| format!("handshake: {e}"))?;
+    ws.send(tungstenite::Message::text(frame.to_json()))
+        .map_err(|e| e.to_string())?;
     // Wait for the bridge to close, so the frame is read before we go.
     while ws.read().is_ok() {}
     Ok(())
@@ -65,7 +97,10 @@ pub fn last_turn_id(transcript: &str) -> Option<String> {
     for needle in ["turn_id=\\\"", "turn_id=\""] {
         if let Some(at) = transcript.rfind(needle) {
             let rest = &transcript[at + needle.len()..];
-            let id: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+            let id: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
             if !id.is_empty() {
                 return Some(id);
             }

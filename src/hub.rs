@@ -70,12 +70,17 @@ pub fn spawn_acceptor(
 }
 
 pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES))
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
 }
 
 impl Hub {
     fn handle_connection(&self, stream: TcpStream) {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let prepared = stream
             .set_nonblocking(false)
             .and_then(|_| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
@@ -85,51 +90,84 @@ impl Hub {
             log::warn!("ws: connection from {peer} unusable: {e}");
             return;
         }
-        let check_path = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-            if request.uri().path() == WS_PATH {
-                Ok(response)
-            } else {
-                let mut refusal = ErrorResponse::new(Some(format!("no WebSocket endpoint here; use {WS_PATH}")));
-                *refusal.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
-                Err(refusal)
-            }
-        };
-        let mut ws = match tungstenite::accept_hdr_with_config(stream, check_path, Some(ws_config())) {
-            Ok(ws) => ws,
-            Err(e) => {
-                log::warn!("ws: handshake with {peer} failed: {e}");
-                return;
-            }
-        };
+        let mut ws =
+            match tungstenite::accept_hdr_with_config(stream, check_path, Some(ws_config())) {
+                Ok(ws) => ws,
+                Err(e) => {
+                    log::warn!("ws: handshake with {peer} failed: {e}");
+                    return;
+                }
+            };
         let first = match ws.read() {
-            Ok(Message::Text(text)) => serde_json::from_str::<ChannelFrame>(text.as_str()).map_err(|e| e.to_string()),
-            Ok(other) => Err(format!("first frame must be a JSON text frame, got {}", frame_kind(&other))),
+            Ok(Message::Text(text)) => {
+                serde_json::from_str::<ChannelFrame>(text.as_str()).map_err(|e| e.to_string())
+            }
+            Ok(other) => Err(format!(
+                "first frame must be a JSON text frame, got {}",
+                frame_kind(&other)
+            )),
             Err(e) => Err(format!("no first frame: {e}")),
         };
         match first {
-            Ok(ChannelFrame::Hello { session, spawn_id, token, pid, .. }) => {
+            Ok(ChannelFrame::Hello {
+                session,
+                spawn_id,
+                token,
+                pid,
+                ..
+            }) => {
                 if !constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
-                    return refuse(ws, &format!("hello from {peer} (pid {pid}) with a wrong token"));
+                    return refuse(
+                        ws,
+                        &format!("hello from {peer} (pid {pid}) with a wrong token"),
+                    );
                 }
                 // The worker reads with its own timeouts from here on.
                 let _ = ws.get_ref().set_read_timeout(None);
-                match self.registry.attach(&session, &spawn_id, ws) {
-                    Ok(()) => log::debug!("ws: channel of pid {pid} attached to session {session:?}"),
-                    Err((ws, why)) => refuse(ws, &format!("hello from pid {pid} refused: {why}")),
+                match self.registry.attach(&session, &spawn_id, Box::new(ws)) {
+                    Ok(()) => {
+                        log::debug!("ws: channel of pid {pid} attached to session {session:?}")
+                    }
+                    Err((ws, why)) => refuse(*ws, &format!("hello from pid {pid} refused: {why}")),
                 }
             }
-            Ok(ChannelFrame::TurnEnd { session, spawn_id, token, turn, last_assistant_message }) => {
+            Ok(ChannelFrame::TurnEnd {
+                session,
+                spawn_id,
+                token,
+                turn,
+                last_assistant_message,
+            }) => {
                 if !constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
                     return refuse(ws, &format!("turn_end from {peer} with a wrong token"));
                 }
-                match self.registry.turn_end(&session, &spawn_id, turn, last_assistant_message) {
+                match self
+                    .registry
+                    .turn_end(&session, &spawn_id, turn, last_assistant_message)
+                {
                     Ok(()) => close(ws),
                     Err(why) => refuse(ws, &format!("turn_end refused: {why}")),
                 }
             }
-            Ok(other) => refuse(ws, &format!("first frame from {peer} must be hello, got {other:?}")),
+            Ok(other) => refuse(
+                ws,
+                &format!("first frame from {peer} must be hello, got {other:?}"),
+            ),
             Err(why) => refuse(ws, &format!("connection from {peer}: {why}")),
         }
+    }
+}
+
+/// Handshake callback: only `WS_PATH` has a WebSocket endpoint.
+#[allow(clippy::result_large_err)] // the error type is tungstenite's
+fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() == WS_PATH {
+        Ok(response)
+    } else {
+        let mut refusal =
+            ErrorResponse::new(Some(format!("no WebSocket endpoint here; use {WS_PATH}")));
+        *refusal.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
+        Err(refusal)
     }
 }
 

@@ -21,7 +21,10 @@ pub fn init(file: Option<&std::path::Path>) {
         )
     });
     if let Some(path) = file
-        && let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     {
         builder.target(env_logger::Target::Pipe(Box::new(f)));
     }

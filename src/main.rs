@@ -10,12 +10,12 @@ mod config;
 mod hook;
 mod http;
 mod hub;
-mod session;
 mod logging;
 mod metrics;
 mod poll;
 mod protocol;
 mod serve;
+mod session;
 mod sim_agent;
 
 use std::process::ExitCode;
@@ -34,7 +34,9 @@ fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let command = match args.first().map(String::as_str) {
         None => "serve".to_string(),
-        Some(first) if first.starts_with('-') && first != "-h" && first != "--help" => "serve".to_string(),
+        Some(first) if first.starts_with('-') && first != "-h" && first != "--help" => {
+            "serve".to_string()
+        }
         Some(_) => args.remove(0),
     };
     let code = match command.as_str() {

@@ -2,8 +2,8 @@
 //!
 //! Everything is a process-wide atomic: recording is a handful of relaxed atomic adds on
 //! the per-turn path, with no lock and no allocation. Histograms use fixed buckets on a
-//! 1-2-5 series from 10 µs to 1000 s; percentiles read from them are interpolated within a
-//! bucket. The exposition format is simple enough to write by hand (no client library).
+//! 1-2-5 series from 10 µs to 1000 s (a reader interpolates percentiles within a bucket).
+//! The exposition format is simple enough to write by hand (no client library).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +11,30 @@ use std::time::Duration;
 
 /// Upper bounds of the histogram buckets, in microseconds (the last bucket is +Inf).
 pub const BUCKET_BOUNDS_US: [u64; 25] = [
-    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
-    2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000, 100_000_000, 200_000_000, 500_000_000,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
     1_000_000_000,
 ];
 
@@ -23,39 +45,20 @@ pub struct Histogram {
 
 impl Histogram {
     pub const fn new() -> Self {
-        Histogram { buckets: [const { AtomicU64::new(0) }; BUCKET_BOUNDS_US.len() + 1], sum_us: AtomicU64::new(0) }
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKET_BOUNDS_US.len() + 1],
+            sum_us: AtomicU64::new(0),
+        }
     }
 
     pub fn record(&self, value: Duration) {
         let us = value.as_micros().min(u128::from(u64::MAX)) as u64;
-        let index = BUCKET_BOUNDS_US.iter().position(|bound| us <= *bound).unwrap_or(BUCKET_BOUNDS_US.len());
+        let index = BUCKET_BOUNDS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(BUCKET_BOUNDS_US.len());
         self.buckets[index].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The `q`-quantile (0..=1) in microseconds, interpolated linearly inside its bucket.
-    pub fn quantile_us(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = q.clamp(0.0, 1.0) * total as f64;
-        let mut seen = 0.0;
-        for (i, count) in counts.iter().enumerate() {
-            let next = seen + *count as f64;
-            if next >= rank && *count > 0 {
-                let lower = if i == 0 { 0.0 } else { BUCKET_BOUNDS_US[i - 1] as f64 };
-                let upper = BUCKET_BOUNDS_US.get(i).map_or(lower * 2.0, |b| *b as f64);
-                return Some(lower + (upper - lower) * ((rank - seen) / *count as f64));
-            }
-            seen = next;
-        }
-        None
     }
 
     fn expose(&self, out: &mut String, name: &str, labels: &str) {
@@ -63,12 +66,27 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, bound) in BUCKET_BOUNDS_US.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
         }
         cumulative += self.buckets[BUCKET_BOUNDS_US.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{braces} {cumulative}");
     }
 }
@@ -100,7 +118,13 @@ impl Default for Counter {
 }
 
 /// Why a turn failed, as a metric label.
-pub const FAILURE_REASONS: [&str; 5] = ["agent_unavailable", "agent_died", "timeout", "shutting_down", "client_gone"];
+pub const FAILURE_REASONS: [&str; 5] = [
+    "agent_unavailable",
+    "agent_died",
+    "timeout",
+    "shutting_down",
+    "client_gone",
+];
 
 pub struct Metrics {
     pub turns_completed: Counter,
@@ -154,42 +178,126 @@ pub fn expose(gauges: &Gauges) -> String {
     let m = &METRICS;
     let mut out = String::with_capacity(8 * 1024);
     let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     };
-    counter(&mut out, "synthesis_turns_completed_total", "Turns that ended with a reply.", m.turns_completed.get());
-    let _ = writeln!(out, "# HELP synthesis_turns_failed_total Turns that ended in an error, by reason.");
+    counter(
+        &mut out,
+        "synthesis_turns_completed_total",
+        "Turns that ended with a reply.",
+        m.turns_completed.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP synthesis_turns_failed_total Turns that ended in an error, by reason."
+    );
     let _ = writeln!(out, "# TYPE synthesis_turns_failed_total counter");
     for (reason, c) in FAILURE_REASONS.iter().zip(&m.turns_failed) {
-        let _ = writeln!(out, "synthesis_turns_failed_total{{reason=\"{reason}\"}} {}", c.get());
+        let _ = writeln!(
+            out,
+            "synthesis_turns_failed_total{{reason=\"{reason}\"}} {}",
+            c.get()
+        );
     }
-    let _ = writeln!(out, "# HELP synthesis_turns_rejected_total Requests refused before queueing, by reason.");
+    let _ = writeln!(
+        out,
+        "# HELP synthesis_turns_rejected_total Requests refused before queueing, by reason."
+    );
     let _ = writeln!(out, "# TYPE synthesis_turns_rejected_total counter");
-    let _ = writeln!(out, "synthesis_turns_rejected_total{{reason=\"queue_full\"}} {}", m.turns_rejected_queue_full.get());
-    let _ = writeln!(out, "synthesis_turns_rejected_total{{reason=\"at_capacity\"}} {}", m.turns_rejected_at_capacity.get());
-    counter(&mut out, "synthesis_spawns_total", "claude processes started.", m.spawns.get());
-    counter(&mut out, "synthesis_respawns_total", "Starts of a session that had a process before.", m.respawns.get());
-    counter(&mut out, "synthesis_evictions_total", "Idle sessions stopped to make room at max_processes.", m.evictions.get());
-    counter(&mut out, "synthesis_idle_kills_total", "Processes stopped after idle_kill.", m.idle_kills.get());
-    counter(&mut out, "synthesis_heartbeats_total", "Empty-content heartbeat chunks sent.", m.heartbeats.get());
-    counter(&mut out, "synthesis_channel_refused_total", "Channel connections refused (token, spawn id, frame).", m.channel_refused.get());
+    let _ = writeln!(
+        out,
+        "synthesis_turns_rejected_total{{reason=\"queue_full\"}} {}",
+        m.turns_rejected_queue_full.get()
+    );
+    let _ = writeln!(
+        out,
+        "synthesis_turns_rejected_total{{reason=\"at_capacity\"}} {}",
+        m.turns_rejected_at_capacity.get()
+    );
+    counter(
+        &mut out,
+        "synthesis_spawns_total",
+        "claude processes started.",
+        m.spawns.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_respawns_total",
+        "Starts of a session that had a process before.",
+        m.respawns.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_evictions_total",
+        "Idle sessions stopped to make room at max_processes.",
+        m.evictions.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_idle_kills_total",
+        "Processes stopped after idle_kill.",
+        m.idle_kills.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_heartbeats_total",
+        "Empty-content heartbeat chunks sent.",
+        m.heartbeats.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_channel_refused_total",
+        "Channel connections refused (token, spawn id, frame).",
+        m.channel_refused.get(),
+    );
     let histograms: [(&str, &str, &Histogram); 3] = [
-        ("synthesis_turn_duration_seconds", "Request parsed to turn end.", &m.turn_duration),
-        ("synthesis_bridge_inbound_seconds", "Bridge's own time: request parsed to turn frame written (warm turns).", &m.bridge_inbound),
-        ("synthesis_bridge_outbound_seconds", "Bridge's own time: final reply frame read to last response byte.", &m.bridge_outbound),
+        (
+            "synthesis_turn_duration_seconds",
+            "Request parsed to turn end.",
+            &m.turn_duration,
+        ),
+        (
+            "synthesis_bridge_inbound_seconds",
+            "Bridge's own time: request parsed to turn frame written (warm turns).",
+            &m.bridge_inbound,
+        ),
+        (
+            "synthesis_bridge_outbound_seconds",
+            "Bridge's own time: final reply frame read to last response byte.",
+            &m.bridge_outbound,
+        ),
     ];
     for (name, help, h) in histograms {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         h.expose(&mut out, name, "");
     }
-    let _ = writeln!(out, "# HELP synthesis_sessions Sessions by state.\n# TYPE synthesis_sessions gauge");
+    let _ = writeln!(
+        out,
+        "# HELP synthesis_sessions Sessions by state.\n# TYPE synthesis_sessions gauge"
+    );
     for (state, n) in &gauges.sessions_by_state {
         let _ = writeln!(out, "synthesis_sessions{{state=\"{state}\"}} {n}");
     }
     let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     };
-    gauge(&mut out, "synthesis_queued_turns", "Turns accepted and not finished, across sessions.", gauges.queued_turns);
-    gauge(&mut out, "synthesis_processes", "Live claude processes.", gauges.processes);
+    gauge(
+        &mut out,
+        "synthesis_queued_turns",
+        "Turns accepted and not finished, across sessions.",
+        gauges.queued_turns,
+    );
+    gauge(
+        &mut out,
+        "synthesis_processes",
+        "Live claude processes.",
+        gauges.processes,
+    );
     out
 }
 
@@ -198,25 +306,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_interpolate_within_buckets() {
-        let h = Histogram::new();
-        for _ in 0..100 {
-            h.record(Duration::from_micros(150));
-        }
-        let p50 = h.quantile_us(0.5).unwrap();
-        assert!((100.0..=200.0).contains(&p50), "{p50}");
-        assert_eq!(h.count(), 100);
-        assert!(Histogram::new().quantile_us(0.5).is_none());
-    }
-
-    #[test]
     fn exposition_is_cumulative_and_well_formed() {
         let h = Histogram::new();
         h.record(Duration::from_micros(5));
         h.record(Duration::from_secs(5000));
         let mut out = String::new();
         h.expose(&mut out, "x_seconds", "");
-        assert!(out.contains("x_seconds_bucket{le=\"0.00001\"} 1\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_bucket{le=\"0.00001\"} 1\n"),
+            "{out}"
+        );
         assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(out.contains("x_seconds_count 2\n"));
     }

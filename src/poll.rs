@@ -27,7 +27,11 @@ pub struct Readiness {
 pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<Readiness>> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     let timeout_ms = match timeout {
         None => -1,
@@ -35,7 +39,13 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
         Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
     };
     // SAFETY: `pollfds` is a valid, exclusively borrowed array of `pollfd` of the given length.
-    let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout_ms) };
+    let rc = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
     if rc < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
@@ -108,7 +118,10 @@ mod tests {
         t.join().unwrap();
         let started = Instant::now();
         let ready = wait_readable(&[receiver.fd()], Some(Duration::from_millis(20))).unwrap();
-        assert!(!ready[0].readable, "drained receiver must not stay readable");
+        assert!(
+            !ready[0].readable,
+            "drained receiver must not stay readable"
+        );
         assert!(started.elapsed() >= Duration::from_millis(15));
         drop(waker);
     }

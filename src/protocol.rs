@@ -113,11 +113,25 @@ mod tests {
 
     #[test]
     fn reply_frame_uses_final_on_the_wire() {
-        let frame = ChannelFrame::Reply { turn: "t1".into(), text: "hi".into(), is_final: true };
-        assert_eq!(frame.to_json(), r#"{"type":"reply","turn":"t1","text":"hi","final":true}"#);
+        let frame = ChannelFrame::Reply {
+            turn: "t1".into(),
+            text: "hi".into(),
+            is_final: true,
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"reply","turn":"t1","text":"hi","final":true}"#
+        );
         let back: ChannelFrame =
             serde_json::from_str(r#"{"type":"reply","turn":"t1","text":"hi","extra":1}"#).unwrap();
-        assert_eq!(back, ChannelFrame::Reply { turn: "t1".into(), text: "hi".into(), is_final: false });
+        assert_eq!(
+            back,
+            ChannelFrame::Reply {
+                turn: "t1".into(),
+                text: "hi".into(),
+                is_final: false
+            }
+        );
     }
 
     #[test]
@@ -128,7 +142,10 @@ mod tests {
             meta: BTreeMap::from([("turn_id".to_string(), "t2".to_string())]),
         };
         let json = frame.to_json();
-        assert_eq!(json, r#"{"type":"turn","id":"t2","content":"hello","meta":{"turn_id":"t2"}}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"turn","id":"t2","content":"hello","meta":{"turn_id":"t2"}}"#
+        );
         assert_eq!(serde_json::from_str::<BridgeFrame>(&json).unwrap(), frame);
     }
 

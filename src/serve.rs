@@ -54,10 +54,16 @@ pub fn run(args: &[String]) -> u8 {
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the bridge's own binary: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the bridge's own binary: {e}"))?;
     let (program, prefix_args) = if config.demo {
-        log::warn!("DEMO MODE: the agent is SIMULATED (built-in sim-agent echoes each turn); no Claude is involved");
-        (exe.clone().into_os_string(), vec![OsString::from("sim-agent")])
+        log::warn!(
+            "DEMO MODE: the agent is SIMULATED (built-in sim-agent echoes each turn); no Claude is involved"
+        );
+        (
+            exe.clone().into_os_string(),
+            vec![OsString::from("sim-agent")],
+        )
     } else {
         let claude = find_program(&config.claude_bin).ok_or_else(|| {
             format!(
@@ -67,21 +73,36 @@ fn serve(config: Config) -> Result<(), String> {
         })?;
         (claude.into_os_string(), vec![])
     };
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| format!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        format!(
+            "cannot create state_dir {}: {e}",
+            config.state_dir.display()
+        )
+    })?;
     let mcp_config = config.state_dir.join("mcp-config.json");
     agent::write_mcp_config(&mcp_config, &exe, &config.channel_name)
         .map_err(|e| format!("cannot write {}: {e}", mcp_config.display()))?;
 
-    let ws_listener =
-        TcpListener::bind(("127.0.0.1", config.channel_ws_port)).map_err(|e| format!("cannot bind the channel WebSocket port {}: {e}", config.channel_ws_port))?;
+    let ws_listener = TcpListener::bind(("127.0.0.1", config.channel_ws_port)).map_err(|e| {
+        format!(
+            "cannot bind the channel WebSocket port {}: {e}",
+            config.channel_ws_port
+        )
+    })?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let server = tiny_http::Server::http((config.host.as_str(), config.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    let http_addr = server.server_addr().to_ip().ok_or("HTTP listener has no IP address")?;
+    let http_addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or("HTTP listener has no IP address")?;
     let server = Arc::new(server);
 
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let launcher = AgentLauncher {
         program,
         prefix_args,
@@ -122,8 +143,12 @@ fn serve(config: Config) -> Result<(), String> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (hub_waker, hub_wake) = wake_pair().map_err(|e| e.to_string())?;
-    let hub = Arc::new(Hub { registry: registry.clone(), token });
-    let hub_thread = hub::spawn_acceptor(ws_listener, hub, stop.clone(), hub_wake).map_err(|e| e.to_string())?;
+    let hub = Arc::new(Hub {
+        registry: registry.clone(),
+        token,
+    });
+    let hub_thread =
+        hub::spawn_acceptor(ws_listener, hub, stop.clone(), hub_wake).map_err(|e| e.to_string())?;
     let ctx = Arc::new(HttpContext {
         registry: registry.clone(),
         models: config.models.clone(),
@@ -131,9 +156,12 @@ fn serve(config: Config) -> Result<(), String> {
         heartbeat_interval: config.heartbeat_interval,
         max_body_bytes: config.max_body_bytes,
         fallback_session_key: config.fallback_session_key.clone(),
-        continuations: config.conversation_match.then(|| Continuations::new(CONTINUATIONS_REMEMBERED)),
+        continuations: config
+            .conversation_match
+            .then(|| Continuations::new(CONTINUATIONS_REMEMBERED)),
     });
-    let http_thread = http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;
+    let http_thread =
+        http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;
 
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
@@ -145,7 +173,10 @@ fn serve(config: Config) -> Result<(), String> {
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGUSR1 {
-                    log::info!("SIGUSR1: thread report\n{}", http::thread_report(&report_registry));
+                    log::info!(
+                        "SIGUSR1: thread report\n{}",
+                        http::thread_report(&report_registry)
+                    );
                     continue;
                 }
                 let _ = signal_tx.send(signal);
@@ -156,7 +187,11 @@ fn serve(config: Config) -> Result<(), String> {
 
     log::info!(
         "serving http://{http_addr}/v1 (agent: {}), channel hub ws://{ws_addr}, workspace {}, state {}",
-        if config.demo { "simulated".to_string() } else { config.claude_bin.clone() },
+        if config.demo {
+            "simulated".to_string()
+        } else {
+            config.claude_bin.clone()
+        },
         config.workspace.display(),
         config.state_dir.display()
     );
@@ -164,7 +199,8 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = writeln!(stdout, "listening http={http_addr} ws={ws_addr}");
     let _ = stdout.flush();
 
-    let (sweeper_stop, sweeper_thread) = spawn_sweeper(registry.clone(), config.idle_kill).map_err(|e| e.to_string())?;
+    let (sweeper_stop, sweeper_thread) =
+        spawn_sweeper(registry.clone(), config.idle_kill).map_err(|e| e.to_string())?;
 
     let signal = signal_rx.recv().map_err(|_| "signal thread ended")?;
     let grace = config.shutdown_grace;
@@ -189,11 +225,15 @@ fn spawn_sweeper(
 ) -> std::io::Result<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)> {
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let period = (idle_kill / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let thread = std::thread::Builder::new().name("sweeper".into()).spawn(move || {
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(period) {
-            registry.sweep(idle_kill);
-        }
-    })?;
+    let thread = std::thread::Builder::new()
+        .name("sweeper".into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(period)
+            {
+                registry.sweep(idle_kill);
+            }
+        })?;
     Ok((stop_tx, thread))
 }
 
@@ -201,11 +241,14 @@ fn spawn_sweeper(
 fn find_program(name: &str) -> Option<PathBuf> {
     let is_executable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if name.contains('/') {
         let path = PathBuf::from(name);
         return is_executable(&path).then_some(path);
     }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
 }

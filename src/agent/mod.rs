@@ -54,7 +54,11 @@ impl AgentLauncher {
         let mut push = |a: &str| args.push(OsString::from(a));
         push("--dangerously-load-development-channels");
         push(&format!("server:{}", self.channel_name));
-        push(if launch.resume { "--resume" } else { "--session-id" });
+        push(if launch.resume {
+            "--resume"
+        } else {
+            "--session-id"
+        });
         push(launch.claude_session);
         push("--permission-mode");
         push(&self.permission_mode);
@@ -83,9 +87,15 @@ impl AgentLauncher {
             (env::CLAUDE_SESSION, launch.claude_session.to_string()),
             (env::SPAWN_ID, launch.spawn_id.to_string()),
             (env::BRIDGE_TOKEN, self.token.clone()),
-            (env::HELLO_DELAY_MS, self.hello_delay.as_millis().to_string()),
+            (
+                env::HELLO_DELAY_MS,
+                self.hello_delay.as_millis().to_string(),
+            ),
         ];
-        pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
     }
 }
 
@@ -113,7 +123,9 @@ pub fn write_mcp_config(path: &Path, bridge_exe: &Path, channel_name: &str) -> i
 pub fn claude_config_dir() -> PathBuf {
     match std::env::var_os("CLAUDE_CONFIG_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into())).join(".claude"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into())).join(".claude")
+        }
     }
 }
 
@@ -123,7 +135,10 @@ const MAX_PROJECT_DIR_NAME: usize = 200;
 /// Claude's project directory name for a working directory: every non-alphanumeric
 /// character becomes `-` (DESIGN.md §5).
 pub fn project_dir_name(cwd: &Path) -> String {
-    cwd.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+    cwd.to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
 }
 
 /// Whether Claude has a transcript for `session` run in `cwd`: then it must be started with
@@ -138,9 +153,14 @@ pub fn transcript_exists(config_dir: &Path, cwd: &Path, session: &str) -> bool {
         return projects.join(&name).join(&file).is_file();
     }
     let prefix = &name[..MAX_PROJECT_DIR_NAME];
-    std::fs::read_dir(&projects).into_iter().flatten().flatten().any(|entry| {
-        entry.file_name().to_string_lossy().starts_with(prefix) && entry.path().join(&file).is_file()
-    })
+    std::fs::read_dir(&projects)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            entry.file_name().to_string_lossy().starts_with(prefix)
+                && entry.path().join(&file).is_file()
+        })
 }
 
 /// What draining the terminal found.
@@ -214,11 +234,12 @@ impl Agent {
             Some(KnownScreen::DevChannelsWarning) if !self.dev_channels_accepted => {
                 log::debug!("dev-channels warning on screen; accepting");
                 self.dev_channels_accepted = true;
-                self.send_keys(b"\r").map_err(|e| format!("could not answer the dev-channels warning: {e}"))
+                self.send_keys(b"\r")
+                    .map_err(|e| format!("could not answer the dev-channels warning: {e}"))
             }
-            Some(KnownScreen::Blocking(name, fix)) => {
-                Err(format!("claude is waiting on its {name} screen, which the bridge does not answer: {fix}"))
-            }
+            Some(KnownScreen::Blocking(name, fix)) => Err(format!(
+                "claude is waiting on its {name} screen, which the bridge does not answer: {fix}"
+            )),
             _ => Ok(()),
         }
     }
@@ -232,11 +253,6 @@ impl Agent {
         self.child.master.write_all(keys)
     }
 
-    /// The child's exit status if it has exited (reaps it).
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.child.try_wait().ok().flatten()
-    }
-
     /// Waits up to `limit` for the child to exit (used after its terminal closed).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.child.wait_timeout(limit).ok().flatten()
@@ -245,10 +261,6 @@ impl Agent {
     /// The last lines on screen, for error messages.
     pub fn screen_tail(&self, lines: usize) -> String {
         self.screen.tail(lines)
-    }
-
-    pub fn screen_text(&self) -> String {
-        self.screen.text()
     }
 
     /// SIGTERM to the process group, SIGKILL after `grace`; always reaps.
@@ -276,33 +288,58 @@ mod tests {
     }
 
     fn launch(resume: bool) -> Launch<'static> {
-        Launch { session_key: "k", claude_session: "uuid-1", resume, spawn_id: "sp", workspace: Path::new("/") }
+        Launch {
+            session_key: "k",
+            claude_session: "uuid-1",
+            resume,
+            spawn_id: "sp",
+            workspace: Path::new("/"),
+        }
     }
 
     #[test]
     fn variadic_flags_are_always_followed_by_a_flag_or_the_end() {
-        let args: Vec<String> = launcher().args(&launch(false)).into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<String> = launcher()
+            .args(&launch(false))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         assert_eq!(
             args.join(" "),
             "--dangerously-load-development-channels server:synthesis --session-id uuid-1 --permission-mode default \
              --mcp-config /state/mcp.json --strict-mcp-config --allowedTools mcp__synthesis__reply"
         );
         assert!(!args.iter().any(|a| a == "--channels"));
-        let resumed: Vec<String> = launcher().args(&launch(true)).into_iter().map(|a| a.into_string().unwrap()).collect();
-        assert!(resumed.windows(2).any(|w| w[0] == "--resume" && w[1] == "uuid-1"));
+        let resumed: Vec<String> = launcher()
+            .args(&launch(true))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert!(
+            resumed
+                .windows(2)
+                .any(|w| w[0] == "--resume" && w[1] == "uuid-1")
+        );
     }
 
     #[test]
     fn stop_hook_command_quotes_the_path_for_the_shell() {
-        let settings: serde_json::Value =
-            serde_json::from_str(&stop_hook_settings(Path::new("/opt/it's here/synthesis-bridge"))).unwrap();
-        let command = settings["hooks"]["Stop"][0]["hooks"][0]["command"].as_str().unwrap();
+        let settings: serde_json::Value = serde_json::from_str(&stop_hook_settings(Path::new(
+            "/opt/it's here/synthesis-bridge",
+        )))
+        .unwrap();
+        let command = settings["hooks"]["Stop"][0]["hooks"][0]["command"]
+            .as_str()
+            .unwrap();
         assert_eq!(command, r"'/opt/it'\''s here/synthesis-bridge' hook stop");
     }
 
     #[test]
     fn project_dir_replaces_every_non_alphanumeric() {
-        assert_eq!(project_dir_name(Path::new("/home/a.b/my_ws")), "-home-a-b-my-ws");
+        assert_eq!(
+            project_dir_name(Path::new("/home/a.b/my_ws")),
+            "-home-a-b-my-ws"
+        );
     }
 
     #[test]
@@ -327,7 +364,11 @@ mod tests {
     #[test]
     fn every_spawn_gets_the_synthesis_variables() {
         let env = launcher().env(&launch(false));
-        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_str().unwrap().to_string());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
         assert_eq!(get("DISABLE_AUTOUPDATER").as_deref(), Some("1"));
         assert_eq!(get("ENABLE_TOOL_SEARCH").as_deref(), Some("false"));
         assert_eq!(get("SYNTHESIS_SPAWN_ID").as_deref(), Some("sp"));

@@ -56,7 +56,13 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<PtyChild> {
                 return Err(io::Error::last_os_error());
             }
             // SIGTERM rather than SIGKILL: claude cleans up its session file on SIGTERM.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             if libc::getppid() != parent {
                 return Err(io::Error::other("bridge exited during spawn"));
             }
@@ -65,15 +71,32 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<PtyChild> {
     }
     let child = command.spawn()?;
     let pidfd = pidfd_open(child.id());
-    Ok(PtyChild { master, child, pidfd })
+    Ok(PtyChild {
+        master,
+        child,
+        pidfd,
+    })
 }
 
 fn open_pty() -> io::Result<(File, File)> {
     let mut master: RawFd = -1;
     let mut slave: RawFd = -1;
-    let size = libc::winsize { ws_row: ROWS, ws_col: COLS, ws_xpixel: 0, ws_ypixel: 0 };
+    let size = libc::winsize {
+        ws_row: ROWS,
+        ws_col: COLS,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: out-pointers are valid; name and termios may be null.
-    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

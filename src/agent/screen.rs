@@ -55,7 +55,9 @@ pub struct Screen {
 impl Screen {
     pub fn new(rows: u16, cols: u16) -> Self {
         let nonzero = |n: u16| std::num::NonZeroU16::new(n.max(1)).expect("max(1) is never zero");
-        Screen { parser: vt100::Parser::new(nonzero(rows), nonzero(cols), 0) }
+        Screen {
+            parser: vt100::Parser::new(nonzero(rows), nonzero(cols), 0),
+        }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -69,7 +71,11 @@ impl Screen {
     /// The last `n` non-blank lines, for error messages.
     pub fn tail(&self, n: usize) -> String {
         let text = self.text();
-        let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 

@@ -16,10 +16,10 @@ use tiny_http::Request;
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::sse::SseStream;
 use super::{HttpContext, respond_error};
+use crate::metrics::{self, METRICS};
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
-use crate::metrics::{self, METRICS};
 use crate::session::{SubmitError, identity};
 
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
@@ -35,26 +35,49 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
         .collect();
-    let key = match identity::resolve(&headers, &value, &ctx.fallback_session_key, ctx.continuations.as_ref()) {
+    let key = match identity::resolve(
+        &headers,
+        &value,
+        &ctx.fallback_session_key,
+        ctx.continuations.as_ref(),
+    ) {
         Ok(key) => key,
         Err(message) => return respond_error(request, &ApiError::bad_request(message)),
     };
     // Only sessions found by conversation matching need the chain their next request will show.
-    let chain_before_reply = matches!(key.source, "conversation-continuation" | "new-conversation").then(|| {
-        let messages = value.get("messages").and_then(|m| m.as_array()).map_or(&[][..], Vec::as_slice);
-        identity::conversation_hash(identity::CHAIN_START, messages)
-    });
+    let chain_before_reply = matches!(key.source, "conversation-continuation" | "new-conversation")
+        .then(|| {
+            let messages = value
+                .get("messages")
+                .and_then(|m| m.as_array())
+                .map_or(&[][..], Vec::as_slice);
+            identity::conversation_hash(identity::CHAIN_START, messages)
+        });
     let history: HistoryRenderer = Box::new(move || {
         let messages = value.get("messages")?.as_array()?;
         render_history(messages, MAX_RESTORED_HISTORY_BYTES)
     });
-    let turn = match ctx.registry.submit(&key.key, chat.turn_text.clone(), received, Some(history)) {
+    let turn = match ctx
+        .registry
+        .submit(&key.key, chat.turn_text.clone(), received, Some(history))
+    {
         Ok(turn) => turn,
         Err(error) => return respond_error(request, &submit_error(error)),
     };
-    log::debug!("session {:?} {}: queued (key from {}, stream={})", key.key, turn.id, key.source, chat.stream);
+    log::debug!(
+        "session {:?} {}: queued (key from {}, stream={})",
+        key.key,
+        turn.id,
+        key.source,
+        chat.stream
+    );
     let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let completion = Completion::new(&model);
     let reply = if chat.stream {
@@ -62,7 +85,9 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     } else {
         respond_whole(request, &chat, &completion, turn)
     };
-    if let (Some(continuations), Some(chain), Some(reply)) = (&ctx.continuations, chain_before_reply, reply) {
+    if let (Some(continuations), Some(chain), Some(reply)) =
+        (&ctx.continuations, chain_before_reply, reply)
+    {
         continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
     }
 }
@@ -71,7 +96,11 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
 /// read to the end.
 fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
-        ApiError::new(413, "request_too_large", format!("request body is larger than max_body_bytes ({limit} bytes)"))
+        ApiError::new(
+            413,
+            "request_too_large",
+            format!("request body is larger than max_body_bytes ({limit} bytes)"),
+        )
     };
     if request.body_length().is_some_and(|n| n > limit) {
         return Err(too_large());
@@ -95,16 +124,25 @@ fn submit_error(error: SubmitError) -> ApiError {
             "session_queue_full",
             format!("this session already has {limit} turns waiting; retry when one has finished"),
         ),
-        SubmitError::AtCapacity { max_processes, retry_after_secs } => {
+        SubmitError::AtCapacity {
+            max_processes,
+            retry_after_secs,
+        } => {
             let mut error = ApiError::new(
                 429,
                 "at_capacity",
-                format!("all {max_processes} claude processes (max_processes) are busy with turns; retry in {retry_after_secs}s"),
+                format!(
+                    "all {max_processes} claude processes (max_processes) are busy with turns; retry in {retry_after_secs}s"
+                ),
             );
             error.retry_after = Some(retry_after_secs);
             error
         }
-        SubmitError::ShuttingDown => ApiError::new(503, "shutting_down", "the bridge is shutting down; retry shortly"),
+        SubmitError::ShuttingDown => ApiError::new(
+            503,
+            "shutting_down",
+            "the bridge is shutting down; retry shortly",
+        ),
         SubmitError::Internal(message) => ApiError::new(500, "internal_error", message),
     }
 }
@@ -120,7 +158,11 @@ fn failure_error(failure: &TurnFailure) -> ApiError {
 }
 
 fn worker_vanished() -> ApiError {
-    ApiError::new(500, "session_worker_failed", "the session's worker ended unexpectedly (see the bridge log); retry")
+    ApiError::new(
+        500,
+        "session_worker_failed",
+        "the session's worker ended unexpectedly (see the bridge log); retry",
+    )
 }
 
 /// Streams the turn; returns the whole reply text when the turn ended normally.
@@ -135,7 +177,10 @@ fn stream(
     let mut sse = match SseStream::start(request) {
         Ok(sse) => sse,
         Err(e) => {
-            log::info!("session {key:?} {}: client gone before the stream started ({e})", turn.id);
+            log::info!(
+                "session {key:?} {}: client gone before the stream started ({e})",
+                turn.id
+            );
             turn.cancel.cancel();
             return None;
         }
@@ -148,14 +193,21 @@ fn stream(
             match turn.events.recv_timeout(ctx.heartbeat_interval) {
                 Ok(TurnEvent::Text { text, .. }) => {
                     // Separate consecutive replies (progress, then the answer) with a blank line.
-                    let content = if reply.is_empty() { text } else { format!("\n\n{text}") };
+                    let content = if reply.is_empty() {
+                        text
+                    } else {
+                        format!("\n\n{text}")
+                    };
                     reply.push_str(&content);
                     sse.event(&completion.chunk(json!({"content": content}), None))?;
                 }
                 Ok(TurnEvent::Done(read_at)) => {
                     sse.event(&completion.chunk(json!({}), Some("stop")))?;
                     if chat.include_usage {
-                        sse.event(&completion.usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())))?;
+                        sse.event(
+                            &completion
+                                .usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
+                        )?;
                     }
                     completed = Some(read_at);
                     break;
@@ -181,11 +233,18 @@ fn stream(
         Ok(()) => {
             let read_at = completed?;
             METRICS.bridge_outbound.record(read_at.elapsed());
-            log::debug!("session {key:?} {}: streamed {} chars", turn.id, reply.len());
+            log::debug!(
+                "session {key:?} {}: streamed {} chars",
+                turn.id,
+                reply.len()
+            );
             Some(reply)
         }
         Err(e) => {
-            log::info!("session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn", turn.id);
+            log::info!(
+                "session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn",
+                turn.id
+            );
             metrics::failed("client_gone");
             turn.cancel.cancel();
             None
@@ -194,7 +253,12 @@ fn stream(
 }
 
 /// Answers with one `chat.completion`; returns the reply text when the turn ended normally.
-fn respond_whole(request: Request, chat: &ChatRequest, completion: &Completion, turn: SubmittedTurn) -> Option<String> {
+fn respond_whole(
+    request: Request,
+    chat: &ChatRequest,
+    completion: &Completion,
+    turn: SubmittedTurn,
+) -> Option<String> {
     let mut text = String::new();
     let read_at = loop {
         // No deadline of our own: the worker always ends a turn (turn_timeout at the latest).

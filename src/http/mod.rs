@@ -34,19 +34,25 @@ pub struct HttpContext {
 /// Responder threads mostly wait; their stacks stay small.
 const RESPONDER_STACK_BYTES: usize = 256 * 1024;
 
-pub fn spawn_acceptor(server: Arc<Server>, ctx: Arc<HttpContext>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("http".into()).spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            match server.recv_timeout(Duration::from_millis(500)) {
-                Ok(Some(request)) => route(request, &ctx),
-                Ok(None) => {}
-                Err(e) => {
-                    log::error!("http: accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
+pub fn spawn_acceptor(
+    server: Arc<Server>,
+    ctx: Arc<HttpContext>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match server.recv_timeout(Duration::from_millis(500)) {
+                    Ok(Some(request)) => route(request, &ctx),
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::error!("http: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
             }
-        }
-    })
+        })
 }
 
 fn route(request: Request, ctx: &Arc<HttpContext>) {
@@ -75,7 +81,11 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 .iter()
                 .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "synthesis-bridge"}))
                 .collect();
-            respond_json(request, 200, json!({"object": "list", "data": data}).to_string());
+            respond_json(
+                request,
+                200,
+                json!({"object": "list", "data": data}).to_string(),
+            );
         }
         ("/v1/chat/completions", Method::Post) => {
             let ctx = ctx.clone();
@@ -89,7 +99,9 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
         }
         ("/metrics", Method::Get) => {
             let body = crate::metrics::expose(&ctx.registry.gauges());
-            let header = Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..]).expect("static header");
+            let header =
+                Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
+                    .expect("static header");
             let _ = request.respond(Response::from_string(body).with_header(header));
         }
         ("/v1/sessions", Method::Get) => respond_json(request, 200, sessions_json(ctx).to_string()),
@@ -105,10 +117,15 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 Err(message) if message.starts_with("no session") => {
                     respond_error(request, &ApiError::new(404, "no_such_session", message))
                 }
-                Err(message) => respond_error(request, &ApiError::new(409, "session_busy", message)),
+                Err(message) => {
+                    respond_error(request, &ApiError::new(409, "session_busy", message))
+                }
             }
         }
-        ("/healthz" | "/v1/models" | "/v1/chat/completions" | "/metrics" | "/v1/sessions", method) => {
+        (
+            "/healthz" | "/v1/models" | "/v1/chat/completions" | "/metrics" | "/v1/sessions",
+            method,
+        ) => {
             let message = format!("{method} is not allowed on {path}");
             respond_error(request, &ApiError::new(405, "method_not_allowed", message));
         }
@@ -127,7 +144,11 @@ fn sessions_json(ctx: &HttpContext) -> serde_json::Value {
     let mut rows: Vec<serde_json::Value> = live
         .iter()
         .map(|s| {
-            let uptime = s.info.process_started.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs());
+            let uptime = s
+                .info
+                .process_started
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| d.as_secs());
             json!({
                 "key": s.key, "state": s.state.name(), "pid": (s.pid != 0).then_some(s.pid),
                 "claude_session": s.info.claude_session, "workspace": s.info.workspace,
@@ -152,7 +173,11 @@ pub fn thread_report(registry: &crate::session::Registry) -> String {
     let rows = registry.snapshot();
     let mut out = format!("{} session workers\n", rows.len());
     for s in rows {
-        let pid = if s.pid == 0 { String::from("-") } else { s.pid.to_string() };
+        let pid = if s.pid == 0 {
+            String::from("-")
+        } else {
+            s.pid.to_string()
+        };
         out.push_str(&format!(
             "session:{} state={} pid={pid} queued={} step=\"{}\" for {:.1}s\n",
             s.key,
@@ -172,12 +197,13 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -196,8 +222,11 @@ fn authorised(request: &Request, ctx: &HttpContext) -> bool {
 }
 
 pub fn respond_json(request: Request, status: u16, body: String) {
-    let header = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header");
-    let response = Response::from_string(body).with_status_code(status).with_header(header);
+    let header =
+        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header");
+    let response = Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header);
     if let Err(e) = request.respond(response) {
         log::debug!("http: could not send a {status} response: {e}");
     }
@@ -209,9 +238,15 @@ pub fn respond_error(request: Request, error: &ApiError) {
     }
     let mut response = Response::from_string(error.body())
         .with_status_code(error.status)
-        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header"));
+        .with_header(
+            Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+                .expect("static header"),
+        );
     if let Some(seconds) = error.retry_after {
-        response.add_header(Header::from_bytes(&b"Retry-After"[..], seconds.to_string().as_bytes()).expect("digits"));
+        response.add_header(
+            Header::from_bytes(&b"Retry-After"[..], seconds.to_string().as_bytes())
+                .expect("digits"),
+        );
     }
     if let Err(e) = request.respond(response) {
         log::debug!("http: could not send a {} response: {e}", error.status);

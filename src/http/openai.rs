@@ -24,7 +24,13 @@ impl ApiError {
             429 => "rate_limit_error",
             _ => "server_error",
         };
-        ApiError { status, kind, code, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -32,7 +38,8 @@ impl ApiError {
     }
 
     pub fn body(&self) -> String {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}}).to_string()
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+            .to_string()
     }
 }
 
@@ -75,12 +82,25 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
     let messages = match object.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => return Err(ApiError::bad_request("`messages` must not be empty")),
-        Some(_) => return Err(ApiError::bad_request("`messages` must be an array of message objects")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`messages` must be an array of message objects",
+            ));
+        }
         None => return Err(ApiError::bad_request("`messages` is required")),
     };
     let turn_text = new_turn_text(messages)?;
     let prompt_chars = text.len();
-    Ok((ChatRequest { model, stream, include_usage, turn_text, prompt_chars }, value))
+    Ok((
+        ChatRequest {
+            model,
+            stream,
+            include_usage,
+            turn_text,
+            prompt_chars,
+        },
+        value,
+    ))
 }
 
 /// The new turn is every message after the last `assistant`/`tool` message (DESIGN.md §3):
@@ -96,7 +116,10 @@ pub fn new_turn_text(messages: &[Value]) -> Result<String, ApiError> {
             .ok_or_else(|| ApiError::bad_request(format!("messages[{i}] needs a string `role`")))?;
         roles.push(role);
     }
-    let start = roles.iter().rposition(|r| *r == "assistant" || *r == "tool").map_or(0, |i| i + 1);
+    let start = roles
+        .iter()
+        .rposition(|r| *r == "assistant" || *r == "tool")
+        .map_or(0, |i| i + 1);
     let mut parts = Vec::new();
     for (i, m) in messages.iter().enumerate().skip(start) {
         if roles[i] != "user" {
@@ -145,7 +168,12 @@ pub fn content_text(content: &Value) -> Result<String, String> {
 /// system messages left out, the oldest part dropped beyond `max_bytes`. None when there is
 /// no earlier conversation.
 pub fn render_history(messages: &[Value], max_bytes: usize) -> Option<String> {
-    let end = messages.iter().rposition(|m| matches!(m.get("role").and_then(Value::as_str), Some("assistant" | "tool")))?;
+    let end = messages.iter().rposition(|m| {
+        matches!(
+            m.get("role").and_then(Value::as_str),
+            Some("assistant" | "tool")
+        )
+    })?;
     let mut lines = Vec::new();
     for m in &messages[..=end] {
         let who = match m.get("role").and_then(Value::as_str) {
@@ -190,7 +218,9 @@ impl Completion {
     pub fn new(model: &str) -> Self {
         Completion {
             id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             model: model.to_string(),
         }
     }
@@ -234,7 +264,10 @@ pub struct Usage {
 
 impl Usage {
     pub fn estimate(prompt_chars: usize, completion_chars: usize) -> Self {
-        Usage { prompt_tokens: prompt_chars.div_ceil(4), completion_tokens: completion_chars.div_ceil(4) }
+        Usage {
+            prompt_tokens: prompt_chars.div_ceil(4),
+            completion_tokens: completion_chars.div_ceil(4),
+        }
     }
 
     fn to_json(self) -> Value {
@@ -269,7 +302,11 @@ mod tests {
 
     #[test]
     fn first_turn_skips_the_system_prompt_and_tool_results_end_history() {
-        assert_eq!(turn(json!([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}])).unwrap(), "hi");
+        assert_eq!(
+            turn(json!([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]))
+                .unwrap(),
+            "hi"
+        );
         let t = turn(json!([
             {"role": "user", "content": "a"},
             {"role": "tool", "content": "result"},
@@ -281,11 +318,23 @@ mod tests {
 
     #[test]
     fn a_request_without_new_user_text_is_refused() {
-        let err = turn(json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])).unwrap_err();
+        let err =
+            turn(json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]))
+                .unwrap_err();
         assert_eq!(err.status, 400);
         assert!(err.message.contains("no user text"));
-        assert!(turn(json!([{"content": "no role"}])).unwrap_err().message.contains("messages[0]"));
-        assert!(turn(json!([{"role": "user", "content": 5}])).unwrap_err().message.contains("content"));
+        assert!(
+            turn(json!([{"content": "no role"}]))
+                .unwrap_err()
+                .message
+                .contains("messages[0]")
+        );
+        assert!(
+            turn(json!([{"role": "user", "content": 5}]))
+                .unwrap_err()
+                .message
+                .contains("content")
+        );
     }
 
     #[test]
@@ -295,8 +344,16 @@ mod tests {
         assert!(msg("[]").contains("JSON object"));
         assert!(msg(r#"{"model":"m"}"#).contains("`messages` is required"));
         assert!(msg(r#"{"messages":[]}"#).contains("must not be empty"));
-        assert!(msg(r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).contains("`stream`"));
-        assert!(parse_chat_request(b"\xff\xfe").unwrap_err().message.contains("UTF-8"));
+        assert!(
+            msg(r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#)
+                .contains("`stream`")
+        );
+        assert!(
+            parse_chat_request(b"\xff\xfe")
+                .unwrap_err()
+                .message
+                .contains("UTF-8")
+        );
         let (req, _) = parse_chat_request(
             br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}],"unknown":1}"#,
         )
@@ -314,17 +371,34 @@ mod tests {
             {"role": "user", "content": "new turn"},
         ]);
         let text = render_history(messages.as_array().unwrap(), 1024).unwrap();
-        assert!(text.contains("User: first\nAssistant: answer one\n"), "{text}");
+        assert!(
+            text.contains("User: first\nAssistant: answer one\n"),
+            "{text}"
+        );
         assert!(!text.contains("system prompt") && !text.contains("new turn"));
         let small = render_history(messages.as_array().unwrap(), 30).unwrap();
-        assert!(small.contains("Assistant: answer one") && !small.contains("User: first"), "{small}");
-        assert!(render_history(json!([{"role": "user", "content": "only"}]).as_array().unwrap(), 1024).is_none());
+        assert!(
+            small.contains("Assistant: answer one") && !small.contains("User: first"),
+            "{small}"
+        );
+        assert!(
+            render_history(
+                json!([{"role": "user", "content": "only"}])
+                    .as_array()
+                    .unwrap(),
+                1024
+            )
+            .is_none()
+        );
     }
 
     #[test]
     fn error_body_has_openai_shape() {
         let e = ApiError::new(429, "session_queue_full", "try later");
         let v: Value = serde_json::from_str(&e.body()).unwrap();
-        assert_eq!(v, json!({"error": {"message": "try later", "type": "rate_limit_error", "code": "session_queue_full"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"message": "try later", "type": "rate_limit_error", "code": "session_queue_full"}})
+        );
     }
 }

@@ -18,7 +18,11 @@ impl SseStream {
     pub fn start(request: Request) -> io::Result<Self> {
         let chunked = *request.http_version() >= HTTPVersion(1, 1);
         let mut writer = request.into_writer();
-        let framing = if chunked { "Transfer-Encoding: chunked\r\n" } else { "Connection: close\r\n" };
+        let framing = if chunked {
+            "Transfer-Encoding: chunked\r\n"
+        } else {
+            "Connection: close\r\n"
+        };
         write!(
             writer,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"

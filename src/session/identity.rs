@@ -59,9 +59,20 @@ pub fn resolve(
         found(strip_boundary_count(v).to_string(), "x-session-affinity")
     } else if let Some(v) = header("session_id") {
         found(strip_boundary_count(v).to_string(), "session_id")
-    } else if let Some(v) = body.get("prompt_cache_key").and_then(Value::as_str).filter(|v| !v.trim().is_empty()) {
-        found(strip_boundary_count(v.trim()).to_string(), "body.prompt_cache_key")
-    } else if let Some(v) = body.get("user").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+    } else if let Some(v) = body
+        .get("prompt_cache_key")
+        .and_then(Value::as_str)
+        .filter(|v| !v.trim().is_empty())
+    {
+        found(
+            strip_boundary_count(v.trim()).to_string(),
+            "body.prompt_cache_key",
+        )
+    } else if let Some(v) = body
+        .get("user")
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+    {
         found(v.to_string(), "body.user")
     } else if let Some(v) = body
         .pointer("/metadata/session_key")
@@ -72,48 +83,79 @@ pub fn resolve(
     } else if let Some(v) = runtime_session(body) {
         found(v, "openclaw-runtime-line")
     } else if let Some(continuations) = continuations {
-        let messages = body.get("messages").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
         let history = history_hash(messages);
         match history.and_then(|h| continuations.lookup(h)) {
             Some(key) => found(key, "conversation-continuation"),
-            None => found(format!("conv-{}", uuid::Uuid::new_v4().simple()), "new-conversation"),
+            None => found(
+                format!("conv-{}", uuid::Uuid::new_v4().simple()),
+                "new-conversation",
+            ),
         }
     } else {
         None
     };
     match chosen {
-        Some(k) if k.key.len() > MAX_KEY_LEN => {
-            Err(format!("session key from {} is longer than {MAX_KEY_LEN} bytes", k.source))
+        Some(k) if k.key.len() > MAX_KEY_LEN => Err(format!(
+            "session key from {} is longer than {MAX_KEY_LEN} bytes",
+            k.source
+        )),
+        Some(k) if k.key.contains('\0') => {
+            Err(format!("session key from {} contains NUL", k.source))
         }
-        Some(k) if k.key.contains('\0') => Err(format!("session key from {} contains NUL", k.source)),
         Some(k) => Ok(k),
-        None => Ok(SessionKey { key: fallback.to_string(), source: "fallback" }),
+        None => Ok(SessionKey {
+            key: fallback.to_string(),
+            source: "fallback",
+        }),
     }
 }
 
 /// The `session=` value of the `Runtime: agent=… | session=… | …` line OpenClaw puts in a
 /// session's first user message.
 fn runtime_session(body: &Value) -> Option<String> {
-    let first_user = body.get("messages")?.as_array()?.iter().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    let first_user = body
+        .get("messages")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
     let text = match first_user.get("content")? {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n"),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
         _ => return None,
     };
-    let line = text.lines().find(|l| l.trim_start().starts_with("Runtime:"))?;
-    line.split('|').find_map(|field| field.trim().strip_prefix("session=")).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Runtime:"))?;
+    line.split('|')
+        .find_map(|field| field.trim().strip_prefix("session="))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// Whether a user message is OpenClaw's temporary internal-context block (sent with every
 /// call, never kept in the history of the next one).
 pub fn is_internal_context(text: &str) -> bool {
-    text.trim_start().starts_with("<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>")
+    text.trim_start()
+        .starts_with("<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>")
 }
 
 /// Extends a conversation hash by one message. FNV-1a over role and text.
 pub fn chain(hash: u64, role: &str, text: &str) -> u64 {
     let mut h = hash;
-    for b in role.bytes().chain([0]).chain(text.trim().bytes()).chain([0xff]) {
+    for b in role
+        .bytes()
+        .chain([0])
+        .chain(text.trim().bytes())
+        .chain([0xff])
+    {
         h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
@@ -124,7 +166,12 @@ pub const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
 /// The hash of the `user`/`assistant` messages before the new turn (internal-context
 /// blocks left out); None when there are none (a conversation's first request).
 pub fn history_hash(messages: &[Value]) -> Option<u64> {
-    let end = messages.iter().rposition(|m| matches!(m.get("role").and_then(Value::as_str), Some("assistant" | "tool")))?;
+    let end = messages.iter().rposition(|m| {
+        matches!(
+            m.get("role").and_then(Value::as_str),
+            Some("assistant" | "tool")
+        )
+    })?;
     Some(conversation_hash(CHAIN_START, &messages[..=end]))
 }
 
@@ -135,8 +182,13 @@ pub fn conversation_hash(hash: u64, messages: &[Value]) -> u64 {
         if role != "user" && role != "assistant" {
             return h;
         }
-        let text = crate::http::openai::content_text(m.get("content").unwrap_or(&Value::Null)).unwrap_or_default();
-        if role == "user" && is_internal_context(&text) { h } else { chain(h, role, &text) }
+        let text = crate::http::openai::content_text(m.get("content").unwrap_or(&Value::Null))
+            .unwrap_or_default();
+        if role == "user" && is_internal_context(&text) {
+            h
+        } else {
+            chain(h, role, &text)
+        }
     })
 }
 
@@ -148,7 +200,10 @@ pub struct Continuations {
 
 impl Continuations {
     pub fn new(capacity: usize) -> Self {
-        Continuations { inner: Mutex::new((HashMap::new(), VecDeque::new())), capacity }
+        Continuations {
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            capacity,
+        }
     }
 
     pub fn lookup(&self, hash: u64) -> Option<String> {
@@ -173,7 +228,13 @@ impl Continuations {
 /// `abc:3` → `abc`; a value without a numeric suffix is returned whole.
 fn strip_boundary_count(value: &str) -> &str {
     match value.rsplit_once(':') {
-        Some((stem, count)) if !stem.is_empty() && !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit()) => stem,
+        Some((stem, count))
+            if !stem.is_empty()
+                && !count.is_empty()
+                && count.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            stem
+        }
         _ => value,
     }
 }
@@ -184,7 +245,10 @@ mod tests {
     use serde_json::json;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     fn key(headers: &[(&str, &str)], body: Value) -> (String, &'static str) {
@@ -201,29 +265,56 @@ mod tests {
             ("x-chat-id", "c"),
             ("x-session-affinity", "s:1"),
         ];
-        assert_eq!(key(&all, json!({"user": "u"})), ("k1".into(), "x-session-key"));
-        assert_eq!(key(&all[1..], json!({})), ("k2".into(), "x-openclaw-session-key"));
+        assert_eq!(
+            key(&all, json!({"user": "u"})),
+            ("k1".into(), "x-session-key")
+        );
+        assert_eq!(
+            key(&all[1..], json!({})),
+            ("k2".into(), "x-openclaw-session-key")
+        );
     }
 
     #[test]
     fn agent_and_chat_need_both_headers() {
-        assert_eq!(key(&[("x-agent-id", "main"), ("x-chat-id", "42")], json!({})).0, "main::42");
+        assert_eq!(
+            key(&[("x-agent-id", "main"), ("x-chat-id", "42")], json!({})).0,
+            "main::42"
+        );
         assert_eq!(key(&[("x-agent-id", "main")], json!({})).1, "fallback");
     }
 
     #[test]
     fn affinity_headers_drop_the_boundary_count() {
-        assert_eq!(key(&[("x-session-affinity", "s1-uuid:0")], json!({})).0, "s1-uuid");
-        assert_eq!(key(&[("session_id", "s1-uuid:12")], json!({})), ("s1-uuid".into(), "session_id"));
-        assert_eq!(key(&[("session_id", "agent:main:x")], json!({})).0, "agent:main:x");
+        assert_eq!(
+            key(&[("x-session-affinity", "s1-uuid:0")], json!({})).0,
+            "s1-uuid"
+        );
+        assert_eq!(
+            key(&[("session_id", "s1-uuid:12")], json!({})),
+            ("s1-uuid".into(), "session_id")
+        );
+        assert_eq!(
+            key(&[("session_id", "agent:main:x")], json!({})).0,
+            "agent:main:x"
+        );
         assert_eq!(key(&[("session_id", ":7")], json!({})).0, ":7");
     }
 
     #[test]
     fn body_user_then_metadata_then_fallback() {
-        assert_eq!(key(&[], json!({"user": "u1", "metadata": {"session_key": "m"}})).0, "u1");
-        assert_eq!(key(&[], json!({"metadata": {"session_key": "m"}})).1, "body.metadata.session_key");
-        assert_eq!(key(&[], json!({"user": ""})), ("default::default".into(), "fallback"));
+        assert_eq!(
+            key(&[], json!({"user": "u1", "metadata": {"session_key": "m"}})).0,
+            "u1"
+        );
+        assert_eq!(
+            key(&[], json!({"metadata": {"session_key": "m"}})).1,
+            "body.metadata.session_key"
+        );
+        assert_eq!(
+            key(&[], json!({"user": ""})),
+            ("default::default".into(), "fallback")
+        );
     }
 
     #[test]
@@ -232,13 +323,26 @@ mod tests {
         let long = "k".repeat(MAX_KEY_LEN + 1);
         let err = resolve(&h(&[("x-session-key", &long)]), &json!({}), "d", None).unwrap_err();
         assert!(err.contains("longer than"), "{err}");
-        assert!(resolve(&[], &json!({"user": "a\0b"}), "d", None).unwrap_err().contains("NUL"));
+        assert!(
+            resolve(&[], &json!({"user": "a\0b"}), "d", None)
+                .unwrap_err()
+                .contains("NUL")
+        );
     }
 
     fn fixture(name: &str) -> (Vec<(String, String)>, Value) {
-        let text = std::fs::read_to_string(format!("{}/tests/fixtures/openclaw/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/openclaw/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
         let capture: Value = serde_json::from_str(&text).unwrap();
-        let headers = capture["headers"].as_object().unwrap().iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap().to_string())).collect();
+        let headers = capture["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap().to_string()))
+            .collect();
         (headers, capture["body"].clone())
     }
 
@@ -247,7 +351,13 @@ mod tests {
         let (h1, b1) = fixture("turn1-affinity-session-key.json");
         let (h2, b2) = fixture("turn2-affinity-session-key.json");
         let k1 = resolve(&h1, &b1, "d", None).unwrap();
-        assert_eq!(k1, SessionKey { key: "98130faa-5e06-42a6-9e16-61f030ba2e8c".into(), source: "x-session-affinity" });
+        assert_eq!(
+            k1,
+            SessionKey {
+                key: "98130faa-5e06-42a6-9e16-61f030ba2e8c".into(),
+                source: "x-session-affinity"
+            }
+        );
         assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, k1.key);
         let only_cache_key = resolve(&[], &b1, "d", None).unwrap();
         assert_eq!(only_cache_key.source, "body.prompt_cache_key");
@@ -259,7 +369,13 @@ mod tests {
         let (h1, b1) = fixture("turn1-no-affinity.json");
         let (h2, b2) = fixture("turn2-no-affinity.json");
         let k1 = resolve(&h1, &b1, "d", None).unwrap();
-        assert_eq!(k1, SessionKey { key: "agent:main:explicit:s1".into(), source: "openclaw-runtime-line" });
+        assert_eq!(
+            k1,
+            SessionKey {
+                key: "agent:main:explicit:s1".into(),
+                source: "openclaw-runtime-line"
+            }
+        );
         assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, k1.key);
     }
 
@@ -270,9 +386,18 @@ mod tests {
         let a = resolve(&[], &first, "d", Some(&continuations)).unwrap();
         let b = resolve(&[], &first, "d", Some(&continuations)).unwrap();
         assert_eq!(a.source, "new-conversation");
-        assert_ne!(a.key, b.key, "a request with no history starts a new conversation");
+        assert_ne!(
+            a.key, b.key,
+            "a request with no history starts a new conversation"
+        );
         // The turn finished: the client's next history is its messages plus the reply.
-        let next = conversation_hash(CHAIN_START, &[json!({"role": "user", "content": "hi"}), json!({"role": "assistant", "content": "hello"})]);
+        let next = conversation_hash(
+            CHAIN_START,
+            &[
+                json!({"role": "user", "content": "hi"}),
+                json!({"role": "assistant", "content": "hello"}),
+            ],
+        );
         continuations.remember(next, &a.key);
         let second = json!({"messages": [
             {"role": "system", "content": "s"},
@@ -281,10 +406,24 @@ mod tests {
             {"role": "user", "content": "more"},
             {"role": "user", "content": [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>> x"}]},
         ]});
-        assert_eq!(resolve(&[], &second, "d", Some(&continuations)).unwrap(), SessionKey { key: a.key.clone(), source: "conversation-continuation" });
+        assert_eq!(
+            resolve(&[], &second, "d", Some(&continuations)).unwrap(),
+            SessionKey {
+                key: a.key.clone(),
+                source: "conversation-continuation"
+            }
+        );
         let unknown = json!({"messages": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]});
-        assert_eq!(resolve(&[], &unknown, "d", Some(&continuations)).unwrap().source, "new-conversation");
-        assert_eq!(resolve(&[], &unknown, "d", None).unwrap().source, "fallback");
+        assert_eq!(
+            resolve(&[], &unknown, "d", Some(&continuations))
+                .unwrap()
+                .source,
+            "new-conversation"
+        );
+        assert_eq!(
+            resolve(&[], &unknown, "d", None).unwrap().source,
+            "fallback"
+        );
     }
 
     #[test]

@@ -28,13 +28,23 @@ const RETRY_AFTER_BUSY_SECS: u64 = 10;
 /// Messages to a worker besides turns.
 pub enum Control {
     /// The hub accepted a channel connection whose hello named this session's spawn.
-    Attach { ws: ChannelSocket, spawn_id: String },
+    Attach {
+        ws: Box<ChannelSocket>,
+        spawn_id: String,
+    },
     /// The Stop hook says Claude finished its turn.
-    TurnEnd { spawn_id: String, turn: Option<String>, last_assistant_message: Option<String> },
+    TurnEnd {
+        spawn_id: String,
+        turn: Option<String>,
+        last_assistant_message: Option<String>,
+    },
     /// Stop the process if the session has been idle (no turn in flight or queued) for at
     /// least `idle_for`; its conversation stays resumable. Sent by the sweeper and by eviction;
     /// the worker decides, because only it knows for sure whether it is idle.
-    StopIfIdle { idle_for: Duration, reason: &'static str },
+    StopIfIdle {
+        idle_for: Duration,
+        reason: &'static str,
+    },
     /// Finish the turn in flight until `deadline`, fail queued ones, stop the process, exit.
     Stop { deadline: Instant },
 }
@@ -143,7 +153,11 @@ pub struct Slots {
 
 impl Slots {
     pub fn new(max: usize) -> Self {
-        Slots { used: Mutex::new(0), freed: Condvar::new(), max }
+        Slots {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            max,
+        }
     }
 
     pub fn try_acquire(&self) -> bool {
@@ -201,9 +215,14 @@ impl SessionHandle {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubmitError {
     /// The session already has `max_queued_turns` waiting.
-    QueueFull { limit: usize },
+    QueueFull {
+        limit: usize,
+    },
     /// A new process is needed and every one of the `max_processes` is busy.
-    AtCapacity { max_processes: usize, retry_after_secs: u64 },
+    AtCapacity {
+        max_processes: usize,
+        retry_after_secs: u64,
+    },
     ShuttingDown,
     /// The worker thread could not be started.
     Internal(String),
@@ -275,7 +294,9 @@ impl Registry {
             log::error!("session {key:?}: worker had ended unexpectedly; starting a new one");
             sessions.remove(key);
         }
-        let needs_process = sessions.get(key).is_none_or(|h| h.status.state() == SessionState::Absent);
+        let needs_process = sessions
+            .get(key)
+            .is_none_or(|h| h.status.state() == SessionState::Absent);
         if needs_process && self.settings.process_slots.used() >= self.limits.max_processes {
             self.evict_one(&sessions, key)?;
         }
@@ -290,38 +311,64 @@ impl Registry {
         if queued >= self.limits.max_queued_turns {
             handle.status.queued.fetch_sub(1, Ordering::SeqCst);
             METRICS.turns_rejected_queue_full.inc();
-            return Err(SubmitError::QueueFull { limit: self.limits.max_queued_turns });
+            return Err(SubmitError::QueueFull {
+                limit: self.limits.max_queued_turns,
+            });
         }
         handle.status.touch();
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
         let id = next_turn_id();
-        let turn = Turn { id: id.clone(), content, events: tx, cancelled: cancelled.clone(), received, history };
+        let turn = Turn {
+            id: id.clone(),
+            content,
+            events: tx,
+            cancelled: cancelled.clone(),
+            received,
+            history,
+        };
         if handle.turns.send(turn).is_err() {
             handle.status.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Internal("session worker is gone".into()));
         }
         handle.waker.wake();
-        Ok(SubmittedTurn { id, events: rx, cancel: CancelToken { flag: cancelled, waker: handle.waker.clone() } })
+        Ok(SubmittedTurn {
+            id,
+            events: rx,
+            cancel: CancelToken {
+                flag: cancelled,
+                waker: handle.waker.clone(),
+            },
+        })
     }
 
     /// Frees a process slot for `for_key` by stopping the least recently active idle session.
-    fn evict_one(&self, sessions: &HashMap<String, SessionHandle>, for_key: &str) -> Result<(), SubmitError> {
+    fn evict_one(
+        &self,
+        sessions: &HashMap<String, SessionHandle>,
+        for_key: &str,
+    ) -> Result<(), SubmitError> {
         let victim = sessions
             .iter()
             .filter(|(key, h)| key.as_str() != for_key && h.status.is_idle())
             .min_by_key(|(_, h)| h.status.last_active());
         match victim {
             Some((key, handle)) => {
-                log::info!("at max_processes ({}): evicting idle session {key:?} for {for_key:?}", self.limits.max_processes);
-                handle.send_control(Control::StopIfIdle { idle_for: Duration::ZERO, reason: "evicted for a new session" });
+                log::info!(
+                    "at max_processes ({}): evicting idle session {key:?} for {for_key:?}",
+                    self.limits.max_processes
+                );
+                handle.send_control(Control::StopIfIdle {
+                    idle_for: Duration::ZERO,
+                    reason: "evicted for a new session",
+                });
                 Ok(())
             }
             None => {
                 METRICS.turns_rejected_at_capacity.inc();
                 Err(SubmitError::AtCapacity {
-                max_processes: self.limits.max_processes,
-                retry_after_secs: RETRY_AFTER_BUSY_SECS,
+                    max_processes: self.limits.max_processes,
+                    retry_after_secs: RETRY_AFTER_BUSY_SECS,
                 })
             }
         }
@@ -332,18 +379,36 @@ impl Registry {
         let (control_tx, control_rx) = unbounded();
         let (waker, wake) = wake_pair().map_err(|e| format!("cannot make a waker: {e}"))?;
         let status = Arc::new(SessionStatus::new());
-        let worker = Worker::new(key.to_string(), self.settings.clone(), status.clone(), turns_rx, control_rx, wake);
+        let worker = Worker::new(
+            key.to_string(),
+            self.settings.clone(),
+            status.clone(),
+            turns_rx,
+            control_rx,
+            wake,
+        );
         let thread = std::thread::Builder::new()
             .name(format!("session:{key}"))
             .stack_size(WORKER_STACK_BYTES)
             .spawn(move || worker.run())
             .map_err(|e| format!("cannot start a session thread: {e}"))?;
-        Ok(SessionHandle { turns: turns_tx, control: control_tx, waker, status, thread })
+        Ok(SessionHandle {
+            turns: turns_tx,
+            control: control_tx,
+            waker,
+            status,
+            thread,
+        })
     }
 
     /// Hands an accepted channel socket to the session whose live spawn it belongs to.
     /// Err (with the reason, for the log) when no session is waiting for that spawn id.
-    pub fn attach(&self, key: &str, spawn_id: &str, ws: ChannelSocket) -> Result<(), (ChannelSocket, String)> {
+    pub fn attach(
+        &self,
+        key: &str,
+        spawn_id: &str,
+        ws: Box<ChannelSocket>,
+    ) -> Result<(), (Box<ChannelSocket>, String)> {
         let sessions = self.sessions.lock().unwrap();
         let Some(handle) = sessions.get(key) else {
             return Err((ws, format!("unknown session {key:?}")));
@@ -351,7 +416,10 @@ impl Registry {
         if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
             return Err((ws, format!("stale spawn id {spawn_id} for session {key:?}")));
         }
-        handle.send_control(Control::Attach { ws, spawn_id: spawn_id.to_string() });
+        handle.send_control(Control::Attach {
+            ws,
+            spawn_id: spawn_id.to_string(),
+        });
         Ok(())
     }
 
@@ -364,11 +432,17 @@ impl Registry {
         last_assistant_message: Option<String>,
     ) -> Result<(), String> {
         let sessions = self.sessions.lock().unwrap();
-        let handle = sessions.get(key).ok_or_else(|| format!("unknown session {key:?}"))?;
+        let handle = sessions
+            .get(key)
+            .ok_or_else(|| format!("unknown session {key:?}"))?;
         if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
             return Err(format!("stale spawn id {spawn_id} for session {key:?}"));
         }
-        handle.send_control(Control::TurnEnd { spawn_id: spawn_id.to_string(), turn, last_assistant_message });
+        handle.send_control(Control::TurnEnd {
+            spawn_id: spawn_id.to_string(),
+            turn,
+            last_assistant_message,
+        });
         Ok(())
     }
 
@@ -397,9 +471,17 @@ impl Registry {
 
     pub fn gauges(&self) -> Gauges {
         let rows = self.snapshot();
-        let states = [SessionState::Absent, SessionState::Starting, SessionState::Ready, SessionState::Busy];
+        let states = [
+            SessionState::Absent,
+            SessionState::Starting,
+            SessionState::Ready,
+            SessionState::Busy,
+        ];
         Gauges {
-            sessions_by_state: states.iter().map(|s| (s.name(), rows.iter().filter(|r| r.state == *s).count())).collect(),
+            sessions_by_state: states
+                .iter()
+                .map(|s| (s.name(), rows.iter().filter(|r| r.state == *s).count()))
+                .collect(),
             queued_turns: rows.iter().map(|r| r.queued).sum(),
             processes: self.settings.process_slots.used(),
         }
@@ -409,11 +491,18 @@ impl Registry {
     /// stays resumable. Err when there is no such session or it has turns in flight.
     pub fn stop_session(&self, key: &str) -> Result<(), String> {
         let sessions = self.sessions.lock().unwrap();
-        let handle = sessions.get(key).ok_or_else(|| format!("no session {key:?}"))?;
+        let handle = sessions
+            .get(key)
+            .ok_or_else(|| format!("no session {key:?}"))?;
         if handle.status.queued.load(Ordering::SeqCst) > 0 {
-            return Err(format!("session {key:?} has turns in flight; try again when it is idle"));
+            return Err(format!(
+                "session {key:?} has turns in flight; try again when it is idle"
+            ));
         }
-        handle.send_control(Control::StopIfIdle { idle_for: Duration::ZERO, reason: "stopped by an operator" });
+        handle.send_control(Control::StopIfIdle {
+            idle_for: Duration::ZERO,
+            reason: "stopped by an operator",
+        });
         Ok(())
     }
 
@@ -424,8 +513,14 @@ impl Registry {
             let sessions = self.sessions.lock().unwrap();
             for (key, handle) in sessions.iter() {
                 if handle.status.is_idle() && handle.status.last_active().elapsed() >= idle_kill {
-                    log::debug!("sweeper: session {key:?} idle for {:?}", handle.status.last_active().elapsed());
-                    handle.send_control(Control::StopIfIdle { idle_for: idle_kill, reason: "idle_kill" });
+                    log::debug!(
+                        "sweeper: session {key:?} idle for {:?}",
+                        handle.status.last_active().elapsed()
+                    );
+                    handle.send_control(Control::StopIfIdle {
+                        idle_for: idle_kill,
+                        reason: "idle_kill",
+                    });
                 }
             }
         }

@@ -47,7 +47,9 @@ struct Inner {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl SessionStore {
@@ -58,12 +60,25 @@ impl SessionStore {
         let (sessions, warning) = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<FileFormat>(&bytes) {
                 Ok(file) => (file.sessions, None),
-                Err(e) => (BTreeMap::new(), Some(move_aside(&path, &format!("not a valid session map ({e})")))),
+                Err(e) => (
+                    BTreeMap::new(),
+                    Some(move_aside(&path, &format!("not a valid session map ({e})"))),
+                ),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), None),
-            Err(e) => (BTreeMap::new(), Some(move_aside(&path, &format!("unreadable ({e})")))),
+            Err(e) => (
+                BTreeMap::new(),
+                Some(move_aside(&path, &format!("unreadable ({e})"))),
+            ),
         };
-        let store = SessionStore { path, inner: Mutex::new(Inner { sessions, dirty: false, last_error: None }) };
+        let store = SessionStore {
+            path,
+            inner: Mutex::new(Inner {
+                sessions,
+                dirty: false,
+                last_error: None,
+            }),
+        };
         (store, warning)
     }
 
@@ -72,7 +87,13 @@ impl SessionStore {
     }
 
     pub fn all(&self) -> Vec<(String, SessionRecord)> {
-        self.inner.lock().unwrap().sessions.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .sessions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -83,13 +104,16 @@ impl SessionStore {
     pub fn put(&self, key: &str, claude_session: &str, workspace: &Path) {
         let mut inner = self.inner.lock().unwrap();
         let now = unix_now();
-        let record = inner.sessions.entry(key.to_string()).or_insert_with(|| SessionRecord {
-            claude_session: claude_session.to_string(),
-            workspace: workspace.to_path_buf(),
-            created: now,
-            last_used: now,
-            turns: 0,
-        });
+        let record = inner
+            .sessions
+            .entry(key.to_string())
+            .or_insert_with(|| SessionRecord {
+                claude_session: claude_session.to_string(),
+                workspace: workspace.to_path_buf(),
+                created: now,
+                last_used: now,
+                turns: 0,
+            });
         record.claude_session = claude_session.to_string();
         record.workspace = workspace.to_path_buf();
         record.last_used = now;
@@ -120,8 +144,14 @@ impl SessionStore {
     }
 
     fn write_locked(&self, inner: &mut Inner) {
-        let file = FileFormat { version: 1, sessions: inner.sessions.clone() };
-        match write_atomically(&self.path, &serde_json::to_vec_pretty(&file).expect("map serialises")) {
+        let file = FileFormat {
+            version: 1,
+            sessions: inner.sessions.clone(),
+        };
+        match write_atomically(
+            &self.path,
+            &serde_json::to_vec_pretty(&file).expect("map serialises"),
+        ) {
             Ok(()) => {
                 inner.dirty = false;
                 if inner.last_error.take().is_some() {
@@ -129,7 +159,10 @@ impl SessionStore {
                 }
             }
             Err(e) => {
-                let message = format!("cannot write the session map {}: {e}; the previous file is kept", self.path.display());
+                let message = format!(
+                    "cannot write the session map {}: {e}; the previous file is kept",
+                    self.path.display()
+                );
                 if inner.last_error.as_deref() != Some(message.as_str()) {
                     log::error!("{message}");
                 }
@@ -142,7 +175,11 @@ impl SessionStore {
 /// temp file in the same directory, fsync, rename over the target, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -164,7 +201,10 @@ fn move_aside(path: &Path, why: &str) -> String {
             path.display(),
             aside.display()
         ),
-        Err(e) => format!("session map {} was {why} and could not be moved aside ({e})", path.display()),
+        Err(e) => format!(
+            "session map {} was {why} and could not be moved aside ({e})",
+            path.display()
+        ),
     }
 }
 
@@ -189,7 +229,10 @@ mod tests {
         store.flush_if_dirty();
         let (again, _) = SessionStore::open(&d);
         let record = again.get("agent:main:main").unwrap();
-        assert_eq!((record.claude_session.as_str(), record.turns), ("uuid-1", 1));
+        assert_eq!(
+            (record.claude_session.as_str(), record.turns),
+            ("uuid-1", 1)
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -204,7 +247,11 @@ mod tests {
         let aside: Vec<_> = std::fs::read_dir(&d)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("sessions.json.corrupt-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("sessions.json.corrupt-")
+            })
             .collect();
         assert_eq!(aside.len(), 1);
         assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"{ not json");

@@ -29,7 +29,10 @@ pub struct Turn {
 
 impl std::fmt::Debug for Turn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Turn").field("id", &self.id).field("content_len", &self.content.len()).finish()
+        f.debug_struct("Turn")
+            .field("id", &self.id)
+            .field("content_len", &self.content.len())
+            .finish()
     }
 }
 
@@ -38,7 +41,10 @@ impl std::fmt::Debug for Turn {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
     /// One `reply` from Claude: progress (`is_final: false`) or the closing one.
-    Text { text: String, is_final: bool },
+    Text {
+        text: String,
+        is_final: bool,
+    },
     /// The turn ended normally; carries when the worker read the frame that ended it (the
     /// start of the bridge's own outbound time).
     Done(Instant),
@@ -78,7 +84,10 @@ pub enum FailureKind {
 
 impl TurnFailure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        TurnFailure { kind, message: message.into() }
+        TurnFailure {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -127,10 +127,20 @@ impl Worker {
         wake: WakeReceiver,
     ) -> Self {
         let known = settings.store.get(&key);
-        let workspace = known.as_ref().map(|r| r.workspace.clone()).unwrap_or_else(|| {
-            workspace_for(settings.workspace_mode, &settings.workspace, &settings.state_dir, &key)
-        });
-        let claude_session = known.map(|r| r.claude_session).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let workspace = known
+            .as_ref()
+            .map(|r| r.workspace.clone())
+            .unwrap_or_else(|| {
+                workspace_for(
+                    settings.workspace_mode,
+                    &settings.workspace,
+                    &settings.state_dir,
+                    &key,
+                )
+            });
+        let claude_session = known
+            .map(|r| r.claude_session)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Worker {
             key,
             settings,
@@ -173,7 +183,11 @@ impl Worker {
 
     /// The worker's main loop; returns once told to stop (its process is stopped by then).
     pub fn run(mut self) {
-        log::debug!("session {:?}: worker started (claude session {})", self.key, self.claude_session);
+        log::debug!(
+            "session {:?}: worker started (claude session {})",
+            self.key,
+            self.claude_session
+        );
         self.publish_identity();
         loop {
             self.status.set_step("waiting for a turn");
@@ -214,14 +228,21 @@ impl Worker {
                     self.stop_agent(reason);
                 }
             }
-            Event::Control(Control::Attach { ws, spawn_id }) => reject_socket(ws, &spawn_id, "no spawn waiting"),
+            Event::Control(Control::Attach { ws, spawn_id }) => {
+                reject_socket(ws, &spawn_id, "no spawn waiting")
+            }
             Event::Control(Control::TurnEnd { .. }) => self.unfinished = None,
-            Event::Frame(frame) => log::debug!("session {:?}: frame outside a turn dropped: {frame:?}", self.key),
+            Event::Frame(frame) => log::debug!(
+                "session {:?}: frame outside a turn dropped: {frame:?}",
+                self.key
+            ),
             Event::AgentExited(how) => {
                 log::info!("session {:?}: claude exited while idle ({how})", self.key);
                 self.forget_agent();
             }
-            Event::ChannelClosed(why) => self.stop_agent(&format!("channel closed while idle: {why}")),
+            Event::ChannelClosed(why) => {
+                self.stop_agent(&format!("channel closed while idle: {why}"))
+            }
             Event::ScreenChanged | Event::Woken | Event::Timeout => {}
         }
     }
@@ -229,17 +250,36 @@ impl Worker {
     fn run_turn(&mut self, mut turn: Turn) {
         let turn_deadline = turn.received + self.settings.turn_timeout;
         if self.stop_deadline.is_some() {
-            self.fail(&turn, TurnFailure::new(FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts"));
+            self.fail(
+                &turn,
+                TurnFailure::new(
+                    FailureKind::ShuttingDown,
+                    "the bridge is shutting down; retry after it restarts",
+                ),
+            );
             return;
         }
         // Host-wide bound on turns in flight; wait for a slot while still serving our process.
-        self.status.set_step("waiting for a max_concurrent_turns slot");
+        self.status
+            .set_step("waiting for a max_concurrent_turns slot");
         while !self.settings.turn_slots.try_acquire() {
             if turn.cancelled.load(Ordering::SeqCst) || self.stop_deadline.is_some() {
-                return self.fail(&turn, TurnFailure::new(FailureKind::ShuttingDown, "cancelled while waiting for a turn slot"));
+                return self.fail(
+                    &turn,
+                    TurnFailure::new(
+                        FailureKind::ShuttingDown,
+                        "cancelled while waiting for a turn slot",
+                    ),
+                );
             }
             if Instant::now() >= turn_deadline {
-                return self.fail(&turn, TurnFailure::new(FailureKind::Timeout, "no max_concurrent_turns slot freed before turn_timeout"));
+                return self.fail(
+                    &turn,
+                    TurnFailure::new(
+                        FailureKind::Timeout,
+                        "no max_concurrent_turns slot freed before turn_timeout",
+                    ),
+                );
             }
             let event = self.wait(Instant::now() + TURN_SLOT_RETRY);
             self.handle_between_turns(event);
@@ -250,11 +290,17 @@ impl Worker {
 
     fn run_turn_with_slot(&mut self, turn: &mut Turn, turn_deadline: Instant) {
         if turn.cancelled.load(Ordering::SeqCst) {
-            log::info!("session {:?} {}: client left before the turn started; skipped", self.key, turn.id);
+            log::info!(
+                "session {:?} {}: client left before the turn started; skipped",
+                self.key,
+                turn.id
+            );
             return;
         }
         let warm = self.agent.is_some() && self.ws.is_some();
-        if let Err(failure) = self.ensure_ready(turn_deadline.min(Instant::now() + self.settings.ready_timeout)) {
+        if let Err(failure) =
+            self.ensure_ready(turn_deadline.min(Instant::now() + self.settings.ready_timeout))
+        {
             log::warn!("session {:?} {}: {}", self.key, turn.id, failure.message);
             self.fail(turn, failure);
             return;
@@ -265,13 +311,28 @@ impl Worker {
         if self.restore_history
             && let Some(history) = turn.history.take().and_then(|render| render())
         {
-            log::info!("session {:?} {}: carrying {} bytes of earlier conversation into the fresh one", self.key, turn.id, history.len());
+            log::info!(
+                "session {:?} {}: carrying {} bytes of earlier conversation into the fresh one",
+                self.key,
+                turn.id,
+                history.len()
+            );
             content = format!("{history}\n\n{content}");
         }
-        let frame = BridgeFrame::Turn { id: turn.id.clone(), content, meta: Default::default() };
+        let frame = BridgeFrame::Turn {
+            id: turn.id.clone(),
+            content,
+            meta: Default::default(),
+        };
         if let Err(e) = self.send_frame(&frame) {
             self.stop_agent(&format!("could not send turn: {e}"));
-            self.fail(turn, TurnFailure::new(FailureKind::AgentDied, format!("could not deliver the turn to claude's channel ({e}); retry")));
+            self.fail(
+                turn,
+                TurnFailure::new(
+                    FailureKind::AgentDied,
+                    format!("could not deliver the turn to claude's channel ({e}); retry"),
+                ),
+            );
             return;
         }
         if warm {
@@ -296,12 +357,16 @@ impl Worker {
         if !matches!(self.unfinished, Some((_, true))) {
             return;
         }
-        self.status.set_step("waiting for the interrupted turn to end");
+        self.status
+            .set_step("waiting for the interrupted turn to end");
         let deadline = Instant::now() + INTERRUPTED_TURN_WAIT;
         while matches!(self.unfinished, Some((_, true))) && self.agent.is_some() {
             match self.wait(deadline) {
                 Event::Timeout => {
-                    log::warn!("session {:?}: no Stop hook for the interrupted turn within {INTERRUPTED_TURN_WAIT:?}; going on", self.key);
+                    log::warn!(
+                        "session {:?}: no Stop hook for the interrupted turn within {INTERRUPTED_TURN_WAIT:?}; going on",
+                        self.key
+                    );
                     self.unfinished = None;
                 }
                 event => self.handle_between_turns(event),
@@ -323,15 +388,25 @@ impl Worker {
         let mut replied = false;
         loop {
             if turn.cancelled.load(Ordering::SeqCst) {
-                log::info!("session {:?} {}: client disconnected; interrupting claude", self.key, turn.id);
+                log::info!(
+                    "session {:?} {}: client disconnected; interrupting claude",
+                    self.key,
+                    turn.id
+                );
                 if let Some(agent) = self.agent.as_mut() {
                     let _ = agent.interrupt();
                 }
                 return false;
             }
-            let deadline = self.stop_deadline.map_or(turn_deadline, |d| d.min(turn_deadline));
+            let deadline = self
+                .stop_deadline
+                .map_or(turn_deadline, |d| d.min(turn_deadline));
             match self.wait(deadline) {
-                Event::Frame(ChannelFrame::Reply { turn: id, text, is_final }) if id == turn.id => {
+                Event::Frame(ChannelFrame::Reply {
+                    turn: id,
+                    text,
+                    is_final,
+                }) if id == turn.id => {
                     replied = true;
                     let _ = turn.events.send(TurnEvent::Text { text, is_final });
                     if is_final {
@@ -339,8 +414,16 @@ impl Worker {
                         return true;
                     }
                 }
-                Event::Frame(other) => log::debug!("session {:?} {}: stray frame dropped: {other:?}", self.key, turn.id),
-                Event::Control(Control::TurnEnd { spawn_id, turn: ended, last_assistant_message }) => {
+                Event::Frame(other) => log::debug!(
+                    "session {:?} {}: stray frame dropped: {other:?}",
+                    self.key,
+                    turn.id
+                ),
+                Event::Control(Control::TurnEnd {
+                    spawn_id,
+                    turn: ended,
+                    last_assistant_message,
+                }) => {
                     let this_process = self.agent.as_ref().is_some_and(|a| a.spawn_id == spawn_id);
                     // With a turn id (read from the transcript) attribution is exact; without
                     // one, the first turn_end after a turn Claude was still finishing is that
@@ -350,33 +433,56 @@ impl Worker {
                         None => self.unfinished.is_none(),
                     };
                     if !(this_process && this_turn) {
-                        log::debug!("session {:?} {}: turn_end of an earlier turn ({ended:?}) ignored", self.key, turn.id);
+                        log::debug!(
+                            "session {:?} {}: turn_end of an earlier turn ({ended:?}) ignored",
+                            self.key,
+                            turn.id
+                        );
                         self.unfinished = None;
                         continue;
                     }
                     if !replied {
                         let text = last_assistant_message
                             .filter(|t| !t.trim().is_empty())
-                            .unwrap_or_else(|| "(Claude ended its turn without sending a reply.)".to_string());
-                        log::info!("session {:?} {}: turn ended without a final reply; using the Stop hook's text", self.key, turn.id);
-                        let _ = turn.events.send(TurnEvent::Text { text, is_final: true });
+                            .unwrap_or_else(|| {
+                                "(Claude ended its turn without sending a reply.)".to_string()
+                            });
+                        log::info!(
+                            "session {:?} {}: turn ended without a final reply; using the Stop hook's text",
+                            self.key,
+                            turn.id
+                        );
+                        let _ = turn.events.send(TurnEvent::Text {
+                            text,
+                            is_final: true,
+                        });
                     }
                     self.finish(turn, Instant::now());
                     return true;
                 }
                 Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
                 Event::Control(Control::StopIfIdle { .. }) => {}
-                Event::Control(Control::Attach { ws, spawn_id }) => reject_socket(ws, &spawn_id, "session already attached"),
+                Event::Control(Control::Attach { ws, spawn_id }) => {
+                    reject_socket(ws, &spawn_id, "session already attached")
+                }
                 Event::AgentExited(how) => {
                     let screen = self.screen_tail();
                     self.forget_agent();
-                    let message = format!("claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}");
+                    let message = format!(
+                        "claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}"
+                    );
                     self.fail(turn, TurnFailure::new(FailureKind::AgentDied, message));
                     return false;
                 }
                 Event::ChannelClosed(why) => {
                     self.stop_agent(&format!("channel closed mid-turn: {why}"));
-                    self.fail(turn, TurnFailure::new(FailureKind::AgentDied, format!("claude's channel disconnected mid-turn ({why}); retry")));
+                    self.fail(
+                        turn,
+                        TurnFailure::new(
+                            FailureKind::AgentDied,
+                            format!("claude's channel disconnected mid-turn ({why}); retry"),
+                        ),
+                    );
                     return false;
                 }
                 Event::Timeout => {
@@ -384,7 +490,13 @@ impl Worker {
                         let _ = agent.interrupt();
                     }
                     if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.fail(turn, TurnFailure::new(FailureKind::ShuttingDown, "the bridge shut down before the turn finished; retry"));
+                        self.fail(
+                            turn,
+                            TurnFailure::new(
+                                FailureKind::ShuttingDown,
+                                "the bridge shut down before the turn finished; retry",
+                            ),
+                        );
                     } else {
                         let limit = self.settings.turn_timeout;
                         self.fail(turn, TurnFailure::new(FailureKind::Timeout, format!("the turn took longer than turn_timeout ({limit:?}); claude was interrupted")));
@@ -419,7 +531,8 @@ impl Worker {
         }
         let result = match self.start_agent(deadline) {
             Err(failure) if failure.message.contains(RESUME_FAILED_TEXT) => {
-                let old = std::mem::replace(&mut self.claude_session, uuid::Uuid::new_v4().to_string());
+                let old =
+                    std::mem::replace(&mut self.claude_session, uuid::Uuid::new_v4().to_string());
                 log::warn!(
                     "session {:?}: claude could not resume conversation {old} ({RESUME_FAILED_TEXT}); starting a new one, {}, with the client's earlier messages",
                     self.key,
@@ -439,9 +552,15 @@ impl Worker {
                 self.start_failures += 1;
                 if self.start_failures >= START_FAILURES_BEFORE_BACKOFF {
                     let exponent = (self.start_failures - START_FAILURES_BEFORE_BACKOFF).min(6);
-                    let backoff = (Duration::from_secs(5) * 2u32.pow(exponent)).min(MAX_START_BACKOFF);
-                    log::error!("session {:?}: {} start failures in a row; backing off {backoff:?}", self.key, self.start_failures);
-                    self.no_start_before = Some((Instant::now() + backoff, failure.message.clone()));
+                    let backoff =
+                        (Duration::from_secs(5) * 2u32.pow(exponent)).min(MAX_START_BACKOFF);
+                    log::error!(
+                        "session {:?}: {} start failures in a row; backing off {backoff:?}",
+                        self.key,
+                        self.start_failures
+                    );
+                    self.no_start_before =
+                        Some((Instant::now() + backoff, failure.message.clone()));
                 }
             }
             Err(_) => {}
@@ -456,7 +575,10 @@ impl Worker {
         if !self.settings.process_slots.acquire_timeout(limit) {
             return Err(TurnFailure::new(
                 FailureKind::AgentUnavailable,
-                format!("all {} claude processes (max_processes) are busy; retry later", self.settings.process_slots.max),
+                format!(
+                    "all {} claude processes (max_processes) are busy; retry later",
+                    self.settings.process_slots.max
+                ),
             ));
         }
         if let Err(e) = std::fs::create_dir_all(&self.workspace) {
@@ -467,8 +589,16 @@ impl Worker {
             ));
         }
         let spawn_id = uuid::Uuid::new_v4().simple().to_string();
-        let resume = crate::agent::transcript_exists(&self.settings.claude_config_dir, &self.workspace, &self.claude_session);
-        let had_turns = self.settings.store.get(&self.key).is_some_and(|r| r.turns > 0);
+        let resume = crate::agent::transcript_exists(
+            &self.settings.claude_config_dir,
+            &self.workspace,
+            &self.claude_session,
+        );
+        let had_turns = self
+            .settings
+            .store
+            .get(&self.key)
+            .is_some_and(|r| r.turns > 0);
         if !resume && had_turns && !self.restore_history {
             let old = std::mem::replace(&mut self.claude_session, uuid::Uuid::new_v4().to_string());
             log::warn!(
@@ -485,14 +615,21 @@ impl Worker {
             spawn_id: &spawn_id,
             workspace: &self.workspace,
         };
-        let program = self.settings.launcher.program.to_string_lossy().into_owned();
+        let program = self
+            .settings
+            .launcher
+            .program
+            .to_string_lossy()
+            .into_owned();
         let agent = match Agent::spawn(&self.settings.launcher, &launch) {
             Ok(agent) => agent,
             Err(e) => {
                 self.settings.process_slots.release();
                 return Err(TurnFailure::new(
                     FailureKind::AgentUnavailable,
-                    format!("could not start `{program}`: {e}. Install Claude Code, point --claude-bin at it, or run with --demo"),
+                    format!(
+                        "could not start `{program}`: {e}. Install Claude Code, point --claude-bin at it, or run with --demo"
+                    ),
                 ));
             }
         };
@@ -508,7 +645,9 @@ impl Worker {
             METRICS.respawns.inc();
         }
         self.spawned_before = true;
-        self.settings.store.put(&self.key, &self.claude_session, &self.workspace);
+        self.settings
+            .store
+            .put(&self.key, &self.claude_session, &self.workspace);
         self.publish_identity();
         self.status.info.lock().unwrap().process_started = Some(std::time::SystemTime::now());
         self.status.set_step("waiting for the channel's hello");
@@ -521,20 +660,29 @@ impl Worker {
             let deadline = self.stop_deadline.map_or(deadline, |d| d.min(deadline));
             match self.wait(deadline) {
                 Event::ScreenChanged => {
-                    if let Err(message) = self.agent.as_mut().map_or(Ok(()), Agent::answer_startup_screen) {
+                    if let Err(message) = self
+                        .agent
+                        .as_mut()
+                        .map_or(Ok(()), Agent::answer_startup_screen)
+                    {
                         break TurnFailure::new(FailureKind::AgentUnavailable, message);
                     }
                 }
                 Event::Control(Control::Attach { ws, spawn_id: id }) if id == spawn_id => {
                     if let Err(e) = ws.get_ref().set_nonblocking(true) {
-                        break TurnFailure::new(FailureKind::AgentUnavailable, format!("channel socket unusable: {e}"));
+                        break TurnFailure::new(
+                            FailureKind::AgentUnavailable,
+                            format!("channel socket unusable: {e}"),
+                        );
                     }
-                    self.ws = Some(ws);
+                    self.ws = Some(*ws);
                     self.status.set_state(SessionState::Ready);
                     log::info!("session {:?}: ready in {:?}", self.key, started.elapsed());
                     return Ok(());
                 }
-                Event::Control(Control::Attach { ws, spawn_id: id }) => reject_socket(ws, &id, "stale spawn id"),
+                Event::Control(Control::Attach { ws, spawn_id: id }) => {
+                    reject_socket(ws, &id, "stale spawn id")
+                }
                 Event::Control(Control::Stop { deadline }) => self.stop_deadline = Some(deadline),
                 Event::Control(Control::StopIfIdle { .. } | Control::TurnEnd { .. })
                 | Event::Frame(_)
@@ -545,11 +693,16 @@ impl Worker {
                     self.forget_agent();
                     return Err(TurnFailure::new(
                         FailureKind::AgentUnavailable,
-                        format!("claude exited during start-up ({how}). Last screen lines:\n{screen}"),
+                        format!(
+                            "claude exited during start-up ({how}). Last screen lines:\n{screen}"
+                        ),
                     ));
                 }
                 Event::Timeout if self.stop_deadline.is_some() => {
-                    break TurnFailure::new(FailureKind::ShuttingDown, "the bridge is shutting down");
+                    break TurnFailure::new(
+                        FailureKind::ShuttingDown,
+                        "the bridge is shutting down",
+                    );
                 }
                 Event::Timeout => {
                     let limit = self.settings.ready_timeout;
@@ -610,7 +763,9 @@ impl Worker {
                 }
                 return Event::ScreenChanged;
             }
-            let ws_ready = ready.get(1 + agent_fds.len()).is_some_and(|r| r.readable || r.hangup);
+            let ws_ready = ready
+                .get(1 + agent_fds.len())
+                .is_some_and(|r| r.readable || r.hangup);
             if ws_ready && let Err(why) = self.read_frames() {
                 self.ws = None;
                 return Event::ChannelClosed(why);
@@ -623,14 +778,25 @@ impl Worker {
         let ws = self.ws.as_mut().expect("called with a socket");
         loop {
             match ws.read() {
-                Ok(Message::Text(text)) => match serde_json::from_str::<ChannelFrame>(text.as_str()) {
-                    Ok(frame) => self.frames.push_back(frame),
-                    Err(e) => log::warn!("session {:?}: unreadable frame from channel ignored: {e}", self.key),
-                },
-                Ok(Message::Close(_)) => return Err("the channel server closed the connection".into()),
-                Ok(Message::Binary(_)) => log::warn!("session {:?}: binary frame from channel ignored", self.key),
+                Ok(Message::Text(text)) => {
+                    match serde_json::from_str::<ChannelFrame>(text.as_str()) {
+                        Ok(frame) => self.frames.push_back(frame),
+                        Err(e) => log::warn!(
+                            "session {:?}: unreadable frame from channel ignored: {e}",
+                            self.key
+                        ),
+                    }
+                }
+                Ok(Message::Close(_)) => {
+                    return Err("the channel server closed the connection".into());
+                }
+                Ok(Message::Binary(_)) => {
+                    log::warn!("session {:?}: binary frame from channel ignored", self.key)
+                }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(());
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -641,14 +807,23 @@ impl Worker {
         let ws = self.ws.as_mut().ok_or("no channel attached")?;
         let stream = ws.get_ref();
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-        let result = ws.send(Message::text(frame.to_json())).map_err(|e| e.to_string());
-        ws.get_ref().set_nonblocking(true).map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let result = ws
+            .send(Message::text(frame.to_json()))
+            .map_err(|e| e.to_string());
+        ws.get_ref()
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
         result
     }
 
     fn screen_tail(&self) -> String {
-        self.agent.as_ref().map(|a| a.screen_tail(SCREEN_LINES_IN_ERRORS)).unwrap_or_default()
+        self.agent
+            .as_ref()
+            .map(|a| a.screen_tail(SCREEN_LINES_IN_ERRORS))
+            .unwrap_or_default()
     }
 
     /// Collects the exit status after the terminal closed (the child may take a moment).
@@ -674,8 +849,14 @@ impl Worker {
         if let Some(agent) = self.agent.take() {
             let pid = agent.pid();
             match agent.stop(self.settings.stop_grace) {
-                Ok(status) => log::info!("session {:?}: stopped pid {pid} ({why}): {status}", self.key),
-                Err(e) => log::error!("session {:?}: stopping pid {pid} failed ({why}): {e}", self.key),
+                Ok(status) => log::info!(
+                    "session {:?}: stopped pid {pid} ({why}): {status}",
+                    self.key
+                ),
+                Err(e) => log::error!(
+                    "session {:?}: stopping pid {pid} failed ({why}): {e}",
+                    self.key
+                ),
             }
             self.settings.process_slots.release();
         }
@@ -697,13 +878,19 @@ impl Worker {
 
     fn fail_queued_turns(&mut self) {
         while let Ok(turn) = self.turns.try_recv() {
-            self.fail(&turn, TurnFailure::new(FailureKind::ShuttingDown, "the bridge is shutting down; retry after it restarts"));
+            self.fail(
+                &turn,
+                TurnFailure::new(
+                    FailureKind::ShuttingDown,
+                    "the bridge is shutting down; retry after it restarts",
+                ),
+            );
             self.status.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-fn reject_socket(mut ws: ChannelSocket, spawn_id: &str, why: &str) {
+fn reject_socket(mut ws: Box<ChannelSocket>, spawn_id: &str, why: &str) {
     log::warn!("channel connection for spawn {spawn_id} refused: {why}");
     let _ = ws.close(None);
     let _ = ws.flush();

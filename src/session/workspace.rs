@@ -37,7 +37,13 @@ pub fn workspace_for(mode: WorkspaceMode, shared: &Path, state_dir: &Path, key: 
 pub fn path_component(key: &str) -> String {
     let mut safe: String = key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if safe.starts_with('.') {
         safe.replace_range(..1, "_");
@@ -48,7 +54,9 @@ pub fn path_component(key: &str) -> String {
 
 /// FNV-1a, 64 bit: stable across releases and platforms (unlike std's hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -57,12 +65,26 @@ mod tests {
 
     #[test]
     fn hostile_keys_never_escape_the_workspaces_dir() {
-        for key in ["../../etc", "..", ".", "/abs/path", "a\0b", "a/../../b", &"k".repeat(5000), "ключ"] {
+        for key in [
+            "../../etc",
+            "..",
+            ".",
+            "/abs/path",
+            "a\0b",
+            "a/../../b",
+            &"k".repeat(5000),
+            "ключ",
+        ] {
             let c = path_component(key);
             assert!(!c.contains('/') && !c.contains('\0'), "{c}");
             assert!(!c.starts_with('.'), "{c}");
             assert!(c.len() <= 80 + 17, "{}", c.len());
-            let p = workspace_for(WorkspaceMode::PerSession, Path::new("/w"), Path::new("/state"), key);
+            let p = workspace_for(
+                WorkspaceMode::PerSession,
+                Path::new("/w"),
+                Path::new("/state"),
+                key,
+            );
             assert_eq!(p.parent(), Some(Path::new("/state/workspaces")));
         }
     }
@@ -70,12 +92,18 @@ mod tests {
     #[test]
     fn similar_keys_get_different_directories() {
         assert_ne!(path_component("a/b"), path_component("a_b"));
-        assert_eq!(path_component("agent:main:main"), path_component("agent:main:main"));
+        assert_eq!(
+            path_component("agent:main:main"),
+            path_component("agent:main:main")
+        );
         assert!(path_component("agent:main:main").starts_with("agent_main_main-"));
     }
 
     #[test]
     fn shared_mode_uses_the_configured_workspace() {
-        assert_eq!(workspace_for(WorkspaceMode::Shared, Path::new("/w"), Path::new("/s"), "k"), Path::new("/w"));
+        assert_eq!(
+            workspace_for(WorkspaceMode::Shared, Path::new("/w"), Path::new("/s"), "k"),
+            Path::new("/w")
+        );
     }
 }
