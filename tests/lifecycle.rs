@@ -12,7 +12,8 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(15);
 
 fn session_map(bridge: &Bridge) -> serde_json::Value {
-    let text = std::fs::read_to_string(bridge.dir.path().join("state/sessions.json")).expect("sessions.json exists");
+    let text = std::fs::read_to_string(bridge.dir.path().join("state/sessions.json"))
+        .expect("sessions.json exists");
     serde_json::from_str(&text).unwrap()
 }
 
@@ -20,33 +21,70 @@ fn session_map(bridge: &Bridge) -> serde_json::Value {
 fn a_restarted_bridge_resumes_the_same_claude_conversation() {
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let mut first = Bridge::demo().marker(&marker).start();
-    assert_eq!(streamed_text(&stream_chat(first.http, "k", "remember me").1), "remember me");
+    assert_eq!(
+        streamed_text(&stream_chat(first.http, "k", "remember me").1),
+        "remember me"
+    );
     assert_eq!(first.stop(), Some(0));
-    let uuid = session_map(&first)["sessions"]["k"]["claude_session"].as_str().unwrap().to_string();
-    assert!(first.log().contains(&format!("--session-id {uuid}")), "first spawn is a new conversation");
+    let uuid = session_map(&first)["sessions"]["k"]["claude_session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        first.log().contains(&format!("--session-id {uuid}")),
+        "first spawn is a new conversation"
+    );
 
     let dir = std::mem::replace(&mut first.dir, TempDir::new("unused"));
     let second = Bridge::demo().marker(&marker).dir(dir).start();
-    assert_eq!(streamed_text(&stream_chat(second.http, "k", "again").1), "again");
-    assert!(second.log().contains(&format!("--resume {uuid}")), "log:\n{}", second.log());
-    assert_eq!(session_map(&second)["sessions"]["k"]["claude_session"], uuid.as_str());
+    assert_eq!(
+        streamed_text(&stream_chat(second.http, "k", "again").1),
+        "again"
+    );
+    assert!(
+        second.log().contains(&format!("--resume {uuid}")),
+        "log:\n{}",
+        second.log()
+    );
+    assert_eq!(
+        session_map(&second)["sessions"]["k"]["claude_session"],
+        uuid.as_str()
+    );
 }
 
 #[test]
 fn a_corrupt_session_map_is_moved_aside_and_reported() {
     let dir = TempDir::new("corrupt");
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    std::fs::write(dir.path().join("state/sessions.json"), "{\"sessions\": oops").unwrap();
+    std::fs::write(
+        dir.path().join("state/sessions.json"),
+        "{\"sessions\": oops",
+    )
+    .unwrap();
     let bridge = Bridge::demo().dir(dir).start();
-    assert!(bridge.log().contains("moved it to"), "log:\n{}", bridge.log());
+    assert!(
+        bridge.log().contains("moved it to"),
+        "log:\n{}",
+        bridge.log()
+    );
     let aside: Vec<_> = std::fs::read_dir(bridge.dir.path().join("state"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("sessions.json.corrupt-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("sessions.json.corrupt-")
+        })
         .collect();
     assert_eq!(aside.len(), 1);
-    assert_eq!(std::fs::read_to_string(aside[0].path()).unwrap(), "{\"sessions\": oops");
-    assert_eq!(streamed_text(&stream_chat(bridge.http, "k", "works").1), "works");
+    assert_eq!(
+        std::fs::read_to_string(aside[0].path()).unwrap(),
+        "{\"sessions\": oops"
+    );
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "k", "works").1),
+        "works"
+    );
     assert!(session_map(&bridge)["sessions"]["k"].is_object());
 }
 
@@ -55,17 +93,31 @@ fn idle_reaping_stops_only_idle_sessions() {
     let bridge = Bridge::demo().arg("--idle-kill", "300ms").start();
     assert_eq!(streamed_text(&stream_chat(bridge.http, "idle", "x").1), "x");
     let busy = stream_chat_in_background(bridge.http, "busy", "long [sim:delay_ms=2500]");
-    assert!(wait_until(WAIT, || (agent_pids(&bridge.marker, "busy").len() == 1).then_some(())).is_some());
     assert!(
-        wait_until(WAIT, || agent_pids(&bridge.marker, "idle").is_empty().then_some(())).is_some(),
+        wait_until(WAIT, || (agent_pids(&bridge.marker, "busy").len() == 1)
+            .then_some(()))
+        .is_some()
+    );
+    assert!(
+        wait_until(WAIT, || agent_pids(&bridge.marker, "idle")
+            .is_empty()
+            .then_some(()))
+        .is_some(),
         "the idle session's claude is stopped"
     );
-    assert_eq!(agent_pids(&bridge.marker, "busy").len(), 1, "the busy one is not");
+    assert_eq!(
+        agent_pids(&bridge.marker, "busy").len(),
+        1,
+        "the busy one is not"
+    );
     let (_, events) = busy.join().unwrap();
     assert_eq!(streamed_text(&events), "long [sim:delay_ms=2500]");
     assert!(bridge.log().contains("idle_kill"));
     // The reaped session comes back on its next turn.
-    assert_eq!(streamed_text(&stream_chat(bridge.http, "idle", "back").1), "back");
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "idle", "back").1),
+        "back"
+    );
 }
 
 #[test]
@@ -75,19 +127,30 @@ fn at_capacity_the_lru_idle_session_is_evicted_and_all_busy_means_429() {
         assert_eq!(streamed_text(&stream_chat(bridge.http, key, key).1), key);
     }
     assert_eq!(streamed_text(&stream_chat(bridge.http, "c", "c").1), "c");
-    assert!(agent_pids(&bridge.marker, "a").is_empty(), "a was least recently used");
+    assert!(
+        agent_pids(&bridge.marker, "a").is_empty(),
+        "a was least recently used"
+    );
     assert_eq!(agent_pids(&bridge.marker, "b").len(), 1);
     assert_eq!(agent_pids(&bridge.marker, "c").len(), 1);
 
     let slow_b = stream_chat_in_background(bridge.http, "b", "[sim:delay_ms=1500]");
     let slow_c = stream_chat_in_background(bridge.http, "c", "[sim:delay_ms=1500]");
     assert!(bridge.wait_for_log("session \"b\" turn-", WAIT));
-    assert!(wait_until(WAIT, || {
-        let log = bridge.log();
-        (log.matches("turn sent").count() >= 5).then_some(())
-    })
-    .is_some());
-    let r = request(bridge.http, "POST", "/v1/chat/completions", &[("X-Session-Key", "d")], &chat_body("d", true));
+    assert!(
+        wait_until(WAIT, || {
+            let log = bridge.log();
+            (log.matches("turn sent").count() >= 5).then_some(())
+        })
+        .is_some()
+    );
+    let r = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Session-Key", "d")],
+        &chat_body("d", true),
+    );
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "at_capacity");
     assert!(r.headers.contains_key("retry-after"));
@@ -99,23 +162,46 @@ fn at_capacity_the_lru_idle_session_is_evicted_and_all_busy_means_429() {
 #[test]
 fn a_child_killed_mid_turn_fails_that_turn_and_the_next_turn_respawns_with_resume() {
     let bridge = Bridge::demo().start();
-    assert_eq!(streamed_text(&stream_chat(bridge.http, "k", "first").1), "first");
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "k", "first").1),
+        "first"
+    );
     let pid = agent_pids(&bridge.marker, "k")[0];
     let doomed = stream_chat_in_background(bridge.http, "k", "doomed [sim:delay_ms=3000]");
-    assert!(wait_until(WAIT, || (bridge.log().matches("turn sent").count() >= 2).then_some(())).is_some());
+    assert!(
+        wait_until(WAIT, || (bridge.log().matches("turn sent").count() >= 2)
+            .then_some(()))
+        .is_some()
+    );
     signal(pid, libc::SIGKILL);
     let (_, events) = doomed.join().unwrap();
     let error = stream_error(&events).expect("the turn ends with an error event");
     assert_eq!(error["code"], "agent_died");
-    assert!(error["message"].as_str().unwrap().contains("exited mid-turn"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited mid-turn"),
+        "{error}"
+    );
     assert_eq!(events.last().unwrap().1, "[DONE]");
-    assert_eq!(streamed_text(&stream_chat(bridge.http, "k", "after").1), "after");
-    assert_eq!(bridge.log().matches("--resume").count(), 1, "respawned with --resume:\n{}", bridge.log());
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "k", "after").1),
+        "after"
+    );
+    assert_eq!(
+        bridge.log().matches("--resume").count(),
+        1,
+        "respawned with --resume:\n{}",
+        bridge.log()
+    );
 }
 
 #[test]
 fn a_crash_loop_backs_off_instead_of_spinning() {
-    let bridge = Bridge::demo().env("SYNTHESIS_SIM_EXIT_AT_START", "7").start();
+    let bridge = Bridge::demo()
+        .env("SYNTHESIS_SIM_EXIT_AT_START", "7")
+        .start();
     for _ in 0..3 {
         let (_, events) = stream_chat(bridge.http, "crashy", "hi");
         assert_eq!(stream_error(&events).unwrap()["code"], "agent_unavailable");
@@ -124,31 +210,66 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     let started = Instant::now();
     let (_, events) = stream_chat(bridge.http, "crashy", "hi");
     let error = stream_error(&events).unwrap();
-    assert!(error["message"].as_str().unwrap().contains("not trying again"), "{error}");
-    assert!(started.elapsed() < Duration::from_secs(1), "refused without a spawn");
-    assert_eq!(bridge.log().matches("spawned pid").count(), spawns, "no new spawn during back-off");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not trying again"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused without a spawn"
+    );
+    assert_eq!(
+        bridge.log().matches("spawned pid").count(),
+        spawns,
+        "no new spawn during back-off"
+    );
 }
 
 #[test]
 fn a_client_disconnect_interrupts_claude_and_the_next_queued_turn_gets_its_own_reply() {
     let bridge = Bridge::demo().arg("--heartbeat-interval", "100ms").start();
-    assert_eq!(streamed_text(&stream_chat(bridge.http, "k", "warm").1), "warm");
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "k", "warm").1),
+        "warm"
+    );
     // Turn 1 hangs until interrupted; its client reads the first chunk and leaves.
     let mut stream = TcpStream::connect(bridge.http).unwrap();
     let body = chat_body("stuck [sim:hang]", true);
-    let req = build_request("POST", "/v1/chat/completions", &[("X-Session-Key", "k")], &body);
+    let req = build_request(
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Session-Key", "k")],
+        &body,
+    );
     stream.write_all(req.as_bytes()).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("HTTP/1.1 200"));
     let next = stream_chat_in_background(bridge.http, "k", "next one");
-    assert!(wait_until(WAIT, || (bridge.log().matches("turn sent").count() >= 2).then_some(())).is_some());
+    assert!(
+        wait_until(WAIT, || (bridge.log().matches("turn sent").count() >= 2)
+            .then_some(()))
+        .is_some()
+    );
     drop(reader);
     stream.shutdown(std::net::Shutdown::Both).unwrap();
     let (_, events) = next.join().unwrap();
-    assert_eq!(streamed_text(&events), "next one", "the queued turn gets its own reply, not the hung one's");
-    assert!(bridge.log().contains("client disconnected; interrupting claude"), "log:\n{}", bridge.log());
+    assert_eq!(
+        streamed_text(&events),
+        "next one",
+        "the queued turn gets its own reply, not the hung one's"
+    );
+    assert!(
+        bridge
+            .log()
+            .contains("client disconnected; interrupting claude"),
+        "log:\n{}",
+        bridge.log()
+    );
 }
 
 #[test]
@@ -160,7 +281,11 @@ fn a_turn_without_a_final_reply_is_ended_by_the_stop_hook() {
     assert!(stream_error(&events).is_none(), "{events:?}");
     let text = streamed_text(&events);
     assert!(!text.is_empty(), "the backstop supplies a text");
-    let finish = events.iter().rev().filter_map(|(_, d)| serde_json::from_str::<serde_json::Value>(d).ok()).find(|v| !v["choices"][0]["finish_reason"].is_null());
+    let finish = events
+        .iter()
+        .rev()
+        .filter_map(|(_, d)| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| !v["choices"][0]["finish_reason"].is_null());
     assert_eq!(finish.unwrap()["choices"][0]["finish_reason"], "stop");
     assert!(bridge.log().contains("without a final reply"));
 }
@@ -174,7 +299,10 @@ fn sigterm_with_a_turn_in_flight_ends_it_cleanly_and_leaves_no_child() {
     let (_, events) = in_flight.join().unwrap();
     assert_eq!(events.last().unwrap().1, "[DONE]");
     let text = streamed_text(&events);
-    assert!(text == "finishing [sim:delay_ms=800]" || stream_error(&events).is_some(), "{events:?}");
+    assert!(
+        text == "finishing [sim:delay_ms=800]" || stream_error(&events).is_some(),
+        "{events:?}"
+    );
     assert_eq!(bridge.descendants(), Vec::<u32>::new());
 }
 
@@ -188,6 +316,8 @@ fn sigkill_of_the_bridge_leaves_no_child_within_two_seconds() {
     let mut child = bridge.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(2), || bridge.descendants().is_empty().then_some(()));
+    let gone = wait_until(Duration::from_secs(2), || {
+        bridge.descendants().is_empty().then_some(())
+    });
     assert!(gone.is_some(), "left behind: {:?}", bridge.descendants());
 }

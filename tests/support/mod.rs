@@ -21,7 +21,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sb-{tag}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "sb-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -56,7 +60,11 @@ impl Bridge {
     /// A demo bridge (simulated Claude) with fast test timings.
     pub fn demo() -> BridgeBuilder {
         BridgeBuilder {
-            args: vec!["--demo".into(), "--channel-hello-delay".into(), "20ms".into()],
+            args: vec![
+                "--demo".into(),
+                "--channel-hello-delay".into(),
+                "20ms".into(),
+            ],
             env: vec![],
             dir: None,
             marker: None,
@@ -70,7 +78,10 @@ impl Bridge {
     /// Pids of live processes started by this test's bridge (the bridge itself excluded).
     pub fn descendants(&self) -> Vec<u32> {
         let own = self.child.as_ref().map(|c| c.id());
-        marked_pids(&self.marker).into_iter().filter(|p| Some(*p) != own).collect()
+        marked_pids(&self.marker)
+            .into_iter()
+            .filter(|p| Some(*p) != own)
+            .collect()
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
@@ -125,14 +136,18 @@ impl BridgeBuilder {
 
     pub fn start(self) -> Bridge {
         let dir = self.dir.unwrap_or_else(|| TempDir::new("bridge"));
-        let marker = self.marker.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let marker = self
+            .marker
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let state = dir.path().join("state");
         let workspace = dir.path().join("workspace");
         let home = dir.path().join("home");
         for d in [&state, &workspace, &home] {
             std::fs::create_dir_all(d).unwrap();
         }
-        let stderr_log = dir.path().join(format!("bridge-{}.log", uuid::Uuid::new_v4().simple()));
+        let stderr_log = dir
+            .path()
+            .join(format!("bridge-{}.log", uuid::Uuid::new_v4().simple()));
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -145,7 +160,10 @@ impl BridgeBuilder {
             .env(MARKER_VAR, &marker)
             .env("HOME", &home)
             .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -168,9 +186,24 @@ impl BridgeBuilder {
         };
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let mut parts = line.split_whitespace();
-        assert_eq!(parts.next(), Some("listening"), "bridge did not start; log:\n{}", bridge.log());
-        bridge.http = parts.next().unwrap().trim_start_matches("http=").parse().unwrap();
-        bridge.ws = parts.next().unwrap().trim_start_matches("ws=").parse().unwrap();
+        assert_eq!(
+            parts.next(),
+            Some("listening"),
+            "bridge did not start; log:\n{}",
+            bridge.log()
+        );
+        bridge.http = parts
+            .next()
+            .unwrap()
+            .trim_start_matches("http=")
+            .parse()
+            .unwrap();
+        bridge.ws = parts
+            .next()
+            .unwrap()
+            .trim_start_matches("ws=")
+            .parse()
+            .unwrap();
         bridge
     }
 }
@@ -180,12 +213,22 @@ pub fn marked_pids(marker: &str) -> Vec<u32> {
     let needle = format!("{MARKER_VAR}={marker}");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
             // Zombies still have an environ; only count processes that have not exited.
             let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            let zombie = state
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
             if !zombie {
                 pids.push(pid);
             }
@@ -234,7 +277,8 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -244,18 +288,29 @@ impl HttpResponse {
 /// Sends raw request bytes and reads one whole response (chunked or sized).
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut reader = BufReader::new(stream);
     read_response(&mut reader, |_| {})
 }
 
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     raw_request(addr, build_request(method, path, headers, body).as_bytes())
 }
 
 pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -265,10 +320,18 @@ pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: &
 }
 
 /// Reads a response; `on_chunk` sees each HTTP chunk of a chunked body as it arrives.
-pub fn read_response(reader: &mut BufReader<TcpStream>, mut on_chunk: impl FnMut(&[u8])) -> HttpResponse {
+pub fn read_response(
+    reader: &mut BufReader<TcpStream>,
+    mut on_chunk: impl FnMut(&[u8]),
+) -> HttpResponse {
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad status line {status_line:?}")).parse().unwrap();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"))
+        .parse()
+        .unwrap();
     let mut headers = HashMap::new();
     loop {
         let mut line = String::new();
@@ -281,11 +344,15 @@ pub fn read_response(reader: &mut BufReader<TcpStream>, mut on_chunk: impl FnMut
         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
     let mut body = Vec::new();
-    if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         loop {
             let mut size_line = String::new();
             reader.read_line(&mut size_line).unwrap();
-            let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+            let size = usize::from_str_radix(size_line.trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).unwrap();
             assert_eq!(&chunk[size..], b"\r\n", "chunk not terminated by CRLF");
@@ -302,7 +369,11 @@ pub fn read_response(reader: &mut BufReader<TcpStream>, mut on_chunk: impl FnMut
     } else {
         reader.read_to_end(&mut body).unwrap();
     }
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A chat request body with one user message.
@@ -318,11 +389,25 @@ pub fn chat_body(text: &str, stream: bool) -> String {
 
 /// Streams a chat turn for `session`; returns the response and the `data:` payloads in order,
 /// each with the time it arrived.
-pub fn stream_chat(addr: SocketAddr, session: &str, text: &str) -> (HttpResponse, Vec<(Instant, String)>) {
+pub fn stream_chat(
+    addr: SocketAddr,
+    session: &str,
+    text: &str,
+) -> (HttpResponse, Vec<(Instant, String)>) {
     let body = chat_body(text, true);
-    let req = build_request("POST", "/v1/chat/completions", &[("X-Session-Key", session), ("Content-Type", "application/json")], &body);
+    let req = build_request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Session-Key", session),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    );
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     stream.write_all(req.as_bytes()).unwrap();
     let mut reader = BufReader::new(stream);
     let mut events = Vec::new();
@@ -347,7 +432,11 @@ pub fn streamed_text(events: &[(Instant, String)]) -> String {
         .iter()
         .filter(|(_, d)| d != "[DONE]")
         .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v.pointer("/choices/0/delta/content").and_then(Value::as_str).map(String::from))
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .collect()
 }
 
@@ -360,7 +449,10 @@ pub fn agent_pids(marker: &str, key: &str) -> Vec<u32> {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            environ.split(|b| *b == 0).any(|v| v == session_var.as_bytes()) && args.get(1) == Some(&&b"sim-agent"[..])
+            environ
+                .split(|b| *b == 0)
+                .any(|v| v == session_var.as_bytes())
+                && args.get(1) == Some(&&b"sim-agent"[..])
         })
         .collect()
 }
@@ -377,7 +469,10 @@ pub fn stream_chat_in_background(
 
 /// The `error` object of a stream that ended in one.
 pub fn stream_error(events: &[(Instant, String)]) -> Option<Value> {
-    events.iter().filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok()).find_map(|v| v.get("error").cloned())
+    events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v.get("error").cloned())
 }
 
 impl Bridge {
