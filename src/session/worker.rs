@@ -63,6 +63,8 @@ pub struct WorkerSettings {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a turn waiting for a `max_concurrent_turns` slot looks again.
 const TURN_SLOT_RETRY: Duration = Duration::from_millis(50);
+/// How long a lost channel waits to learn that claude itself exited.
+const EXIT_AFTER_CHANNEL_LOSS: Duration = Duration::from_millis(300);
 /// How long a new turn waits for an interrupted one's Stop hook before it is pushed anyway.
 const INTERRUPTED_TURN_WAIT: Duration = Duration::from_secs(5);
 /// Lines of screen quoted in start-up and crash errors.
@@ -351,6 +353,15 @@ impl Worker {
         }
     }
 
+    fn fail_agent_exited(&mut self, turn: &Turn, how: &str) {
+        let screen = self.screen_tail();
+        self.forget_agent();
+        let message = format!(
+            "claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}"
+        );
+        self.fail(turn, TurnFailure::new(FailureKind::AgentDied, message));
+    }
+
     /// After an interrupted turn Claude may still be winding down; a turn pushed now could
     /// land in that turn. Wait (bounded) for its Stop hook before pushing the next one.
     fn await_interrupted_turn(&mut self) {
@@ -466,15 +477,20 @@ impl Worker {
                     reject_socket(ws, &spawn_id, "session already attached")
                 }
                 Event::AgentExited(how) => {
-                    let screen = self.screen_tail();
-                    self.forget_agent();
-                    let message = format!(
-                        "claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}"
-                    );
-                    self.fail(turn, TurnFailure::new(FailureKind::AgentDied, message));
+                    self.fail_agent_exited(turn, &how);
                     return false;
                 }
                 Event::ChannelClosed(why) => {
+                    // When claude dies, its channel server dies with it and the socket may
+                    // close first: report the exit, which says more, if it follows at once.
+                    let exited = self
+                        .agent
+                        .as_mut()
+                        .and_then(|a| a.wait_exit(EXIT_AFTER_CHANNEL_LOSS));
+                    if let Some(status) = exited {
+                        self.fail_agent_exited(turn, &status.to_string());
+                        return false;
+                    }
                     self.stop_agent(&format!("channel closed mid-turn: {why}"));
                     self.fail(
                         turn,

@@ -288,8 +288,9 @@ impl Conversation<'_> {
         ending
     }
 
-    /// Esc: the turn stops at once. Claude Code runs no Stop hook after an interrupt (the
-    /// user stopped it, nothing "finished"), so by default neither does the sim.
+    /// Esc: the turn stops at once. Claude Code runs no Stop hook after an interrupt
+    /// (observed on 2.1.331: four turns, the fourth interrupted, three Stop hook runs), so by
+    /// default neither does the sim; `SYNTHESIS_SIM_STOP_HOOK_ON_INTERRUPT=1` makes it run one.
     fn interrupt(&mut self) -> Option<Ending> {
         let turn = self.current.take()?;
         self.screen
