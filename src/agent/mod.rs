@@ -253,6 +253,17 @@ impl Agent {
         self.child.master.write_all(keys)
     }
 
+    /// What claude's own session file (`<config>/sessions/<pid>.json`) says it is doing:
+    /// `idle`, `busy` or `waiting` (for a permission prompt). None if there is no such file.
+    pub fn reported_status(&self, config_dir: &Path) -> Option<String> {
+        let path = config_dir
+            .join("sessions")
+            .join(format!("{}.json", self.pid()));
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value.get("status")?.as_str().map(String::from)
+    }
+
     /// Waits up to `limit` for the child to exit (used after its terminal closed).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.child.wait_timeout(limit).ok().flatten()

@@ -4,7 +4,7 @@
 //! it. Start-up screens are recognised by stable text on that screen, never by timing; the
 //! caller sends a key only once the screen that wants it is visible.
 
-/// A screen that can block start-up (DESIGN.md §5).
+/// A screen that can block start-up (DESIGN.md §5; texts as observed on Claude Code 2.1.331).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KnownScreen {
     /// "WARNING: Loading development channels": accepted with Enter (option 1 is the default).
@@ -17,14 +17,29 @@ pub enum KnownScreen {
 /// (text on screen, name, what to do). Checked in order; text is matched case-sensitively.
 const BLOCKING_SCREENS: &[(&str, &str, &str)] = &[
     (
-        "Choose the text style",
-        "onboarding",
-        "run `claude` once by hand to finish onboarding, or set \"hasCompletedOnboarding\": true in the claude config (.claude.json)",
+        "Channels are not currently available",
+        "channels unavailable",
+        "channels are off for this account or not yet enabled on this machine: log in with `claude` (claude.ai login) once online so the feature flag is cached, or check your organisation's policy",
     ),
     (
-        "Do you trust the files in this folder",
+        "--dangerously-load-development-channels ignored",
+        "channels unavailable",
+        "claude ignored the development channel: log in with `claude` once online so the channels feature flag is cached",
+    ),
+    (
+        "Unable to connect to Anthropic services",
+        "onboarding (offline)",
+        "finish onboarding once by running `claude` by hand while online, or set \"hasCompletedOnboarding\": true in .claude.json and approve the API key (customApiKeyResponses.approved)",
+    ),
+    (
+        "Choose the text style",
+        "onboarding",
+        "run `claude` once by hand to finish onboarding, or set \"hasCompletedOnboarding\": true in .claude.json (in $CLAUDE_CONFIG_DIR when set, else ~/.claude.json)",
+    ),
+    (
+        "Quick safety check: Is this a project you created or one you trust?",
         "folder trust",
-        "trust the workspace once by running `claude` in it, or set projects[<workspace>].hasTrustDialogAccepted = true in .claude.json",
+        "trust the workspace once by running `claude` in it, or set projects[\"<workspace realpath>\"].hasTrustDialogAccepted = true in .claude.json",
     ),
     (
         "Detected a custom API key",
@@ -32,14 +47,14 @@ const BLOCKING_SCREENS: &[(&str, &str, &str)] = &[
         "approve the key once in `claude`, or add its last 20 characters to customApiKeyResponses.approved in .claude.json",
     ),
     (
-        "Bypass Permissions mode",
+        "running in Bypass Permissions mode",
         "bypass-permissions warning",
-        "accept it once in `claude`, or set \"skipDangerousModePermissionPrompt\": true in the claude settings; or use another permission_mode",
+        "accept it once in `claude`, or set \"skipDangerousModePermissionPrompt\": true in $CLAUDE_CONFIG_DIR/settings.json; or use another permission_mode",
     ),
     (
-        "New MCP server found",
+        "New MCP server found in this project",
         "new MCP server",
-        "remove .mcp.json from the workspace: the bridge passes its own server with --mcp-config",
+        "remove .mcp.json from the workspace: the bridge passes its own server with --mcp-config --strict-mcp-config",
     ),
     (
         "Do you want to proceed?",
@@ -110,7 +125,9 @@ mod tests {
 
     #[test]
     fn blocking_screens_name_their_fix() {
-        match recognise("Do you trust the files in this folder?") {
+        match recognise(
+            " Quick safety check: Is this a project you created or one you trust? (Like your own code",
+        ) {
             Some(KnownScreen::Blocking(name, fix)) => {
                 assert_eq!(name, "folder trust");
                 assert!(fix.contains("hasTrustDialogAccepted"));

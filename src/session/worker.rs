@@ -65,8 +65,10 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 const TURN_SLOT_RETRY: Duration = Duration::from_millis(50);
 /// How long a lost channel waits to learn that claude itself exited.
 const EXIT_AFTER_CHANNEL_LOSS: Duration = Duration::from_millis(300);
-/// How long a new turn waits for an interrupted one's Stop hook before it is pushed anyway.
-const INTERRUPTED_TURN_WAIT: Duration = Duration::from_secs(5);
+/// How long a new turn waits for the previous one to end before it is pushed anyway.
+const PREVIOUS_TURN_WAIT: Duration = Duration::from_secs(10);
+/// How often claude's session file is read while waiting for that.
+const IDLE_FILE_POLL: Duration = Duration::from_millis(50);
 /// Lines of screen quoted in start-up and crash errors.
 const SCREEN_LINES_IN_ERRORS: usize = 8;
 /// Start failures in a row before the worker stops trying for a while.
@@ -114,9 +116,11 @@ pub struct Worker {
     no_start_before: Option<(Instant, String)>,
     /// This session has had a process before (the next start is a respawn).
     spawned_before: bool,
-    /// A turn Claude may still be finishing (its Stop hook has not reported yet), and whether
-    /// it was interrupted. The next `turn_end` without a turn id belongs to it.
-    unfinished: Option<(String, bool)>,
+    /// A turn Claude may still be finishing (it replied, or was interrupted, but has not
+    /// reported the end of its turn yet). The next `turn_end` without a turn id belongs to it.
+    unfinished: Option<String>,
+    /// A control message held back until the frames read before it are handled.
+    pending_control: Option<Control>,
 }
 
 impl Worker {
@@ -161,6 +165,7 @@ impl Worker {
             no_start_before: None,
             spawned_before: false,
             unfinished: None,
+            pending_control: None,
         }
     }
 
@@ -307,7 +312,7 @@ impl Worker {
             self.fail(turn, failure);
             return;
         }
-        self.await_interrupted_turn();
+        self.await_previous_turn();
         self.status.set_state(SessionState::Busy);
         let mut content = std::mem::take(&mut turn.content);
         if self.restore_history
@@ -362,35 +367,45 @@ impl Worker {
         self.fail(turn, TurnFailure::new(FailureKind::AgentDied, message));
     }
 
-    /// After an interrupted turn Claude may still be winding down; a turn pushed now could
-    /// land in that turn. Wait (bounded) for its Stop hook before pushing the next one.
-    fn await_interrupted_turn(&mut self) {
-        if !matches!(self.unfinished, Some((_, true))) {
+    /// Claude folds a message that arrives while it is busy into the running turn, so a turn
+    /// is pushed only once the previous one has ended: its Stop hook reported, or claude's
+    /// session file says `idle` (the only sign after an Esc interrupt, which runs no hook).
+    /// Bounded: after `PREVIOUS_TURN_WAIT` the turn is pushed anyway, with a warning.
+    fn await_previous_turn(&mut self) {
+        if self.unfinished.is_none() {
             return;
         }
         self.status
-            .set_step("waiting for the interrupted turn to end");
-        let deadline = Instant::now() + INTERRUPTED_TURN_WAIT;
-        while matches!(self.unfinished, Some((_, true))) && self.agent.is_some() {
-            match self.wait(deadline) {
-                Event::Timeout => {
-                    log::warn!(
-                        "session {:?}: no Stop hook for the interrupted turn within {INTERRUPTED_TURN_WAIT:?}; going on",
-                        self.key
-                    );
-                    self.unfinished = None;
-                }
-                event => self.handle_between_turns(event),
+            .set_step("waiting for claude to finish the previous turn");
+        let deadline = Instant::now() + PREVIOUS_TURN_WAIT;
+        while self.unfinished.is_some() && self.agent.is_some() {
+            let said_idle = self
+                .agent
+                .as_ref()
+                .and_then(|a| a.reported_status(&self.settings.claude_config_dir));
+            if said_idle.as_deref() == Some("idle") {
+                self.unfinished = None;
+                break;
             }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "session {:?}: claude did not report the end of turn {:?} within {PREVIOUS_TURN_WAIT:?}; pushing the next turn anyway",
+                    self.key,
+                    self.unfinished
+                );
+                self.unfinished = None;
+                break;
+            }
+            let event = self.wait((Instant::now() + IDLE_FILE_POLL).min(deadline));
+            self.handle_between_turns(event);
         }
     }
 
     /// Forwards this turn's replies until it ends; true when it ended normally.
     fn await_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
         let ended = self.forward_replies(turn, turn_deadline);
-        let interrupted = !ended && self.agent.is_some();
-        if ended || interrupted {
-            self.unfinished = Some((turn.id.clone(), interrupted));
+        if self.agent.is_some() {
+            self.unfinished = Some(turn.id.clone());
         }
         ended
     }
@@ -742,7 +757,23 @@ impl Worker {
             if let Some(frame) = self.frames.pop_front() {
                 return Event::Frame(frame);
             }
+            if let Some(control) = self.pending_control.take() {
+                return Event::Control(control);
+            }
             if let Ok(control) = self.control.try_recv() {
+                // A frame already on the socket was sent before this control (say, the Stop
+                // hook's turn_end after the final reply): read the socket first.
+                if self.ws.is_some()
+                    && let Err(why) = self.read_frames()
+                {
+                    self.ws = None;
+                    self.pending_control = Some(control);
+                    return Event::ChannelClosed(why);
+                }
+                if !self.frames.is_empty() {
+                    self.pending_control = Some(control);
+                    continue;
+                }
                 return Event::Control(control);
             }
             let now = Instant::now();
@@ -764,8 +795,8 @@ impl Worker {
             };
             if ready[0].readable {
                 self.wake.drain();
-                if let Ok(control) = self.control.try_recv() {
-                    return Event::Control(control);
+                if !self.control.is_empty() {
+                    continue;
                 }
                 return Event::Woken;
             }

@@ -199,7 +199,18 @@ impl Conversation<'_> {
     /// Begins a turn; `Some(code)` when its directives say to exit.
     fn start_turn(&mut self, incoming: Incoming) -> Option<u8> {
         let _ = self.status.set("busy");
-        if let Err(e) = self.transcript.append("user", &incoming.content) {
+        // Recorded as the real Claude records a channel message: inside its channel tag.
+        let recorded = match &incoming.turn_id {
+            Some(id) => format!(
+                "<channel source=\"{}\" turn_id=\"{id}\">\n{}\n</channel>",
+                self.channel, incoming.content
+            ),
+            None => format!(
+                "<channel source=\"{}\">\n{}\n</channel>",
+                self.channel, incoming.content
+            ),
+        };
+        if let Err(e) = self.transcript.append("user", &recorded) {
             self.screen
                 .line(&format!("  ⎿  could not write the transcript: {e}"));
         }
