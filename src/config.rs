@@ -130,6 +130,21 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "DUR",
         "on SIGTERM, how long turns in flight may still run (default 10s)",
     ),
+    (
+        "retry_grace",
+        "DUR",
+        "a turn whose clients all left keeps running this long for a retry to attach (default 10s)",
+    ),
+    (
+        "strip_openclaw_context",
+        "BOOL",
+        "drop OpenClaw's internal-context block and Runtime: line from turns (default false)",
+    ),
+    (
+        "system_prompt",
+        "POLICY",
+        "ignore the client's system prompt, or append it to Claude's (default ignore)",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -159,6 +174,19 @@ pub struct Config {
     /// None = same as `max_processes`.
     pub max_concurrent_turns: Option<usize>,
     pub shutdown_grace: Duration,
+    pub retry_grace: Duration,
+    pub strip_openclaw_context: bool,
+    pub system_prompt: SystemPromptPolicy,
+}
+
+/// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
+/// describes OpenClaw's own tools and runtime, which Claude Code does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemPromptPolicy {
+    Ignore,
+    /// Passed to claude with `--append-system-prompt-file`; a change restarts the session
+    /// (with `--resume`) before its next turn.
+    Append,
 }
 
 impl Default for Config {
@@ -188,6 +216,9 @@ impl Default for Config {
             max_processes: default_max_processes(),
             max_concurrent_turns: None,
             shutdown_grace: Duration::from_secs(10),
+            retry_grace: Duration::from_secs(10),
+            strip_openclaw_context: false,
+            system_prompt: SystemPromptPolicy::Ignore,
         }
     }
 }
@@ -357,6 +388,15 @@ impl Config {
             "max_processes" => self.max_processes = parse_num(value)?,
             "max_concurrent_turns" => self.max_concurrent_turns = Some(parse_num(value)?),
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
+            "retry_grace" => self.retry_grace = parse_duration(value)?,
+            "strip_openclaw_context" => self.strip_openclaw_context = parse_bool(value)?,
+            "system_prompt" => {
+                self.system_prompt = match value {
+                    "ignore" => SystemPromptPolicy::Ignore,
+                    "append" => SystemPromptPolicy::Append,
+                    _ => return Err(format!("`{value}` is not ignore or append")),
+                }
+            }
             _ => {
                 return Err(format!(
                     "unknown setting `{name}` (see `synthesis-bridge serve --help`)"

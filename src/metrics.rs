@@ -142,6 +142,7 @@ pub struct Metrics {
     pub idle_kills: Counter,
     pub heartbeats: Counter,
     pub channel_refused: Counter,
+    pub retries_attached: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -158,6 +159,7 @@ pub static METRICS: Metrics = Metrics {
     idle_kills: Counter::new(),
     heartbeats: Counter::new(),
     channel_refused: Counter::new(),
+    retries_attached: Counter::new(),
 };
 
 pub fn failed(reason: &str) {
@@ -251,6 +253,12 @@ pub fn expose(gauges: &Gauges) -> String {
         "synthesis_channel_refused_total",
         "Channel connections refused (token, spawn id, frame).",
         m.channel_refused.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_retries_attached_total",
+        "Resent turns attached to the running or just-finished turn instead of being sent again.",
+        m.retries_attached.get(),
     );
     let histograms: [(&str, &str, &Histogram); 3] = [
         (

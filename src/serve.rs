@@ -137,6 +137,7 @@ fn serve(config: Config) -> Result<(), String> {
             store,
             process_slots: Slots::new(limits.max_processes),
             turn_slots: Slots::new(limits.max_concurrent_turns),
+            retry_grace: config.retry_grace,
         },
         limits,
     ));
@@ -159,6 +160,8 @@ fn serve(config: Config) -> Result<(), String> {
         continuations: config
             .conversation_match
             .then(|| Continuations::new(CONTINUATIONS_REMEMBERED)),
+        strip_openclaw_context: config.strip_openclaw_context,
+        system_prompt: config.system_prompt,
     });
     let http_thread =
         http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;

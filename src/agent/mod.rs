@@ -43,6 +43,8 @@ pub struct Launch<'a> {
     pub resume: bool,
     pub spawn_id: &'a str,
     pub workspace: &'a Path,
+    /// The client's system prompt, written to a file (`system_prompt = append`).
+    pub append_system_prompt_file: Option<&'a Path>,
 }
 
 impl AgentLauncher {
@@ -70,6 +72,11 @@ impl AgentLauncher {
             push("--settings");
             push(settings);
         }
+        if let Some(file) = launch.append_system_prompt_file {
+            push("--append-system-prompt-file");
+            args.push(file.as_os_str().to_owned());
+        }
+        let mut push = |a: &str| args.push(OsString::from(a));
         push("--allowedTools");
         push(&format!("mcp__{}__reply", self.channel_name));
         args
@@ -305,6 +312,7 @@ mod tests {
             resume,
             spawn_id: "sp",
             workspace: Path::new("/"),
+            append_system_prompt_file: None,
         }
     }
 

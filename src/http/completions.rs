@@ -14,9 +14,12 @@ use std::time::Instant;
 use tiny_http::Request;
 
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
+use super::openclaw;
 use super::sse::SseStream;
 use super::{HttpContext, respond_error};
+use crate::config::SystemPromptPolicy;
 use crate::metrics::{self, METRICS};
+use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
@@ -60,14 +63,36 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                 .map_or(&[][..], Vec::as_slice);
             identity::conversation_hash(identity::CHAIN_START, messages)
         });
+    let messages = value
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .map_or(&[][..], Vec::as_slice);
+    let fingerprint = openclaw::retry_fingerprint(messages);
+    let system_prompt = match ctx.system_prompt {
+        SystemPromptPolicy::Ignore => None,
+        SystemPromptPolicy::Append => system_prompt_text(messages).map(Arc::from),
+    };
+    let parts = if ctx.strip_openclaw_context {
+        openclaw::strip_context(chat.turn_parts.clone())
+    } else {
+        chat.turn_parts.clone()
+    };
+    if parts.is_empty() {
+        let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
+        return respond_error(request, &ApiError::bad_request(message));
+    }
     let history: HistoryRenderer = Box::new(move || {
         let messages = value.get("messages")?.as_array()?;
         render_history(messages, MAX_RESTORED_HISTORY_BYTES)
     });
-    let turn = match ctx
-        .registry
-        .submit(&key.key, chat.turn_text.clone(), received, Some(history))
-    {
+    let new_turn = NewTurn {
+        content: parts.join("\n\n"),
+        received,
+        history: Some(history),
+        fingerprint,
+        system_prompt,
+    };
+    let turn = match ctx.registry.submit(&key.key, new_turn) {
         Ok(turn) => turn,
         Err(error) => return respond_error(request, &submit_error(error)),
     };
@@ -117,6 +142,22 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(body)
 }
 
+/// The client's system prompt: its system and developer messages, joined.
+fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
+    let parts: Vec<String> = messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.get("role").and_then(|r| r.as_str()),
+                Some("system" | "developer")
+            )
+        })
+        .filter_map(|m| super::openai::content_text(m.get("content")?).ok())
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("\n\n"))
+}
+
 fn submit_error(error: SubmitError) -> ApiError {
     match error {
         SubmitError::QueueFull { limit } => ApiError::new(
@@ -153,6 +194,7 @@ fn failure_error(failure: &TurnFailure) -> ApiError {
         FailureKind::AgentDied => (502, "agent_died"),
         FailureKind::Timeout => (504, "turn_timeout"),
         FailureKind::ShuttingDown => (503, "shutting_down"),
+        FailureKind::Cancelled => (500, "cancelled"),
     };
     ApiError::new(status, code, failure.message.clone())
 }

@@ -6,6 +6,7 @@
 
 pub mod completions;
 pub mod openai;
+pub mod openclaw;
 pub mod sse;
 
 use serde_json::json;
@@ -29,6 +30,8 @@ pub struct HttpContext {
     pub fallback_session_key: String,
     /// Conversation matching for clients that send no id (None when `conversation_match` is off).
     pub continuations: Option<crate::session::identity::Continuations>,
+    pub strip_openclaw_context: bool,
+    pub system_prompt: crate::config::SystemPromptPolicy,
 }
 
 /// Responder threads mostly wait; their stacks stay small.

@@ -49,8 +49,9 @@ pub struct ChatRequest {
     pub model: Option<String>,
     pub stream: bool,
     pub include_usage: bool,
-    /// The new user turn: the text of every user message after the last assistant/tool message.
-    pub turn_text: String,
+    /// The new user turn: the text of every user message after the last assistant/tool
+    /// message, one entry per message.
+    pub turn_parts: Vec<String>,
     /// Rough size of everything sent, for the usage estimate.
     pub prompt_chars: usize,
 }
@@ -89,14 +90,14 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
         }
         None => return Err(ApiError::bad_request("`messages` is required")),
     };
-    let turn_text = new_turn_text(messages)?;
+    let turn_parts = new_turn_parts(messages)?;
     let prompt_chars = text.len();
     Ok((
         ChatRequest {
             model,
             stream,
             include_usage,
-            turn_text,
+            turn_parts,
             prompt_chars,
         },
         value,
@@ -105,9 +106,10 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
 
 /// The new turn is every message after the last `assistant`/`tool` message (DESIGN.md §3):
 /// OpenClaw appends an internal-context user message after the real user text, so the last
-/// message alone is not the turn. User messages are joined with a blank line; system and
-/// developer messages are not part of the turn.
-pub fn new_turn_text(messages: &[Value]) -> Result<String, ApiError> {
+/// message alone is not the turn. Returns the text of each user message (the caller joins
+/// them with a blank line); system and developer messages are not part of the turn. Never
+/// empty: a request without new user text is a 400.
+pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
     let mut roles = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let role = m
@@ -136,7 +138,7 @@ pub fn new_turn_text(messages: &[Value]) -> Result<String, ApiError> {
             "no user text after the last assistant or tool message: send the new user turn as a `user` message",
         ));
     }
-    Ok(parts.join("\n\n"))
+    Ok(parts)
 }
 
 /// A message's text: a string, or an array of content parts whose `text` parts are joined.
@@ -284,7 +286,7 @@ mod tests {
     use super::*;
 
     fn turn(messages: Value) -> Result<String, ApiError> {
-        new_turn_text(messages.as_array().unwrap())
+        new_turn_parts(messages.as_array().unwrap()).map(|parts| parts.join("\n\n"))
     }
 
     #[test]
@@ -359,7 +361,7 @@ mod tests {
         )
         .unwrap();
         assert!(req.stream && req.include_usage);
-        assert_eq!(req.turn_text, "x");
+        assert_eq!(req.turn_parts, vec!["x"]);
     }
 
     #[test]

@@ -8,14 +8,14 @@
 //! session, and at most `max_concurrent_turns` turns in flight across sessions.
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::store::SessionStore;
-use super::turn::{CancelToken, HistoryRenderer, Turn, TurnEvent, next_turn_id};
+use super::turn::{CancelToken, HistoryRenderer, Turn, TurnEvent, TurnOutput, next_turn_id};
 use super::worker::{ChannelSocket, Worker, WorkerSettings};
 use crate::metrics::{Gauges, METRICS};
 use crate::poll::{Waker, wake_pair};
@@ -83,6 +83,8 @@ pub struct SessionStatus {
     step: Mutex<(&'static str, Instant)>,
     /// Facts for `/v1/sessions`, updated by the worker.
     pub info: Mutex<SessionInfo>,
+    /// Outputs of the session's queued, running and recently finished turns (for retries).
+    recent: Mutex<VecDeque<Arc<TurnOutput>>>,
 }
 
 /// What `/v1/sessions` shows about a session besides its state.
@@ -105,6 +107,7 @@ impl SessionStatus {
             last_active: Mutex::new(Instant::now()),
             step: Mutex::new(("waiting for a turn", Instant::now())),
             info: Mutex::new(SessionInfo::default()),
+            recent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -228,6 +231,19 @@ pub enum SubmitError {
     Internal(String),
 }
 
+/// How long after a turn finished a resent copy of it still gets the finished result.
+const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// What the HTTP side hands over for a new turn.
+pub struct NewTurn {
+    pub content: String,
+    pub received: Instant,
+    pub history: Option<HistoryRenderer>,
+    /// Identifies a resent copy of the same turn (see `http::openclaw::retry_fingerprint`).
+    pub fingerprint: Option<u64>,
+    pub system_prompt: Option<Arc<str>>,
+}
+
 /// A turn handed to a session: the responder reads its events and can cancel it.
 pub struct SubmittedTurn {
     pub id: String,
@@ -277,18 +293,38 @@ impl Registry {
         &self.settings.store
     }
 
-    /// Queues a turn on `key`'s session, starting its worker on first use.
-    pub fn submit(
-        &self,
-        key: &str,
-        content: String,
-        received: Instant,
-        history: Option<HistoryRenderer>,
-    ) -> Result<SubmittedTurn, SubmitError> {
+    /// Queues a turn on `key`'s session, starting its worker on first use. A request whose
+    /// `fingerprint` matches a turn of the session that is queued, running, or finished within
+    /// `RETRY_WINDOW` is the client retrying it: it attaches to that turn instead.
+    pub fn submit(&self, key: &str, request: NewTurn) -> Result<SubmittedTurn, SubmitError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
         let mut sessions = self.sessions.lock().unwrap();
+        if let (Some(fingerprint), Some(handle)) = (request.fingerprint, sessions.get(key)) {
+            let recent = handle.status.recent.lock().unwrap();
+            if let Some(output) = recent
+                .iter()
+                .rev()
+                .find(|o| o.accepts_retry(fingerprint, RETRY_WINDOW))
+            {
+                let (events, flag) = output.subscribe();
+                log::info!(
+                    "session {key:?} {}: the client resent this turn; attached to it instead of sending it again",
+                    output.turn_id
+                );
+                METRICS.retries_attached.inc();
+                handle.status.touch();
+                return Ok(SubmittedTurn {
+                    id: output.turn_id.clone(),
+                    events,
+                    cancel: CancelToken {
+                        flag,
+                        waker: handle.waker.clone(),
+                    },
+                });
+            }
+        }
         // A worker that died (it panicked) is replaced; its queue died with it.
         if sessions.get(key).is_some_and(|h| h.thread.is_finished()) {
             log::error!("session {key:?}: worker had ended unexpectedly; starting a new one");
@@ -316,16 +352,26 @@ impl Registry {
             });
         }
         handle.status.touch();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let cancelled = Arc::new(AtomicBool::new(false));
         let id = next_turn_id();
+        let output = Arc::new(TurnOutput::new(id.clone(), request.fingerprint));
+        let (rx, cancelled) = output.subscribe();
+        {
+            let mut recent = handle.status.recent.lock().unwrap();
+            recent.retain(|o| {
+                !o.has_ended() || o.accepts_retry(o.fingerprint.unwrap_or(0), RETRY_WINDOW)
+            });
+            recent.push_back(output.clone());
+            while recent.len() > self.limits.max_queued_turns + 2 {
+                recent.pop_front();
+            }
+        }
         let turn = Turn {
             id: id.clone(),
-            content,
-            events: tx,
-            cancelled: cancelled.clone(),
-            received,
-            history,
+            content: request.content,
+            output,
+            system_prompt: request.system_prompt,
+            received: request.received,
+            history: request.history,
         };
         if handle.turns.send(turn).is_err() {
             handle.status.queued.fetch_sub(1, Ordering::SeqCst);

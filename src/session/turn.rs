@@ -1,11 +1,16 @@
 //! One user turn as it travels through the bridge: what the HTTP side hands to a session
-//! worker (`Turn`), and what comes back (`TurnEvent`). The channel between them is the only
-//! link between a response and a session; nothing else is shared.
+//! worker (`Turn`), and what comes back (`TurnEvent`s, through the turn's `TurnOutput`).
+//! The output is the only link between responses and a session worker.
+//!
+//! A `TurnOutput` records the turn's events and fans them out to every response that
+//! subscribed: the request that queued the turn, and any retry of it that arrived while it
+//! ran or soon after (OpenClaw resends a turn when it gave up waiting). A subscriber that
+//! joins late first gets everything recorded so far, so each response sees the whole turn.
 
-use crossbeam_channel::Sender;
-use std::sync::Arc;
+use crossbeam_channel::{Receiver, Sender, unbounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::poll::Waker;
 
@@ -19,9 +24,9 @@ pub struct Turn {
     /// of a finished turn can never be taken for the next one's.
     pub id: String,
     pub content: String,
-    pub events: Sender<TurnEvent>,
-    /// Set by the responder when its client went away.
-    pub cancelled: Arc<AtomicBool>,
+    pub output: Arc<TurnOutput>,
+    /// The client's system prompt, when `system_prompt = append`.
+    pub system_prompt: Option<Arc<str>>,
     /// When the HTTP request was parsed (the start of the bridge's own inbound time).
     pub received: Instant,
     pub history: Option<HistoryRenderer>,
@@ -65,6 +70,7 @@ impl FailureKind {
             FailureKind::AgentDied => "agent_died",
             FailureKind::Timeout => "timeout",
             FailureKind::ShuttingDown => "shutting_down",
+            FailureKind::Cancelled => "client_gone",
         }
     }
 }
@@ -80,6 +86,8 @@ pub enum FailureKind {
     Timeout,
     /// The bridge is shutting down (503).
     ShuttingDown,
+    /// Every client of the turn went away before it could run (nobody sees this).
+    Cancelled,
 }
 
 impl TurnFailure {
@@ -88,6 +96,117 @@ impl TurnFailure {
             kind,
             message: message.into(),
         }
+    }
+}
+
+struct Subscriber {
+    events: Sender<TurnEvent>,
+    cancelled: Arc<AtomicBool>,
+}
+
+/// The events of one turn, recorded and fanned out to its subscribers.
+pub struct TurnOutput {
+    pub turn_id: String,
+    /// `retry_fingerprint` of the request that queued it, if it had one.
+    pub fingerprint: Option<u64>,
+    inner: Mutex<OutputState>,
+}
+
+struct OutputState {
+    events: Vec<TurnEvent>,
+    subscribers: Vec<Subscriber>,
+    ended: Option<(Instant, bool)>,
+    /// When the last subscriber cancelled (None while someone still listens).
+    abandoned_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for TurnOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnOutput")
+            .field("turn_id", &self.turn_id)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+impl TurnOutput {
+    pub fn new(turn_id: String, fingerprint: Option<u64>) -> Self {
+        TurnOutput {
+            turn_id,
+            fingerprint,
+            inner: Mutex::new(OutputState {
+                events: Vec::new(),
+                subscribers: Vec::new(),
+                ended: None,
+                abandoned_at: None,
+            }),
+        }
+    }
+
+    /// A new subscriber: gets every event so far, then the rest as they come.
+    pub fn subscribe(&self) -> (Receiver<TurnEvent>, Arc<AtomicBool>) {
+        let (tx, rx) = unbounded();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let mut state = self.inner.lock().unwrap();
+        for event in &state.events {
+            let _ = tx.send(event.clone());
+        }
+        if state.ended.is_none() {
+            state.subscribers.push(Subscriber {
+                events: tx,
+                cancelled: cancelled.clone(),
+            });
+            state.abandoned_at = None;
+        }
+        (rx, cancelled)
+    }
+
+    /// Records an event and sends it to every subscriber still listening.
+    pub fn emit(&self, event: TurnEvent) {
+        let mut state = self.inner.lock().unwrap();
+        match &event {
+            TurnEvent::Done(_) => state.ended = Some((Instant::now(), true)),
+            TurnEvent::Failed(_) => state.ended = Some((Instant::now(), false)),
+            TurnEvent::Text { .. } => {}
+        }
+        state
+            .subscribers
+            .retain(|s| s.events.send(event.clone()).is_ok());
+        state.events.push(event);
+        if state.ended.is_some() {
+            state.subscribers.clear();
+        }
+    }
+
+    /// Since when nobody listens any more (every subscriber cancelled); None while someone does.
+    pub fn abandoned_since(&self) -> Option<Instant> {
+        let mut state = self.inner.lock().unwrap();
+        let listening = state
+            .subscribers
+            .iter()
+            .any(|s| !s.cancelled.load(Ordering::SeqCst));
+        if listening {
+            state.abandoned_at = None;
+        } else if state.abandoned_at.is_none() {
+            state.abandoned_at = Some(Instant::now());
+        }
+        state.abandoned_at
+    }
+
+    /// Whether a retry with `fingerprint` may attach: the same turn, still running, or ended
+    /// well within `window`.
+    pub fn accepts_retry(&self, fingerprint: u64, window: Duration) -> bool {
+        if self.fingerprint != Some(fingerprint) {
+            return false;
+        }
+        match self.inner.lock().unwrap().ended {
+            None => true,
+            Some((at, succeeded)) => succeeded && at.elapsed() < window,
+        }
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.inner.lock().unwrap().ended.is_some()
     }
 }
 

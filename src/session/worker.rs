@@ -35,7 +35,7 @@ use tungstenite::{Message, WebSocket};
 use super::registry::{Control, SessionState, SessionStatus, Slots};
 use super::store::SessionStore;
 use super::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
-use super::workspace::{WorkspaceMode, workspace_for};
+use super::workspace::{WorkspaceMode, path_component, workspace_for};
 use crate::agent::{Agent, AgentLauncher, Launch, Output};
 use crate::metrics::{self, METRICS};
 use crate::poll::{WakeReceiver, wait_readable};
@@ -57,6 +57,8 @@ pub struct WorkerSettings {
     pub process_slots: Slots,
     /// One per turn in flight across all sessions (`max_concurrent_turns`).
     pub turn_slots: Slots,
+    /// How long a turn whose clients all left keeps running for a retry to attach.
+    pub retry_grace: Duration,
 }
 
 /// Longest single wait when nothing is due: the loop re-checks its state at least this often.
@@ -121,6 +123,10 @@ pub struct Worker {
     unfinished: Option<String>,
     /// A control message held back until the frames read before it are handled.
     pending_control: Option<Control>,
+    /// Hash of the client's system prompt the next process should start with
+    /// (`system_prompt = append`), and of the one the running process started with.
+    wanted_prompt: Option<u64>,
+    running_prompt: Option<u64>,
 }
 
 impl Worker {
@@ -166,6 +172,44 @@ impl Worker {
             spawned_before: false,
             unfinished: None,
             pending_control: None,
+            wanted_prompt: None,
+            running_prompt: None,
+        }
+    }
+
+    /// Where this session's copy of the client's system prompt lives.
+    fn prompt_file(&self) -> PathBuf {
+        self.settings
+            .state_dir
+            .join("system-prompts")
+            .join(format!("{}.md", path_component(&self.key)))
+    }
+
+    /// `system_prompt = append`: writes the turn's system prompt for claude and, when it
+    /// differs from the one the running process started with, restarts the process (it
+    /// resumes its conversation) so the new prompt takes effect from this turn on.
+    fn apply_system_prompt(&mut self, prompt: &str) {
+        let hash = prompt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        if self.wanted_prompt != Some(hash) {
+            let file = self.prompt_file();
+            let written = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| super::store::write_atomically(&file, prompt.as_bytes()));
+            if let Err(e) = written {
+                log::error!(
+                    "session {:?}: cannot write the system prompt to {}: {e}; keeping the old one",
+                    self.key,
+                    file.display()
+                );
+                return;
+            }
+            self.wanted_prompt = Some(hash);
+        }
+        if self.agent.is_some() && self.running_prompt != self.wanted_prompt {
+            self.stop_agent("the client's system prompt changed; restarting with --resume");
         }
     }
 
@@ -179,13 +223,13 @@ impl Worker {
     fn fail(&self, turn: &Turn, failure: TurnFailure) {
         metrics::failed(failure.kind.metric_label());
         self.status.info.lock().unwrap().last_error = Some(failure.message.clone());
-        let _ = turn.events.send(TurnEvent::Failed(failure));
+        turn.output.emit(TurnEvent::Failed(failure));
     }
 
     fn finish(&self, turn: &Turn, final_frame_read: Instant) {
         METRICS.turns_completed.inc();
         METRICS.turn_duration.record(turn.received.elapsed());
-        let _ = turn.events.send(TurnEvent::Done(final_frame_read));
+        turn.output.emit(TurnEvent::Done(final_frame_read));
     }
 
     /// The worker's main loop; returns once told to stop (its process is stopped by then).
@@ -270,11 +314,11 @@ impl Worker {
         self.status
             .set_step("waiting for a max_concurrent_turns slot");
         while !self.settings.turn_slots.try_acquire() {
-            if turn.cancelled.load(Ordering::SeqCst) || self.stop_deadline.is_some() {
+            if turn.output.abandoned_since().is_some() || self.stop_deadline.is_some() {
                 return self.fail(
                     &turn,
                     TurnFailure::new(
-                        FailureKind::ShuttingDown,
+                        FailureKind::Cancelled,
                         "cancelled while waiting for a turn slot",
                     ),
                 );
@@ -296,13 +340,23 @@ impl Worker {
     }
 
     fn run_turn_with_slot(&mut self, turn: &mut Turn, turn_deadline: Instant) {
-        if turn.cancelled.load(Ordering::SeqCst) {
+        if turn.output.abandoned_since().is_some() {
             log::info!(
                 "session {:?} {}: client left before the turn started; skipped",
                 self.key,
                 turn.id
             );
+            self.fail(
+                turn,
+                TurnFailure::new(
+                    FailureKind::Cancelled,
+                    "every client left before the turn started",
+                ),
+            );
             return;
+        }
+        if let Some(prompt) = turn.system_prompt.take() {
+            self.apply_system_prompt(&prompt);
         }
         let warm = self.agent.is_some() && self.ws.is_some();
         if let Err(failure) =
@@ -413,7 +467,12 @@ impl Worker {
     fn forward_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
         let mut replied = false;
         loop {
-            if turn.cancelled.load(Ordering::SeqCst) {
+            // Every client left. Unless another turn waits, give a retry of this one
+            // `retry_grace` to attach before interrupting claude.
+            let abandoned = turn.output.abandoned_since();
+            if let Some(since) = abandoned
+                && (!self.turns.is_empty() || since.elapsed() >= self.settings.retry_grace)
+            {
                 log::info!(
                     "session {:?} {}: client disconnected; interrupting claude",
                     self.key,
@@ -422,11 +481,21 @@ impl Worker {
                 if let Some(agent) = self.agent.as_mut() {
                     let _ = agent.interrupt();
                 }
+                self.fail(
+                    turn,
+                    TurnFailure::new(
+                        FailureKind::Cancelled,
+                        "every client left; claude was interrupted",
+                    ),
+                );
                 return false;
             }
-            let deadline = self
+            let mut deadline = self
                 .stop_deadline
                 .map_or(turn_deadline, |d| d.min(turn_deadline));
+            if let Some(since) = abandoned {
+                deadline = deadline.min(since + self.settings.retry_grace);
+            }
             match self.wait(deadline) {
                 Event::Frame(ChannelFrame::Reply {
                     turn: id,
@@ -434,7 +503,7 @@ impl Worker {
                     is_final,
                 }) if id == turn.id => {
                     replied = true;
-                    let _ = turn.events.send(TurnEvent::Text { text, is_final });
+                    turn.output.emit(TurnEvent::Text { text, is_final });
                     if is_final {
                         self.finish(turn, Instant::now());
                         return true;
@@ -478,7 +547,7 @@ impl Worker {
                             self.key,
                             turn.id
                         );
-                        let _ = turn.events.send(TurnEvent::Text {
+                        turn.output.emit(TurnEvent::Text {
                             text,
                             is_final: true,
                         });
@@ -639,12 +708,17 @@ impl Worker {
             );
             self.restore_history = true;
         }
+        let prompt_file = self.prompt_file();
         let launch = Launch {
             session_key: &self.key,
             claude_session: &self.claude_session,
             resume,
             spawn_id: &spawn_id,
             workspace: &self.workspace,
+            append_system_prompt_file: self
+                .wanted_prompt
+                .is_some()
+                .then_some(prompt_file.as_path()),
         };
         let program = self
             .settings
@@ -671,6 +745,7 @@ impl Worker {
             if resume { "--resume" } else { "--session-id" },
             self.claude_session
         );
+        self.running_prompt = self.wanted_prompt;
         METRICS.spawns.inc();
         if self.spawned_before {
             METRICS.respawns.inc();

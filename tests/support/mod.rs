@@ -120,6 +120,11 @@ impl BridgeBuilder {
         self.args.push(value.into());
         self
     }
+    /// A flag without a value (`--demo`-style booleans).
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.into());
+        self
+    }
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
