@@ -145,6 +145,16 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "POLICY",
         "ignore the client's system prompt, or append it to Claude's (default ignore)",
     ),
+    (
+        "insecure_public",
+        "BOOL",
+        "allow binding a non-loopback host without an api_key (default false)",
+    ),
+    (
+        "allow_bypass_permissions",
+        "BOOL",
+        "allow permission_mode bypassPermissions (default false)",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -177,6 +187,8 @@ pub struct Config {
     pub retry_grace: Duration,
     pub strip_openclaw_context: bool,
     pub system_prompt: SystemPromptPolicy,
+    pub insecure_public: bool,
+    pub allow_bypass_permissions: bool,
 }
 
 /// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
@@ -219,6 +231,8 @@ impl Default for Config {
             retry_grace: Duration::from_secs(10),
             strip_openclaw_context: false,
             system_prompt: SystemPromptPolicy::Ignore,
+            insecure_public: false,
+            allow_bypass_permissions: false,
         }
     }
 }
@@ -389,6 +403,8 @@ impl Config {
             "max_concurrent_turns" => self.max_concurrent_turns = Some(parse_num(value)?),
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,
+            "insecure_public" => self.insecure_public = parse_bool(value)?,
+            "allow_bypass_permissions" => self.allow_bypass_permissions = parse_bool(value)?,
             "strip_openclaw_context" => self.strip_openclaw_context = parse_bool(value)?,
             "system_prompt" => {
                 self.system_prompt = match value {
@@ -407,6 +423,23 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let loopback = matches!(self.host.as_str(), "localhost" | "::1")
+            || self
+                .host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && self.api_key.is_none() && !self.insecure_public {
+            return Err(format!(
+                "host {} is reachable from other machines and no api_key is set: set api_key (SYNTHESIS_API_KEY), bind 127.0.0.1, or pass --insecure-public",
+                self.host
+            ));
+        }
+        if self.permission_mode == "bypassPermissions" && !self.allow_bypass_permissions {
+            return Err(
+                "permission_mode bypassPermissions lets Claude run any command without asking; set allow_bypass_permissions = true to use it"
+                    .into(),
+            );
+        }
         let positive = [
             ("heartbeat_interval", self.heartbeat_interval),
             ("ready_timeout", self.ready_timeout),
@@ -603,6 +636,31 @@ mod tests {
             run(&["--permission-mode", "yolo"], &[])
                 .unwrap_err()
                 .contains("not one of")
+        );
+    }
+
+    #[test]
+    fn public_binding_needs_a_key_and_bypass_needs_consent() {
+        let err = run(&["--host", "0.0.0.0"], &[]).unwrap_err();
+        assert!(
+            err.contains("api_key") && err.contains("--insecure-public"),
+            "{err}"
+        );
+        assert!(run(&["--host", "0.0.0.0", "--api-key", "k"], &[]).is_ok());
+        assert!(run(&["--host", "0.0.0.0", "--insecure-public"], &[]).is_ok());
+        assert!(run(&["--host", "127.0.0.2"], &[]).is_ok());
+        let err = run(&["--permission-mode", "bypassPermissions"], &[]).unwrap_err();
+        assert!(err.contains("allow_bypass_permissions"), "{err}");
+        assert!(
+            run(
+                &[
+                    "--permission-mode",
+                    "bypassPermissions",
+                    "--allow-bypass-permissions"
+                ],
+                &[]
+            )
+            .is_ok()
         );
     }
 

@@ -11,9 +11,13 @@ use std::collections::BTreeMap;
 /// Path the bridge's WebSocket hub listens on.
 pub const WS_PATH: &str = "/bridge";
 
-/// Largest WebSocket message either side accepts (a reply is text Claude wrote; 4 MiB is
-/// far above any real reply and keeps a runaway peer from exhausting memory).
-pub const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Largest turn text the bridge pushes (2 MiB: far more than Claude's context holds).
+pub const MAX_TURN_BYTES: usize = 2 << 20;
+
+/// Largest WebSocket message (and MCP line) either side accepts: a `MAX_TURN_BYTES` turn
+/// stays under it even if JSON escaping grows every byte sixfold (`\u0001`), and a runaway
+/// peer cannot exhaust memory.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// Environment variables the bridge sets on every spawned `claude`; the channel server and
 /// the Stop hook inherit them from claude.

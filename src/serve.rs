@@ -27,6 +27,8 @@ use crate::session::worker::WorkerSettings;
 
 /// Conversations remembered for matching clients that send no id (a few hundred bytes each).
 const CONTINUATIONS_REMEMBERED: usize = 100_000;
+/// How long a write to an HTTP client may block (a client that stopped reading).
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM → SIGKILL grace for one claude process (it exits in ~0.1 s on SIGTERM).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -90,8 +92,12 @@ fn serve(config: Config) -> Result<(), String> {
         )
     })?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
-    let server = tiny_http::Server::http((config.host.as_str(), config.port))
+    let http_listener = TcpListener::bind((config.host.as_str(), config.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    set_send_timeout(&http_listener, CLIENT_WRITE_TIMEOUT)
+        .map_err(|e| format!("cannot set a send timeout: {e}"))?;
+    let server = tiny_http::Server::from_listener(http_listener, None)
+        .map_err(|e| format!("cannot serve on {}:{}: {e}", config.host, config.port))?;
     let http_addr = server
         .server_addr()
         .to_ip()
@@ -238,6 +244,33 @@ fn spawn_sweeper(
             }
         })?;
     Ok((stop_tx, thread))
+}
+
+/// Sets SO_SNDTIMEO on the listener; Linux copies it to every accepted connection, so a
+/// client that stops reading fails our writes after `limit` instead of holding a responder
+/// thread forever. (SO_RCVTIMEO cannot be set the same way: it would also time out the
+/// listener's own accept, which ends tiny_http's accept loop.)
+fn set_send_timeout(listener: &TcpListener, limit: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized timeval on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Resolves a program name the way a shell would (a path is taken as is).

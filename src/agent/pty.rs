@@ -120,6 +120,17 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+impl Drop for PtyChild {
+    /// A child still running when its handle goes away (a panicking worker) is killed with
+    /// its process group and reaped, so nothing outlives its owner.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_group(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl PtyChild {
     pub fn pid(&self) -> u32 {
         self.child.id()

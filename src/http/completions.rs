@@ -19,6 +19,7 @@ use super::sse::SseStream;
 use super::{HttpContext, respond_error};
 use crate::config::SystemPromptPolicy;
 use crate::metrics::{self, METRICS};
+use crate::protocol::MAX_TURN_BYTES;
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
@@ -26,6 +27,24 @@ use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.to_string());
+    if let Some(content_type) = content_type
+        && !content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+    {
+        let message =
+            format!("Content-Type is {content_type:?}; send the request body as application/json");
+        return respond_error(
+            request,
+            &ApiError::new(415, "unsupported_media_type", message),
+        );
+    }
     let body = match read_body(&mut request, ctx.max_body_bytes) {
         Ok(body) => body,
         Err(error) => return respond_error(request, &error),
@@ -81,12 +100,20 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
         return respond_error(request, &ApiError::bad_request(message));
     }
+    let content = parts.join("\n\n");
+    if content.len() > MAX_TURN_BYTES {
+        let message = format!(
+            "the new turn's text is {} bytes; the bridge passes at most {MAX_TURN_BYTES} bytes to Claude in one turn",
+            content.len()
+        );
+        return respond_error(request, &ApiError::new(413, "turn_too_large", message));
+    }
     let history: HistoryRenderer = Box::new(move || {
         let messages = value.get("messages")?.as_array()?;
         render_history(messages, MAX_RESTORED_HISTORY_BYTES)
     });
     let new_turn = NewTurn {
-        content: parts.join("\n\n"),
+        content,
         received,
         history: Some(history),
         fingerprint,

@@ -15,7 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::store::SessionStore;
-use super::turn::{CancelToken, HistoryRenderer, Turn, TurnEvent, TurnOutput, next_turn_id};
+use super::turn::{
+    CancelToken, FailureKind, HistoryRenderer, Turn, TurnEvent, TurnFailure, TurnOutput,
+    next_turn_id,
+};
 use super::worker::{ChannelSocket, Worker, WorkerSettings};
 use crate::metrics::{Gauges, METRICS};
 use crate::poll::{Waker, wake_pair};
@@ -251,6 +254,30 @@ pub struct SubmittedTurn {
     pub cancel: CancelToken,
 }
 
+/// After a worker panicked (its claude was killed when the worker's state unwound): fail
+/// every turn of the session still waiting for an answer and give back the slots it held,
+/// so its clients get an error and other sessions are not starved. The next turn for the key
+/// starts a new worker.
+fn recover_from_panic(key: &str, status: &SessionStatus, settings: &WorkerSettings) {
+    log::error!("session {key:?}: worker panicked; its turns fail, other sessions are unaffected");
+    if status.pid.swap(0, Ordering::SeqCst) != 0 {
+        settings.process_slots.release();
+    }
+    if matches!(status.state(), SessionState::Starting | SessionState::Busy) {
+        settings.turn_slots.release();
+    }
+    status.set_state(SessionState::Absent);
+    for output in status.recent.lock().unwrap().iter() {
+        if !output.has_ended() {
+            let message = "the session's worker crashed (the bridge log has the details); retry";
+            output.emit(TurnEvent::Failed(TurnFailure::new(
+                FailureKind::AgentDied,
+                message,
+            )));
+        }
+    }
+}
+
 /// One session as `/v1/sessions` and the thread report show it.
 #[derive(Debug, Clone)]
 pub struct SessionSnapshot {
@@ -436,7 +463,17 @@ impl Registry {
         let thread = std::thread::Builder::new()
             .name(format!("session:{key}"))
             .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || worker.run())
+            .spawn({
+                let (key, status, settings) =
+                    (key.to_string(), status.clone(), self.settings.clone());
+                move || {
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                    if outcome.is_err() {
+                        recover_from_panic(&key, &status, &settings);
+                    }
+                }
+            })
             .map_err(|e| format!("cannot start a session thread: {e}"))?;
         Ok(SessionHandle {
             turns: turns_tx,

@@ -355,6 +355,14 @@ impl Worker {
             );
             return;
         }
+        if let Some(needle) = fault_panic_needle()
+            && turn.content.contains(needle)
+        {
+            panic!(
+                "fault injection: turn {} contains {needle:?} (SYNTHESIS_FAULT_PANIC_ON)",
+                turn.id
+            );
+        }
         if let Some(prompt) = turn.system_prompt.take() {
             self.apply_system_prompt(&prompt);
         }
@@ -1010,6 +1018,19 @@ impl Worker {
             self.status.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Fault injection for the panic-safety test: a worker panics on a turn containing the text in
+/// `SYNTHESIS_FAULT_PANIC_ON`. Unset (the normal case), nothing happens.
+fn fault_panic_needle() -> Option<&'static str> {
+    static NEEDLE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NEEDLE
+        .get_or_init(|| {
+            std::env::var("SYNTHESIS_FAULT_PANIC_ON")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .as_deref()
 }
 
 fn reject_socket(mut ws: Box<ChannelSocket>, spawn_id: &str, why: &str) {

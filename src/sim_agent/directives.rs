@@ -6,7 +6,7 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N` or `hang`. Later items win
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang` or `stray`. Later items win
 //! for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -26,6 +26,9 @@ pub struct Directives {
     pub exit: Option<u8>,
     /// Do nothing until interrupted or killed.
     pub hang: bool,
+    /// First send a reply for a turn that is not running (`turn-0`), as a confused or late
+    /// Claude might: the bridge must drop it.
+    pub stray: bool,
 }
 
 /// Largest `progress` honoured (a typo must not turn into a million tool calls).
@@ -41,6 +44,8 @@ pub enum Step {
     },
     /// Wait until interrupted.
     Hang,
+    /// A (progress) reply tagged with a turn id that is not running.
+    StrayReply,
 }
 
 impl Directives {
@@ -84,6 +89,7 @@ impl Directives {
             ("no_reply", None) => self.no_reply = true,
             ("no_final", None) => self.no_final = true,
             ("hang", None) => self.hang = true,
+            ("stray", None) => self.stray = true,
             _ => return Err(format!("unknown directive `{item}`")),
         }
         Ok(())
@@ -96,6 +102,9 @@ impl Directives {
         }
         let delay = Duration::from_millis(self.delay_ms);
         let mut steps = Vec::new();
+        if self.stray {
+            steps.push(Step::StrayReply);
+        }
         let mut reply = |text: String, is_final: bool| {
             if !delay.is_zero() {
                 steps.push(Step::Sleep(delay));

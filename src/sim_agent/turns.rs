@@ -182,6 +182,11 @@ impl Conversation<'_> {
                     self.set_wait(Wait::Permission { text, is_final })
                 }
                 Some(Step::Reply { text, is_final }) => self.call_reply(text, is_final),
+                Some(Step::StrayReply) => self.call_reply_for(
+                    Some("turn-0".to_string()),
+                    "a reply for a turn that is not running".to_string(),
+                    false,
+                ),
             };
             if ending.is_some() {
                 return ending;
@@ -237,6 +242,17 @@ impl Conversation<'_> {
 
     fn call_reply(&mut self, text: String, is_final: bool) -> Option<Ending> {
         let turn_id = self.current.as_ref()?.turn_id.clone();
+        self.call_reply_for(turn_id, text, is_final)
+    }
+
+    /// Calls `reply` tagged with `turn_id` (normally the running turn's).
+    fn call_reply_for(
+        &mut self,
+        turn_id: Option<String>,
+        text: String,
+        is_final: bool,
+    ) -> Option<Ending> {
+        self.current.as_ref()?;
         if self.mcp.is_none() {
             self.screen
                 .line("  ⎿  Error: the channel's MCP server is not connected; reply not sent");
