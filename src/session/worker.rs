@@ -280,7 +280,12 @@ impl Worker {
                 }
             }
             Event::Control(Control::Attach { ws, spawn_id }) => {
-                reject_socket(ws, &spawn_id, "no spawn waiting")
+                let why = if self.ws.is_some() {
+                    "session already attached"
+                } else {
+                    "no spawn waiting"
+                };
+                reject_socket(ws, &spawn_id, why)
             }
             Event::Control(Control::TurnEnd { .. }) => self.unfinished = None,
             Event::Frame(frame) => log::debug!(

@@ -357,7 +357,7 @@ pub fn read_response(
             let mut size_line = String::new();
             reader.read_line(&mut size_line).unwrap();
             let size = usize::from_str_radix(size_line.trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+                .unwrap_or_else(|_| panic!("bad chunk size {size_line:?} (status {status}, headers {headers:?}, body so far {:?})", String::from_utf8_lossy(&body)));
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).unwrap();
             assert_eq!(&chunk[size..], b"\r\n", "chunk not terminated by CRLF");
