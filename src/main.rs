@@ -14,6 +14,8 @@ mod logging;
 mod metrics;
 mod poll;
 mod protocol;
+#[cfg(test)]
+mod robustness;
 mod serve;
 mod session;
 mod sim_agent;

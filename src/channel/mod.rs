@@ -14,7 +14,7 @@
 
 pub(crate) mod bridge;
 pub(crate) mod lines;
-mod mcp;
+pub(crate) mod mcp;
 
 use crate::poll::wait_readable;
 use crate::protocol::{self, BridgeFrame, ChannelFrame, env};
