@@ -321,3 +321,117 @@ fn sigkill_of_the_bridge_leaves_no_child_within_two_seconds() {
     });
     assert!(gone.is_some(), "left behind: {:?}", bridge.descendants());
 }
+
+#[test]
+fn a_lost_transcript_starts_a_new_conversation_that_carries_the_clients_history() {
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let mut first = Bridge::demo().marker(&marker).start();
+    assert_eq!(
+        streamed_text(&stream_chat(first.http, "k", "my name is Ada").1),
+        "my name is Ada"
+    );
+    assert_eq!(first.stop(), Some(0));
+    let old_uuid = session_map(&first)["sessions"]["k"]["claude_session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Claude's transcripts are gone (a wiped config dir, another host...).
+    std::fs::remove_dir_all(first.dir.path().join("home/.claude/projects")).unwrap();
+    let dir = std::mem::replace(&mut first.dir, TempDir::new("unused"));
+    let second = Bridge::demo().marker(&marker).dir(dir).start();
+    let body = serde_json::json!({"stream": true, "messages": [
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "my name is Ada"},
+        {"role": "user", "content": "what is my name?"},
+    ]});
+    let r = request(
+        second.http,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Session-Key", "k")],
+        &body.to_string(),
+    );
+    let text: String = r
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(|c| c.as_str())
+                .map(String::from)
+        })
+        .collect();
+    assert!(
+        text.contains("restored by the bridge") && text.contains("User: my name is Ada"),
+        "{text}"
+    );
+    assert!(text.ends_with("what is my name?"), "{text}");
+    let new_uuid = session_map(&second)["sessions"]["k"]["claude_session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        new_uuid, old_uuid,
+        "a new Claude conversation, recorded in the map"
+    );
+    assert!(
+        second.log().contains("transcript of conversation") && second.log().contains("is missing")
+    );
+}
+
+#[test]
+fn a_full_session_queue_gets_429_and_a_turn_limit_holds_turns_back() {
+    let bridge = Bridge::demo()
+        .arg("--max-queued-turns", "2")
+        .arg("--max-concurrent-turns", "1")
+        .start();
+    let first = stream_chat_in_background(bridge.http, "q", "one [sim:delay_ms=800]");
+    assert!(bridge.wait_for_log("session \"q\" turn-1: queued", WAIT));
+    let second = stream_chat_in_background(bridge.http, "q", "two");
+    assert!(bridge.wait_for_log("session \"q\" turn-2: queued", WAIT));
+    let r = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Session-Key", "q")],
+        &chat_body("three", true),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "session_queue_full");
+    // Another session's turn waits for the single turn slot instead of running alongside.
+    let started = Instant::now();
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "other", "later").1),
+        "later"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "held back by max_concurrent_turns"
+    );
+    assert_eq!(
+        streamed_text(&first.join().unwrap().1),
+        "one [sim:delay_ms=800]"
+    );
+    assert_eq!(streamed_text(&second.join().unwrap().1), "two");
+}
+
+#[test]
+fn per_session_workspaces_keep_sessions_apart_under_the_state_dir() {
+    let bridge = Bridge::demo()
+        .arg("--workspace-mode", "per_session")
+        .start();
+    for key in ["agent:main:a", "../../escape"] {
+        assert_eq!(streamed_text(&stream_chat(bridge.http, key, "x").1), "x");
+    }
+    let workspaces = bridge.dir.path().join("state/workspaces");
+    for key in ["agent:main:a", "../../escape"] {
+        let pid = agent_pids(&bridge.marker, key)[0];
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+        assert_eq!(
+            cwd.parent(),
+            Some(workspaces.canonicalize().unwrap().as_path()),
+            "{key}: {cwd:?}"
+        );
+    }
+}
