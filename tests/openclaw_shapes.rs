@@ -44,38 +44,7 @@ fn post(
     key: &str,
     body: &Value,
 ) -> (HttpResponse, Vec<(std::time::Instant, String)>) {
-    post_to(bridge.http, key, body)
-}
-
-fn post_to(
-    addr: std::net::SocketAddr,
-    key: &str,
-    body: &Value,
-) -> (HttpResponse, Vec<(std::time::Instant, String)>) {
-    let request = build_request(
-        "POST",
-        "/v1/chat/completions",
-        &[("X-Session-Key", key)],
-        &body.to_string(),
-    );
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut events = Vec::new();
-    let mut pending = String::new();
-    let response = read_response(&mut reader, |chunk| {
-        pending.push_str(&String::from_utf8_lossy(chunk));
-        while let Some(end) = pending.find("\n\n") {
-            let event: String = pending.drain(..end + 2).collect();
-            if let Some(data) = event.trim_end().strip_prefix("data: ") {
-                events.push((std::time::Instant::now(), data.to_string()));
-            }
-        }
-    });
-    (response, events)
+    stream_body(bridge.http, key, &body.to_string())
 }
 
 fn turns_sent(bridge: &Bridge, key: &str) -> usize {
@@ -92,7 +61,7 @@ fn a_retry_of_the_running_turn_attaches_to_it_and_claude_sees_the_turn_once() {
     let (original, retry) = original_and_retry("do it [sim:delay_ms=800]");
     let first = {
         let (http, body) = (bridge.http, original.clone());
-        std::thread::spawn(move || post_to(http, "r", &body))
+        std::thread::spawn(move || stream_body(http, "r", &body.to_string()))
     };
     assert!(wait_until(WAIT, || (turns_sent(&bridge, "r") == 1).then_some(())).is_some());
     let (_, retried) = post(&bridge, "r", &retry);

@@ -104,23 +104,20 @@ impl BridgeLink {
 
     /// Queues `frame` and writes as much as the socket takes now.
     pub fn send(&mut self, frame: &ChannelFrame) -> Result<(), String> {
-        match self.ws.send(Message::text(frame.to_json())) {
-            Ok(()) => {
-                self.pending = false;
-                Ok(())
-            }
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Stored in tungstenite's write buffer; `flush_pending` finishes it.
-                self.pending = true;
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        let result = self.ws.send(Message::text(frame.to_json()));
+        self.note_write(result)
     }
 
     /// Writes whatever earlier sends (or automatic pongs) left queued.
     pub fn flush_pending(&mut self) -> Result<(), String> {
-        match self.ws.flush() {
+        let result = self.ws.flush();
+        self.note_write(result)
+    }
+
+    /// A write the socket did not take at once stays in tungstenite's buffer (`pending`);
+    /// `flush_pending` finishes it later.
+    fn note_write(&mut self, result: Result<(), WsError>) -> Result<(), String> {
+        match result {
             Ok(()) => {
                 self.pending = false;
                 Ok(())

@@ -399,7 +399,15 @@ pub fn stream_chat(
     session: &str,
     text: &str,
 ) -> (HttpResponse, Vec<(Instant, String)>) {
-    let body = chat_body(text, true);
+    stream_body(addr, session, &chat_body(text, true))
+}
+
+/// Posts any JSON body to /v1/chat/completions for `session` and collects its SSE events.
+pub fn stream_body(
+    addr: SocketAddr,
+    session: &str,
+    body: &str,
+) -> (HttpResponse, Vec<(Instant, String)>) {
     let req = build_request(
         "POST",
         "/v1/chat/completions",
@@ -407,7 +415,7 @@ pub fn stream_chat(
             ("X-Session-Key", session),
             ("Content-Type", "application/json"),
         ],
-        &body,
+        body,
     );
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
