@@ -94,8 +94,8 @@ fn serve(config: Config) -> Result<(), String> {
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let http_listener = TcpListener::bind((config.host.as_str(), config.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    set_send_timeout(&http_listener, CLIENT_WRITE_TIMEOUT)
-        .map_err(|e| format!("cannot set a send timeout: {e}"))?;
+    tune_http_listener(&http_listener, CLIENT_WRITE_TIMEOUT)
+        .map_err(|e| format!("cannot set socket options on the HTTP listener: {e}"))?;
     let server = tiny_http::Server::from_listener(http_listener, None)
         .map_err(|e| format!("cannot serve on {}:{}: {e}", config.host, config.port))?;
     let http_addr = server
@@ -246,31 +246,43 @@ fn spawn_sweeper(
     Ok((stop_tx, thread))
 }
 
-/// Sets SO_SNDTIMEO on the listener; Linux copies it to every accepted connection, so a
-/// client that stops reading fails our writes after `limit` instead of holding a responder
-/// thread forever. (SO_RCVTIMEO cannot be set the same way: it would also time out the
-/// listener's own accept, which ends tiny_http's accept loop.)
-fn set_send_timeout(listener: &TcpListener, limit: Duration) -> std::io::Result<()> {
+/// Socket options for every HTTP connection, set on the listener because Linux copies them
+/// to each accepted socket (tiny_http gives no access to its connections):
+/// - TCP_NODELAY: each SSE event is flushed on its own; without it Nagle's algorithm holds a
+///   small write until the previous one is acknowledged, and the client's delayed ACK makes
+///   that 40 ms per turn.
+/// - SO_SNDTIMEO: a client that stops reading fails our writes after `write_timeout` instead
+///   of holding a responder thread forever. (SO_RCVTIMEO cannot be set the same way: it would
+///   also time out the listener's own accept, which ends tiny_http's accept loop.)
+fn tune_http_listener(listener: &TcpListener, write_timeout: Duration) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: *const libc::c_void, len: usize| {
+        // SAFETY: setsockopt on a socket we own with a pointer to a value of `len` bytes.
+        let rc = unsafe { libc::setsockopt(fd, level, name, value, len as libc::socklen_t) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let one: libc::c_int = 1;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        (&one as *const libc::c_int).cast(),
+        size_of::<libc::c_int>(),
+    )?;
     let tv = libc::timeval {
-        tv_sec: limit.as_secs() as libc::time_t,
+        tv_sec: write_timeout.as_secs() as libc::time_t,
         tv_usec: 0,
     };
-    // SAFETY: setsockopt with a correctly sized timeval on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    set(
+        libc::SOL_SOCKET,
+        libc::SO_SNDTIMEO,
+        (&tv as *const libc::timeval).cast(),
+        size_of::<libc::timeval>(),
+    )
 }
 
 /// Resolves a program name the way a shell would (a path is taken as is).
