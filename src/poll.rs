@@ -3,11 +3,11 @@
 //!
 //! This is how a synchronous thread serves more than one source without a thread per
 //! source: a session worker waits on its PTY, its WebSocket and its waker together; the
-//! channel server waits on stdin and its WebSocket. Every wait takes a timeout, so no
-//! caller can block forever.
+//! channel server waits on stdin and its WebSocket; a pidfd makes a process's exit one more
+//! descriptor to wait on. Every wait takes a timeout, so no caller can block forever.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +60,16 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
             hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
         })
         .collect())
+}
+
+/// A pidfd for `pid` (Linux ≥ 5.3): it becomes readable when the process exits, so a
+/// process's end can be waited for with `wait_readable`, together with other descriptors.
+/// None on kernels without pidfds (callers then poll `try_wait`).
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: as above.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The waking end of a wake-up pair. Cheap to clone; `wake` never blocks (a full buffer

@@ -70,7 +70,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<PtyChild> {
         });
     }
     let child = command.spawn()?;
-    let pidfd = pidfd_open(child.id());
+    let pidfd = crate::poll::pidfd_open(child.id());
     Ok(PtyChild {
         master,
         child,
@@ -112,12 +112,6 @@ fn open_pty() -> io::Result<(File, File)> {
         libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
     Ok((master, slave))
-}
-
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 impl Drop for PtyChild {

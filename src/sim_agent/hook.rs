@@ -10,6 +10,7 @@ use super::signals::Signals;
 use crate::poll::wait_readable;
 use serde_json::Value;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -100,6 +101,8 @@ pub fn run(
         log::warn!("could not start the hook stdin writer: {e}");
     }
     let deadline = Instant::now() + hook.timeout;
+    // Woken by the hook's exit (pidfd) or a signal; without pidfds, look again every 10 ms.
+    let exited = crate::poll::pidfd_open(child.id());
     let outcome = loop {
         match child.try_wait() {
             Ok(Some(status)) => return Outcome::Exited(status),
@@ -109,7 +112,15 @@ pub fn run(
         if Instant::now() >= deadline {
             break Outcome::TimedOut;
         }
-        let _ = wait_readable(&[signals.fd()], Some(Duration::from_millis(10)));
+        let left = deadline.saturating_duration_since(Instant::now());
+        match &exited {
+            Some(pidfd) => {
+                let _ = wait_readable(&[pidfd.as_raw_fd(), signals.fd()], Some(left));
+            }
+            None => {
+                let _ = wait_readable(&[signals.fd()], Some(left.min(Duration::from_millis(10))));
+            }
+        }
         if signals.received().is_some() {
             break Outcome::Interrupted;
         }
