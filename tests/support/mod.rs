@@ -3,6 +3,8 @@
 //! assert), and make sure every process a test started is gone when it ends, even on panic.
 #![allow(dead_code)]
 
+pub mod fake_anthropic;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -57,6 +59,16 @@ pub struct BridgeBuilder {
 }
 
 impl Bridge {
+    /// A bridge in front of a real `claude` binary (see tests/real_claude.rs).
+    pub fn real(claude: &str) -> BridgeBuilder {
+        BridgeBuilder {
+            args: vec!["--claude-bin".into(), claude.into()],
+            env: vec![],
+            dir: None,
+            marker: None,
+        }
+    }
+
     /// A demo bridge (simulated Claude) with fast test timings.
     pub fn demo() -> BridgeBuilder {
         BridgeBuilder {

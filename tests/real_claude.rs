@@ -1,0 +1,146 @@
+//! The bridge in front of the REAL Claude Code binary, fully offline: a fake Anthropic API
+//! on loopback (tests/support/fake_anthropic.rs) and an isolated, pre-seeded config dir
+//! (DESIGN.md §5). Two streamed turns, then a bridge restart and a third turn that must
+//! resume the same Claude conversation.
+//!
+//! Needs `SYNTHESIS_REAL_CLAUDE=<path to claude>` (`.ci/run` sets it from
+//! `scripts/install-claude.sh`); without it the test says SKIPPED on stderr and passes.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use support::fake_anthropic::FakeAnthropic;
+use support::*;
+
+const FAKE_KEY: &str = "sk-ant-fake-0123456789abcdefghijKLMNOPQRSTUVWXYZ";
+
+fn real_claude() -> Option<String> {
+    match std::env::var("SYNTHESIS_REAL_CLAUDE") {
+        Ok(path) if Path::new(&path).is_file() => Some(path),
+        _ => {
+            eprintln!(
+                "SKIPPED: real Claude Code not installed (run scripts/install-claude.sh and set SYNTHESIS_REAL_CLAUDE)"
+            );
+            None
+        }
+    }
+}
+
+/// What a user would have after logging in, onboarding and trusting the workspace once.
+fn seed_config(dir: &TempDir) {
+    let workspace = dir.path().join("workspace");
+    let config = dir.path().join("home/.claude");
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::create_dir_all(&config).unwrap();
+    let workspace = workspace.canonicalize().unwrap();
+    let seed = json!({
+        "numStartups": 1,
+        "hasCompletedOnboarding": true,
+        "lastOnboardingVersion": "2.1.331",
+        "projects": {workspace.to_str().unwrap(): {"hasTrustDialogAccepted": true, "allowedTools": [], "hasCompletedProjectOnboarding": true}},
+        "customApiKeyResponses": {"approved": [&FAKE_KEY[FAKE_KEY.len() - 20..]], "rejected": []},
+        "cachedGrowthBookFeatures": {"tengu_harbor": true},
+    });
+    std::fs::write(
+        config.join(".claude.json"),
+        serde_json::to_vec_pretty(&seed).unwrap(),
+    )
+    .unwrap();
+}
+
+fn start(claude: &str, api: &FakeAnthropic, dir: TempDir, marker: &str) -> Bridge {
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    Bridge::real(claude)
+        .dir(dir)
+        .marker(marker)
+        .arg("--workspace", workspace.to_str().unwrap())
+        .arg("--ready-timeout", "60s")
+        .arg("--heartbeat-interval", "5s")
+        .env("ANTHROPIC_BASE_URL", &format!("http://{}", api.addr))
+        .env("ANTHROPIC_API_KEY", FAKE_KEY)
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
+        .start()
+}
+
+fn all_text(request: &Value) -> String {
+    request["messages"].to_string()
+}
+
+#[test]
+fn two_turns_then_a_restart_resumes_the_same_conversation() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude");
+    seed_config(&dir);
+    let mut bridge = start(&claude, &api, dir, &marker);
+
+    let (_, events) = stream_chat(bridge.http, "real", "first question alpha");
+    assert_eq!(
+        streamed_text(&events),
+        "reply to: first question alpha",
+        "log:\n{}",
+        bridge.log()
+    );
+    let (_, events) = stream_chat(bridge.http, "real", "second question beta");
+    assert_eq!(
+        streamed_text(&events),
+        "reply to: second question beta",
+        "log:\n{}",
+        bridge.log()
+    );
+    assert_eq!(
+        bridge.log().matches("spawned pid").count(),
+        1,
+        "both turns went to one claude"
+    );
+
+    assert_eq!(bridge.stop(), Some(0));
+    assert!(
+        wait_until(Duration::from_secs(10), || bridge
+            .descendants()
+            .is_empty()
+            .then_some(()))
+        .is_some()
+    );
+    let uuid = {
+        let map: Value = serde_json::from_slice(
+            &std::fs::read(bridge.dir.path().join("state/sessions.json")).unwrap(),
+        )
+        .unwrap();
+        map["sessions"]["real"]["claude_session"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let dir = std::mem::replace(&mut bridge.dir, TempDir::new("unused"));
+    let before = api.requests().len();
+    let second = start(&claude, &api, dir, &marker);
+    let (_, events) = stream_chat(second.http, "real", "third question gamma");
+    assert_eq!(
+        streamed_text(&events),
+        "reply to: third question gamma",
+        "log:\n{}",
+        second.log()
+    );
+    assert!(
+        second.log().contains(&format!("--resume {uuid}")),
+        "log:\n{}",
+        second.log()
+    );
+    // The model request for the third turn carries the earlier turns: Claude resumed.
+    let third = api.requests()[before..]
+        .iter()
+        .find(|r| all_text(r).contains("third question gamma"))
+        .cloned()
+        .expect("the fake API saw the third turn");
+    let history = all_text(&third);
+    assert!(
+        history.contains("first question alpha") && history.contains("second question beta"),
+        "{history}"
+    );
+}
