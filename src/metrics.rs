@@ -143,6 +143,9 @@ pub struct Metrics {
     pub heartbeats: Counter,
     pub channel_refused: Counter,
     pub retries_attached: Counter,
+    pub deliveries_confirmed: Counter,
+    pub delivery_retries: Counter,
+    pub delivery_failures: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -160,6 +163,9 @@ pub static METRICS: Metrics = Metrics {
     heartbeats: Counter::new(),
     channel_refused: Counter::new(),
     retries_attached: Counter::new(),
+    deliveries_confirmed: Counter::new(),
+    delivery_retries: Counter::new(),
+    delivery_failures: Counter::new(),
 };
 
 pub fn failed(reason: &str) {
@@ -259,6 +265,24 @@ pub fn expose(gauges: &Gauges) -> String {
         "synthesis_retries_attached_total",
         "Resent turns attached to the running or just-finished turn instead of being sent again.",
         m.retries_attached.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_deliveries_confirmed_total",
+        "Turns seen in claude's transcript before any reply.",
+        m.deliveries_confirmed.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_delivery_retries_total",
+        "Turns pushed a second time.",
+        m.delivery_retries.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_delivery_failures_total",
+        "Turns claude never took in after two pushes.",
+        m.delivery_failures.get(),
     );
     let histograms: [(&str, &str, &Histogram); 3] = [
         (

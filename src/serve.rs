@@ -144,6 +144,7 @@ fn serve(config: Config) -> Result<(), String> {
             process_slots: Slots::new(limits.max_processes),
             turn_slots: Slots::new(limits.max_concurrent_turns),
             retry_grace: config.retry_grace,
+            delivery_timeout: config.delivery_timeout,
         },
         limits,
     ));

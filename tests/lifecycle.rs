@@ -435,3 +435,44 @@ fn per_session_workspaces_keep_sessions_apart_under_the_state_dir() {
         );
     }
 }
+
+#[test]
+fn a_lost_delivery_is_sent_again_and_a_turn_claude_never_takes_in_fails_clearly() {
+    let bridge = Bridge::demo().arg("--delivery-timeout", "500ms").start();
+    let (_, events) = stream_chat(bridge.http, "d", "once more [sim:drop_first]");
+    assert_eq!(
+        streamed_text(&events),
+        "once more [sim:drop_first]",
+        "the second delivery got through"
+    );
+    assert!(bridge.log().contains("sending it once more"));
+    let started = Instant::now();
+    let (_, events) = stream_chat(bridge.http, "d", "never [sim:drop_all]");
+    let error = stream_error(&events).expect("the turn fails");
+    assert_eq!(error["code"], "agent_died");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not take the turn in"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "two deliveries 500 ms apart, not turn_timeout"
+    );
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "d", "after").1),
+        "after",
+        "a fresh claude takes the next turn"
+    );
+    let metrics = request(bridge.http, "GET", "/metrics", &[], "").text();
+    assert!(
+        metrics.contains("synthesis_delivery_retries_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("synthesis_delivery_failures_total 1"),
+        "{metrics}"
+    );
+}

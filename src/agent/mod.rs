@@ -153,21 +153,50 @@ pub fn project_dir_name(cwd: &Path) -> String {
 /// characters are cut and given a hash suffix whose function we do not reproduce, so for
 /// those any directory starting with the cut name counts.
 pub fn transcript_exists(config_dir: &Path, cwd: &Path, session: &str) -> bool {
+    transcript_path(config_dir, cwd, session).is_some()
+}
+
+/// The transcript file of `session` run in `cwd`, if it exists.
+pub fn transcript_path(config_dir: &Path, cwd: &Path, session: &str) -> Option<PathBuf> {
     let projects = config_dir.join("projects");
     let name = project_dir_name(cwd);
     let file = format!("{session}.jsonl");
     if name.len() <= MAX_PROJECT_DIR_NAME {
-        return projects.join(&name).join(&file).is_file();
+        let path = projects.join(&name).join(&file);
+        return path.is_file().then_some(path);
     }
     let prefix = &name[..MAX_PROJECT_DIR_NAME];
     std::fs::read_dir(&projects)
         .into_iter()
         .flatten()
         .flatten()
-        .any(|entry| {
-            entry.file_name().to_string_lossy().starts_with(prefix)
-                && entry.path().join(&file).is_file()
-        })
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        .map(|entry| entry.path().join(&file))
+        .find(|path| path.is_file())
+}
+
+/// Whether the end of a transcript records the channel message of `turn_id` (Claude writes
+/// each message it takes in, tag and all). Reads only the last `TAIL_BYTES`.
+pub fn transcript_mentions_turn(transcript: &Path, turn_id: &str) -> bool {
+    const TAIL_BYTES: u64 = 256 * 1024;
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(transcript) else {
+        return false;
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut tail = Vec::new();
+    if file.read_to_end(&mut tail).is_err() {
+        return false;
+    }
+    let tail = String::from_utf8_lossy(&tail);
+    tail.contains(&format!("turn_id=\\\"{turn_id}\\\""))
+        || tail.contains(&format!("turn_id=\"{turn_id}\""))
 }
 
 /// What draining the terminal found.

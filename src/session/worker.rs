@@ -59,12 +59,16 @@ pub struct WorkerSettings {
     pub turn_slots: Slots,
     /// How long a turn whose clients all left keeps running for a retry to attach.
     pub retry_grace: Duration,
+    /// How long a pushed turn may take to show up in claude's transcript.
+    pub delivery_timeout: Duration,
 }
 
 /// Longest single wait when nothing is due: the loop re-checks its state at least this often.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a turn waiting for a `max_concurrent_turns` slot looks again.
 const TURN_SLOT_RETRY: Duration = Duration::from_millis(50);
+/// How often an unconfirmed delivery is looked for in claude's transcript.
+const DELIVERY_CHECK: Duration = Duration::from_millis(250);
 /// How long a lost channel waits to learn that claude itself exited.
 const EXIT_AFTER_CHANNEL_LOSS: Duration = Duration::from_millis(300);
 /// How long a new turn waits for the previous one to end before it is pushed anyway.
@@ -82,6 +86,14 @@ const RESUME_FAILED_TEXT: &str = "No conversation found";
 pub const MAX_RESTORED_HISTORY_BYTES: usize = 64 * 1024;
 
 pub type ChannelSocket = WebSocket<TcpStream>;
+
+/// Where the delivery of the turn in flight stands (see `check_delivery`).
+struct Delivery {
+    sent_at: Instant,
+    attempts: u32,
+    confirmed: bool,
+    next_check: Instant,
+}
 
 /// Something the worker must react to.
 enum Event {
@@ -415,7 +427,7 @@ impl Worker {
         self.restore_history = false;
         log::debug!("session {:?} {}: turn sent", self.key, turn.id);
         self.status.set_step("waiting for claude's reply");
-        let finished = self.await_replies(turn, turn_deadline);
+        let finished = self.await_replies(turn, &frame, turn_deadline);
         if finished {
             self.settings.store.note_turn(&self.key);
             self.status.info.lock().unwrap().turns += 1;
@@ -469,16 +481,27 @@ impl Worker {
     }
 
     /// Forwards this turn's replies until it ends; true when it ended normally.
-    fn await_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
-        let ended = self.forward_replies(turn, turn_deadline);
+    fn await_replies(&mut self, turn: &Turn, frame: &BridgeFrame, turn_deadline: Instant) -> bool {
+        let ended = self.forward_replies(turn, frame, turn_deadline);
         if self.agent.is_some() {
             self.unfinished = Some(turn.id.clone());
         }
         ended
     }
 
-    fn forward_replies(&mut self, turn: &Turn, turn_deadline: Instant) -> bool {
+    fn forward_replies(
+        &mut self,
+        turn: &Turn,
+        frame: &BridgeFrame,
+        turn_deadline: Instant,
+    ) -> bool {
         let mut replied = false;
+        let mut delivery = Delivery {
+            sent_at: Instant::now(),
+            attempts: 1,
+            confirmed: false,
+            next_check: Instant::now() + DELIVERY_CHECK,
+        };
         loop {
             // Every client left. Unless another turn waits, give a retry of this one
             // `retry_grace` to attach before interrupting claude.
@@ -503,11 +526,23 @@ impl Worker {
                 );
                 return false;
             }
-            let mut deadline = self
+            if !delivery.confirmed
+                && Instant::now() >= delivery.next_check
+                && let Err(failure) = self.check_delivery(turn, frame, &mut delivery)
+            {
+                self.stop_agent("claude did not take the turn in");
+                self.fail(turn, failure);
+                return false;
+            }
+            let turn_end = self
                 .stop_deadline
                 .map_or(turn_deadline, |d| d.min(turn_deadline));
+            let mut deadline = turn_end;
             if let Some(since) = abandoned {
                 deadline = deadline.min(since + self.settings.retry_grace);
+            }
+            if !delivery.confirmed {
+                deadline = deadline.min(delivery.next_check);
             }
             match self.wait(deadline) {
                 Event::Frame(ChannelFrame::Reply {
@@ -516,6 +551,7 @@ impl Worker {
                     is_final,
                 }) if id == turn.id => {
                     replied = true;
+                    delivery.confirmed = true;
                     turn.output.emit(TurnEvent::Text { text, is_final });
                     if is_final {
                         self.finish(turn, Instant::now());
@@ -598,6 +634,8 @@ impl Worker {
                     );
                     return false;
                 }
+                // A retry-grace or delivery-check wake-up: handled at the top of the loop.
+                Event::Timeout if Instant::now() < turn_end => {}
                 Event::Timeout => {
                     if let Some(agent) = self.agent.as_mut() {
                         let _ = agent.interrupt();
@@ -619,6 +657,56 @@ impl Worker {
                 Event::ScreenChanged | Event::Woken => {}
             }
         }
+    }
+
+    /// Claude acknowledges nothing, and a channel message it was not listening for is lost
+    /// without a trace; so a turn counts as delivered only once Claude's transcript records
+    /// it (or a reply or the Stop hook for it arrives). Not seen within `delivery_timeout`:
+    /// sent once more; still not seen: the turn fails.
+    fn check_delivery(
+        &mut self,
+        turn: &Turn,
+        frame: &BridgeFrame,
+        delivery: &mut Delivery,
+    ) -> Result<(), TurnFailure> {
+        let config_dir = &self.settings.claude_config_dir;
+        let recorded =
+            crate::agent::transcript_path(config_dir, &self.workspace, &self.claude_session)
+                .is_some_and(|path| crate::agent::transcript_mentions_turn(&path, &turn.id));
+        if recorded {
+            delivery.confirmed = true;
+            METRICS.deliveries_confirmed.inc();
+            return Ok(());
+        }
+        let timeout = self.settings.delivery_timeout;
+        if delivery.sent_at.elapsed() >= timeout {
+            if delivery.attempts >= 2 {
+                METRICS.delivery_failures.inc();
+                return Err(TurnFailure::new(
+                    FailureKind::AgentDied,
+                    format!(
+                        "claude did not take the turn in (not in its transcript {timeout:?} after each of two deliveries); its process is restarted. Last screen lines:\n{}",
+                        self.screen_tail()
+                    ),
+                ));
+            }
+            log::warn!(
+                "session {:?} {}: not in claude's transcript after {timeout:?}; sending it once more",
+                self.key,
+                turn.id
+            );
+            METRICS.delivery_retries.inc();
+            self.send_frame(frame).map_err(|e| {
+                TurnFailure::new(
+                    FailureKind::AgentDied,
+                    format!("could not deliver the turn again ({e}); retry"),
+                )
+            })?;
+            delivery.attempts += 1;
+            delivery.sent_at = Instant::now();
+        }
+        delivery.next_check = Instant::now() + DELIVERY_CHECK;
+        Ok(())
     }
 
     /// Makes sure a process is up and its channel attached, spawning one if needed.

@@ -6,7 +6,7 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang` or `stray`. Later items win
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first` or `drop_all`. Later items win
 //! for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -90,6 +90,8 @@ impl Directives {
             ("no_final", None) => self.no_final = true,
             ("hang", None) => self.hang = true,
             ("stray", None) => self.stray = true,
+            // Acted on when the notification arrives (see turns.rs), not part of the plan.
+            ("drop_first" | "drop_all", None) => {}
             _ => return Err(format!("unknown directive `{item}`")),
         }
         Ok(())

@@ -219,6 +219,7 @@ pub fn run(argv: Vec<String>) -> u8 {
         env: extra_env,
         queue: Default::default(),
         current: None,
+        dropped: Default::default(),
         tool_calls: 0,
     };
     let ending = conversation.run(start.stdin);

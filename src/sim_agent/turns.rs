@@ -57,6 +57,8 @@ pub struct Conversation<'a> {
     pub env: Vec<(String, String)>,
     pub queue: VecDeque<Incoming>,
     pub current: Option<Turn>,
+    /// Turn ids whose first delivery was seen (for `[sim:drop_first]`).
+    pub dropped: std::collections::HashSet<String>,
     pub tool_calls: u64,
 }
 
@@ -445,6 +447,16 @@ impl Conversation<'_> {
             .get("turn_id")
             .and_then(Value::as_str)
             .map(String::from);
+        // Lost deliveries, as when Claude is not listening: `[sim:drop_all]` never takes the
+        // message in, `[sim:drop_first]` misses the first delivery of each turn.
+        let first_delivery = turn_id
+            .as_ref()
+            .is_none_or(|id| self.dropped.insert(id.clone()));
+        if content.contains("[sim:drop_all]")
+            || (content.contains("[sim:drop_first]") && first_delivery)
+        {
+            return;
+        }
         let mut tag = format!("<channel source=\"{}\"", self.channel);
         if let Some(id) = &turn_id {
             tag.push_str(&format!(" turn_id=\"{id}\""));
