@@ -160,6 +160,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "BOOL",
         "allow permission_mode bypassPermissions (default false)",
     ),
+    (
+        "setting_sources",
+        "LIST",
+        "claude --setting-sources (e.g. project,local to leave out your user settings); default: claude's own",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -195,6 +200,7 @@ pub struct Config {
     pub system_prompt: SystemPromptPolicy,
     pub insecure_public: bool,
     pub allow_bypass_permissions: bool,
+    pub setting_sources: Option<String>,
 }
 
 /// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
@@ -240,6 +246,7 @@ impl Default for Config {
             system_prompt: SystemPromptPolicy::Ignore,
             insecure_public: false,
             allow_bypass_permissions: false,
+            setting_sources: None,
         }
     }
 }
@@ -413,6 +420,17 @@ impl Config {
             "delivery_timeout" => self.delivery_timeout = parse_duration(value)?,
             "insecure_public" => self.insecure_public = parse_bool(value)?,
             "allow_bypass_permissions" => self.allow_bypass_permissions = parse_bool(value)?,
+            "setting_sources" => {
+                let ok = value
+                    .split(',')
+                    .all(|s| matches!(s.trim(), "user" | "project" | "local"));
+                if !ok {
+                    return Err(format!(
+                        "`{value}` must be a comma-separated list of user, project, local"
+                    ));
+                }
+                self.setting_sources = Some(value.to_string());
+            }
             "strip_openclaw_context" => self.strip_openclaw_context = parse_bool(value)?,
             "system_prompt" => {
                 self.system_prompt = match value {

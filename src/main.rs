@@ -7,6 +7,7 @@
 mod agent;
 mod channel;
 mod config;
+mod doctor;
 mod hook;
 mod http;
 mod hub;
@@ -27,6 +28,7 @@ synthesis-bridge: use long-lived Claude Code sessions as an OpenAI-compatible mo
 
 USAGE:
     synthesis-bridge [serve] [OPTIONS]   run the bridge (default); `serve --help` lists options
+    synthesis-bridge doctor [--probe]    check this machine's setup (and try one turn)
     synthesis-bridge channel             MCP stdio channel server (spawned by claude, not by hand)
     synthesis-bridge hook stop           Claude Code's Stop hook (run by claude, not by hand)
     synthesis-bridge sim-agent [FLAGS]   the simulated Claude behind `serve --demo`
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         "serve" => serve::run(&args),
         "channel" => channel::run(),
         "hook" => hook::run(&args),
+        "doctor" => doctor::run(&args),
         "sim-agent" => sim_agent::run(args),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

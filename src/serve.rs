@@ -9,7 +9,6 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -67,12 +66,13 @@ fn serve(config: Config) -> Result<(), String> {
             vec![OsString::from("sim-agent")],
         )
     } else {
-        let claude = find_program(&config.claude_bin).ok_or_else(|| {
+        let claude = agent::find_program(&config.claude_bin).ok_or_else(|| {
             format!(
                 "`{}` not found: install Claude Code (npm install -g @anthropic-ai/claude-code), pass --claude-bin PATH, or try --demo",
                 config.claude_bin
             )
         })?;
+        warn_about_version(claude.as_os_str());
         (claude.into_os_string(), vec![])
     };
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
@@ -119,6 +119,7 @@ fn serve(config: Config) -> Result<(), String> {
         token: token.clone(),
         hello_delay: config.channel_hello_delay,
         settings_json: Some(agent::stop_hook_settings(&exe)),
+        setting_sources: config.setting_sources.clone(),
     };
     let (store, store_warning) = SessionStore::open(&config.state_dir);
     if let Some(warning) = store_warning {
@@ -227,6 +228,27 @@ fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Logs a warning when the claude binary is older than channels or newer than any version
+/// the bridge was tested with (it still starts: the user may know better).
+fn warn_about_version(claude: &std::ffi::OsStr) {
+    use agent::version::{self, Verdict};
+    match version::read(claude, Duration::from_secs(10)) {
+        Ok(text) => match version::parse(&text).map(version::verdict) {
+            Some(Verdict::Supported) => log::info!("claude version {text}"),
+            Some(Verdict::TooOld) => log::warn!(
+                "claude version {text} is older than {} (the first with channels): the bridge cannot work with it; update Claude Code",
+                version::MIN_CLAUDE
+            ),
+            Some(Verdict::Untested) => log::warn!(
+                "claude version {text} is newer than {}, the newest tested with this bridge; run `synthesis-bridge doctor --probe` to check it",
+                version::NEWEST_TESTED_CLAUDE
+            ),
+            None => log::warn!("cannot read claude's version from {text:?}"),
+        },
+        Err(e) => log::warn!("cannot read claude's version: {e}"),
+    }
+}
+
 /// The sweeper: every few seconds, idle kills and a write of the session map if it changed.
 /// Dropping the returned sender stops it at once.
 fn spawn_sweeper(
@@ -284,20 +306,4 @@ fn tune_http_listener(listener: &TcpListener, write_timeout: Duration) -> std::i
         (&tv as *const libc::timeval).cast(),
         size_of::<libc::timeval>(),
     )
-}
-
-/// Resolves a program name the way a shell would (a path is taken as is).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let is_executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if name.contains('/') {
-        let path = PathBuf::from(name);
-        return is_executable(&path).then_some(path);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
 }

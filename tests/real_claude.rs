@@ -8,13 +8,11 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use support::fake_anthropic::FakeAnthropic;
 use support::*;
-
-const FAKE_KEY: &str = "sk-ant-fake-0123456789abcdefghijKLMNOPQRSTUVWXYZ";
 
 fn real_claude() -> Option<String> {
     match std::env::var("SYNTHESIS_REAL_CLAUDE") {
@@ -26,28 +24,6 @@ fn real_claude() -> Option<String> {
             None
         }
     }
-}
-
-/// What a user would have after logging in, onboarding and trusting the workspace once.
-fn seed_config(dir: &TempDir) {
-    let workspace = dir.path().join("workspace");
-    let config = dir.path().join("home/.claude");
-    std::fs::create_dir_all(&workspace).unwrap();
-    std::fs::create_dir_all(&config).unwrap();
-    let workspace = workspace.canonicalize().unwrap();
-    let seed = json!({
-        "numStartups": 1,
-        "hasCompletedOnboarding": true,
-        "lastOnboardingVersion": "2.1.331",
-        "projects": {workspace.to_str().unwrap(): {"hasTrustDialogAccepted": true, "allowedTools": [], "hasCompletedProjectOnboarding": true}},
-        "customApiKeyResponses": {"approved": [&FAKE_KEY[FAKE_KEY.len() - 20..]], "rejected": []},
-        "cachedGrowthBookFeatures": {"tengu_harbor": true},
-    });
-    std::fs::write(
-        config.join(".claude.json"),
-        serde_json::to_vec_pretty(&seed).unwrap(),
-    )
-    .unwrap();
 }
 
 fn start(claude: &str, api: &FakeAnthropic, dir: TempDir, marker: &str) -> Bridge {
@@ -76,7 +52,7 @@ fn two_turns_then_a_restart_resumes_the_same_conversation() {
     let api = FakeAnthropic::start();
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let dir = TempDir::new("real-claude");
-    seed_config(&dir);
+    seed_claude_config(&dir, FAKE_KEY);
     let mut bridge = start(&claude, &api, dir, &marker);
 
     let (_, events) = stream_chat(bridge.http, "real", "first question alpha");
@@ -142,5 +118,45 @@ fn two_turns_then_a_restart_resumes_the_same_conversation() {
     assert!(
         history.contains("first question alpha") && history.contains("second question beta"),
         "{history}"
+    );
+}
+
+#[test]
+fn doctor_passes_and_its_probe_gets_a_reply_from_the_real_claude() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let dir = TempDir::new("real-doctor");
+    seed_claude_config(&dir, FAKE_KEY);
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "doctor",
+            "--probe",
+            "--port",
+            "0",
+            "--claude-bin",
+            &claude,
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .arg("--workspace")
+        .arg(&workspace)
+        .env("HOME", dir.path().join("home"))
+        .env("CLAUDE_CONFIG_DIR", dir.path().join("home/.claude"))
+        .env("ANTHROPIC_BASE_URL", format!("http://{}", api.addr))
+        .env("ANTHROPIC_API_KEY", FAKE_KEY)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("PASS  claude: ") && report.contains("2.1.331"),
+        "{report}"
+    );
+    assert!(
+        report.contains("PASS  probe: one turn answered: \"reply to: This is a connectivity check"),
+        "{report}"
     );
 }

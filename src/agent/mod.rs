@@ -6,6 +6,7 @@
 
 pub mod pty;
 pub mod screen;
+pub mod version;
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -32,6 +33,8 @@ pub struct AgentLauncher {
     pub hello_delay: Duration,
     /// Extra `--settings` JSON (e.g. the Stop hook), if any.
     pub settings_json: Option<String>,
+    /// `--setting-sources` (which of the user's, project's and local settings claude loads).
+    pub setting_sources: Option<String>,
 }
 
 /// What differs between two spawns.
@@ -71,6 +74,10 @@ impl AgentLauncher {
         if let Some(settings) = &self.settings_json {
             push("--settings");
             push(settings);
+        }
+        if let Some(sources) = &self.setting_sources {
+            push("--setting-sources");
+            push(sources);
         }
         if let Some(file) = launch.append_system_prompt_file {
             push("--append-system-prompt-file");
@@ -124,6 +131,22 @@ pub fn write_mcp_config(path: &Path, bridge_exe: &Path, channel_name: &str) -> i
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&config)?)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Resolves a program name the way a shell would (a path is taken as is).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return is_executable(&path).then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
 }
 
 /// Claude's config dir: `$CLAUDE_CONFIG_DIR`, else `~/.claude`.
@@ -331,6 +354,7 @@ mod tests {
             token: "tok".into(),
             hello_delay: Duration::from_secs(1),
             settings_json: None,
+            setting_sources: None,
         }
     }
 

@@ -506,3 +506,30 @@ impl Bridge {
         wait_until(limit, || self.log().contains(needle).then_some(())).is_some()
     }
 }
+
+/// The API key the fake Anthropic API takes (tests/support/fake_anthropic.rs).
+pub const FAKE_KEY: &str = "sk-ant-fake-0123456789abcdefghijKLMNOPQRSTUVWXYZ";
+
+/// What a user would have after logging in, onboarding and trusting the workspace once
+/// (DESIGN.md §5): `<dir>/home/.claude/.claude.json` for `<dir>/workspace`, with `api_key`
+/// approved and the channels flag cached.
+pub fn seed_claude_config(dir: &TempDir, api_key: &str) {
+    let workspace = dir.path().join("workspace");
+    let config = dir.path().join("home/.claude");
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::create_dir_all(&config).unwrap();
+    let workspace = workspace.canonicalize().unwrap();
+    let seed = serde_json::json!({
+        "numStartups": 1,
+        "hasCompletedOnboarding": true,
+        "lastOnboardingVersion": "2.1.331",
+        "projects": {workspace.to_str().unwrap(): {"hasTrustDialogAccepted": true, "allowedTools": [], "hasCompletedProjectOnboarding": true}},
+        "customApiKeyResponses": {"approved": [&api_key[api_key.len() - 20..]], "rejected": []},
+        "cachedGrowthBookFeatures": {"tengu_harbor": true},
+    });
+    std::fs::write(
+        config.join(".claude.json"),
+        serde_json::to_vec_pretty(&seed).unwrap(),
+    )
+    .unwrap();
+}
