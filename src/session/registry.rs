@@ -398,6 +398,7 @@ impl Registry {
             output,
             system_prompt: request.system_prompt,
             received: request.received,
+            queued_at: Instant::now(),
             history: request.history,
         };
         if handle.turns.send(turn).is_err() {

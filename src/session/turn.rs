@@ -29,6 +29,8 @@ pub struct Turn {
     pub system_prompt: Option<Arc<str>>,
     /// When the HTTP request was parsed (the start of the bridge's own inbound time).
     pub received: Instant,
+    /// When it was put in the session's queue.
+    pub queued_at: Instant,
     pub history: Option<HistoryRenderer>,
 }
 

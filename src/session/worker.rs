@@ -384,6 +384,7 @@ impl Worker {
             self.apply_system_prompt(&prompt);
         }
         let warm = self.agent.is_some() && self.ws.is_some();
+        let started = Instant::now();
         if let Err(failure) =
             self.ensure_ready(turn_deadline.min(Instant::now() + self.settings.ready_timeout))
         {
@@ -391,7 +392,9 @@ impl Worker {
             self.fail(turn, failure);
             return;
         }
+        let waiting_for_claude = Instant::now();
         self.await_previous_turn();
+        let waited_for_claude = waiting_for_claude.elapsed();
         self.status.set_state(SessionState::Busy);
         let mut content = std::mem::take(&mut turn.content);
         if self.restore_history
@@ -422,7 +425,11 @@ impl Worker {
             return;
         }
         if warm {
-            METRICS.bridge_inbound.record(turn.received.elapsed());
+            // The bridge's own inbound time: parsing to queueing, then this worker's work up to
+            // the frame written, leaving out waits for others (the queue, slots, claude).
+            let own = turn.queued_at.saturating_duration_since(turn.received) + started.elapsed()
+                - waited_for_claude;
+            METRICS.bridge_inbound.record(own);
         }
         self.restore_history = false;
         log::debug!("session {:?} {}: turn sent", self.key, turn.id);
