@@ -237,6 +237,8 @@ pub struct Agent {
     screen: Screen,
     pub spawn_id: String,
     dev_channels_accepted: bool,
+    /// Reused for every read of the terminal (allocated and zeroed once, not per read).
+    read_buf: Box<[u8]>,
 }
 
 impl Agent {
@@ -254,6 +256,7 @@ impl Agent {
             screen: Screen::new(pty::ROWS, pty::COLS),
             spawn_id: launch.spawn_id.to_string(),
             dev_channels_accepted: false,
+            read_buf: vec![0; 16 * 1024].into_boxed_slice(),
         })
     }
 
@@ -273,11 +276,10 @@ impl Agent {
     /// Reads everything the terminal has into the screen. Must be called whenever the master
     /// is readable: a full PTY buffer blocks claude.
     pub fn drain_output(&mut self) -> Output {
-        let mut buf = [0u8; 16 * 1024];
         loop {
-            match self.child.master.read(&mut buf) {
+            match self.child.master.read(&mut self.read_buf) {
                 Ok(0) => return Output::Closed,
-                Ok(n) => self.screen.feed(&buf[..n]),
+                Ok(n) => self.screen.feed(&self.read_buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Output::Open,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // EIO: the slave side is closed (Linux reports a hung-up PTY this way).
