@@ -141,6 +141,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "a pushed turn must show up in claude's transcript within this, else it is sent once more (default 10s)",
     ),
     (
+        "client_read_timeout",
+        "DUR",
+        "an HTTP client silent this long (slow request, idle keep-alive) gets 408 and is closed (default 30s)",
+    ),
+    (
         "strip_openclaw_context",
         "BOOL",
         "drop OpenClaw's internal-context block and Runtime: line from turns (default false)",
@@ -196,6 +201,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub retry_grace: Duration,
     pub delivery_timeout: Duration,
+    pub client_read_timeout: Duration,
     pub strip_openclaw_context: bool,
     pub system_prompt: SystemPromptPolicy,
     pub insecure_public: bool,
@@ -242,6 +248,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             retry_grace: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(10),
+            client_read_timeout: Duration::from_secs(30),
             strip_openclaw_context: false,
             system_prompt: SystemPromptPolicy::Ignore,
             insecure_public: false,
@@ -418,6 +425,7 @@ impl Config {
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,
             "delivery_timeout" => self.delivery_timeout = parse_duration(value)?,
+            "client_read_timeout" => self.client_read_timeout = parse_duration(value)?,
             "insecure_public" => self.insecure_public = parse_bool(value)?,
             "allow_bypass_permissions" => self.allow_bypass_permissions = parse_bool(value)?,
             "setting_sources" => {
@@ -471,6 +479,7 @@ impl Config {
             ("ready_timeout", self.ready_timeout),
             ("turn_timeout", self.turn_timeout),
             ("idle_kill", self.idle_kill),
+            ("client_read_timeout", self.client_read_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {

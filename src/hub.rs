@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::poll::{WakeReceiver, wait_readable};
-use crate::protocol::{ChannelFrame, MAX_FRAME_BYTES, WS_PATH};
+use crate::protocol::{ChannelFrame, WS_PATH};
 use crate::session::Registry;
 
 /// How long a peer has to finish the handshake and send its first frame.
@@ -69,12 +68,6 @@ pub fn spawn_acceptor(
     })
 }
 
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-}
-
 impl Hub {
     fn handle_connection(&self, stream: TcpStream) {
         let peer = stream
@@ -90,14 +83,17 @@ impl Hub {
             log::warn!("ws: connection from {peer} unusable: {e}");
             return;
         }
-        let mut ws =
-            match tungstenite::accept_hdr_with_config(stream, check_path, Some(ws_config())) {
-                Ok(ws) => ws,
-                Err(e) => {
-                    log::warn!("ws: handshake with {peer} failed: {e}");
-                    return;
-                }
-            };
+        let mut ws = match tungstenite::accept_hdr_with_config(
+            stream,
+            check_path,
+            Some(crate::protocol::ws_config()),
+        ) {
+            Ok(ws) => ws,
+            Err(e) => {
+                log::warn!("ws: handshake with {peer} failed: {e}");
+                return;
+            }
+        };
         let first = match ws.read() {
             Ok(Message::Text(text)) => {
                 serde_json::from_str::<ChannelFrame>(text.as_str()).map_err(|e| e.to_string())

@@ -19,6 +19,7 @@ mod protocol;
 mod robustness;
 mod serve;
 mod session;
+mod sessions_cli;
 mod sim_agent;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ synthesis-bridge: use long-lived Claude Code sessions as an OpenAI-compatible mo
 USAGE:
     synthesis-bridge [serve] [OPTIONS]   run the bridge (default); `serve --help` lists options
     synthesis-bridge doctor [--probe]    check this machine's setup (and try one turn)
+    synthesis-bridge sessions [--json]   the session table (live bridge, else the state file)
     synthesis-bridge channel             MCP stdio channel server (spawned by claude, not by hand)
     synthesis-bridge hook stop           Claude Code's Stop hook (run by claude, not by hand)
     synthesis-bridge sim-agent [FLAGS]   the simulated Claude behind `serve --demo`
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         "channel" => channel::run(),
         "hook" => hook::run(&args),
         "doctor" => doctor::run(&args),
+        "sessions" => sessions_cli::run(&args),
         "sim-agent" => sim_agent::run(args),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

@@ -19,6 +19,18 @@ pub const MAX_TURN_BYTES: usize = 2 << 20;
 /// peer cannot exhaust memory.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
+/// WebSocket settings of both ends: the frame size limit, and small buffers. tungstenite's
+/// default 128 KiB read buffer is zero-filled on every read, so each idle session would keep
+/// 128 KiB resident for it; 4 KiB is plenty for replies (longer frames are read in pieces),
+/// and writes go out at once (our frames are flushed one by one anyway).
+pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
 /// Environment variables the bridge sets on every spawned `claude`; the channel server and
 /// the Stop hook inherit them from claude.
 pub mod env {

@@ -150,7 +150,7 @@ fn the_websocket_and_frame_parsers_answer_every_input() {
         let mut ws = tungstenite::WebSocket::from_raw_socket(
             Cursor::new(wire),
             tungstenite::protocol::Role::Server,
-            Some(crate::hub::ws_config()),
+            Some(crate::protocol::ws_config()),
         );
         // Bounded: the cursor runs dry, so every read ends in a message or an error.
         for _ in 0..4 {

@@ -94,15 +94,13 @@ fn serve(config: Config) -> Result<(), String> {
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let http_listener = TcpListener::bind((config.host.as_str(), config.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    tune_http_listener(&http_listener, CLIENT_WRITE_TIMEOUT)
-        .map_err(|e| format!("cannot set socket options on the HTTP listener: {e}"))?;
-    let server = tiny_http::Server::from_listener(http_listener, None)
-        .map_err(|e| format!("cannot serve on {}:{}: {e}", config.host, config.port))?;
-    let http_addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or("HTTP listener has no IP address")?;
-    let server = Arc::new(server);
+    http::tune_listener(
+        &http_listener,
+        config.client_read_timeout,
+        CLIENT_WRITE_TIMEOUT,
+    )
+    .map_err(|e| format!("cannot set socket options on the HTTP listener: {e}"))?;
+    let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
 
     let token = format!(
         "{}{}",
@@ -172,7 +170,8 @@ fn serve(config: Config) -> Result<(), String> {
         system_prompt: config.system_prompt,
     });
     let http_thread =
-        http::spawn_acceptor(server.clone(), ctx, stop.clone()).map_err(|e| e.to_string())?;
+        http::spawn_acceptor(http_listener, ctx, stop.clone(), config.client_read_timeout)
+            .map_err(|e| e.to_string())?;
 
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
@@ -217,7 +216,6 @@ fn serve(config: Config) -> Result<(), String> {
     let grace = config.shutdown_grace;
     log::info!("signal {signal}: shutting down (turns in flight get {grace:?})");
     stop.store(true, Ordering::SeqCst);
-    server.unblock();
     hub_waker.wake();
     drop(sweeper_stop);
     registry.shutdown(grace);
@@ -267,43 +265,4 @@ fn spawn_sweeper(
             }
         })?;
     Ok((stop_tx, thread))
-}
-
-/// Socket options for every HTTP connection, set on the listener because Linux copies them
-/// to each accepted socket (tiny_http gives no access to its connections):
-/// - TCP_NODELAY: each SSE event is flushed on its own; without it Nagle's algorithm holds a
-///   small write until the previous one is acknowledged, and the client's delayed ACK makes
-///   that 40 ms per turn.
-/// - SO_SNDTIMEO: a client that stops reading fails our writes after `write_timeout` instead
-///   of holding a responder thread forever. (SO_RCVTIMEO cannot be set the same way: it would
-///   also time out the listener's own accept, which ends tiny_http's accept loop.)
-fn tune_http_listener(listener: &TcpListener, write_timeout: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = listener.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: *const libc::c_void, len: usize| {
-        // SAFETY: setsockopt on a socket we own with a pointer to a value of `len` bytes.
-        let rc = unsafe { libc::setsockopt(fd, level, name, value, len as libc::socklen_t) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    let one: libc::c_int = 1;
-    set(
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        (&one as *const libc::c_int).cast(),
-        size_of::<libc::c_int>(),
-    )?;
-    let tv = libc::timeval {
-        tv_sec: write_timeout.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    set(
-        libc::SOL_SOCKET,
-        libc::SO_SNDTIMEO,
-        (&tv as *const libc::timeval).cast(),
-        size_of::<libc::timeval>(),
-    )
 }

@@ -476,3 +476,30 @@ fn a_lost_delivery_is_sent_again_and_a_turn_claude_never_takes_in_fails_clearly(
         "{metrics}"
     );
 }
+
+#[test]
+fn a_conversation_new_to_this_bridge_gets_the_history_its_client_sent() {
+    // As after a failover to another host: the key is unknown here, the client resends history.
+    let bridge = Bridge::demo().start();
+    let body = serde_json::json!({"stream": true, "messages": [
+        {"role": "user", "content": "earlier question"},
+        {"role": "assistant", "content": "earlier answer"},
+        {"role": "user", "content": "new question"},
+    ]});
+    let (_, events) = stream_body(bridge.http, "moved", &body.to_string());
+    let text = streamed_text(&events);
+    assert!(
+        text.contains("User: earlier question\nAssistant: earlier answer"),
+        "{text}"
+    );
+    assert!(text.ends_with("new question"), "{text}");
+    // A conversation's very first request carries nothing extra, and later turns neither.
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "fresh", "hello").1),
+        "hello"
+    );
+    assert_eq!(
+        streamed_text(&stream_chat(bridge.http, "moved", "next").1),
+        "next"
+    );
+}

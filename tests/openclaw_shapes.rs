@@ -89,6 +89,14 @@ fn a_retry_after_the_turn_finished_gets_the_finished_reply_but_new_words_are_a_n
     let (_, again) = post(&bridge, "f", &retry);
     assert_eq!(streamed_text(&again), streamed_text(&first));
     assert_eq!(turns_sent(&bridge, "f"), 1);
+    // The same request without OpenClaw's retry messages is the user saying it again.
+    let (_, repeated) = post(&bridge, "f", &original);
+    assert_eq!(streamed_text(&repeated), streamed_text(&first));
+    assert_eq!(
+        turns_sent(&bridge, "f"),
+        2,
+        "an unmarked repeat of a finished turn reaches Claude"
+    );
     // The same words as a new turn (the history now holds the first exchange) reach Claude.
     let mut next = original.clone();
     let messages = next["messages"].as_array_mut().unwrap();
@@ -102,7 +110,7 @@ fn a_retry_after_the_turn_finished_gets_the_finished_reply_but_new_words_are_a_n
     );
     let (_, third) = post(&bridge, "f", &next);
     assert!(streamed_text(&third).starts_with("[Tue 2026-11-24 10:40 UTC] once"));
-    assert_eq!(turns_sent(&bridge, "f"), 2);
+    assert_eq!(turns_sent(&bridge, "f"), 3);
 }
 
 #[test]

@@ -159,6 +159,9 @@ pub fn claude_config_dir() -> PathBuf {
     }
 }
 
+/// Terminal output kept for error messages once the parsed screen is gone.
+const RECENT_OUTPUT_BYTES: usize = 4 * 1024;
+
 /// Longest project directory name Claude Code uses before it cuts and hash-suffixes it.
 const MAX_PROJECT_DIR_NAME: usize = 200;
 
@@ -234,7 +237,12 @@ pub enum Output {
 /// A running agent in its terminal.
 pub struct Agent {
     child: pty::PtyChild,
-    screen: Screen,
+    /// The parsed screen, kept while claude starts (its dialogs are recognised on it). Once
+    /// the session is ready it is dropped (a 160×50 grid costs ~400 KiB per session); the
+    /// screen for an error message is then rebuilt from `recent`.
+    screen: Option<Screen>,
+    /// The last `RECENT_OUTPUT_BYTES` of terminal output.
+    recent: std::collections::VecDeque<u8>,
     pub spawn_id: String,
     dev_channels_accepted: bool,
     /// Reused for every read of the terminal (allocated and zeroed once, not per read).
@@ -253,10 +261,11 @@ impl Agent {
         })?;
         Ok(Agent {
             child,
-            screen: Screen::new(pty::ROWS, pty::COLS),
+            screen: Some(Screen::new(pty::ROWS, pty::COLS)),
+            recent: std::collections::VecDeque::with_capacity(RECENT_OUTPUT_BYTES),
             spawn_id: launch.spawn_id.to_string(),
             dev_channels_accepted: false,
-            read_buf: vec![0; 16 * 1024].into_boxed_slice(),
+            read_buf: vec![0; 4 * 1024].into_boxed_slice(),
         })
     }
 
@@ -279,7 +288,16 @@ impl Agent {
         loop {
             match self.child.master.read(&mut self.read_buf) {
                 Ok(0) => return Output::Closed,
-                Ok(n) => self.screen.feed(&self.read_buf[..n]),
+                Ok(n) => {
+                    let bytes = &self.read_buf[..n];
+                    if let Some(screen) = self.screen.as_mut() {
+                        screen.feed(bytes);
+                    }
+                    let overflow = (self.recent.len() + n).saturating_sub(RECENT_OUTPUT_BYTES);
+                    self.recent.drain(..overflow.min(self.recent.len()));
+                    self.recent
+                        .extend(&bytes[n.saturating_sub(RECENT_OUTPUT_BYTES)..]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Output::Open,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // EIO: the slave side is closed (Linux reports a hung-up PTY this way).
@@ -291,7 +309,7 @@ impl Agent {
     /// Handles start-up screens: accepts the dev-channels warning (once, and only once it is on
     /// screen); any other blocking screen is an error naming the setting that avoids it.
     pub fn answer_startup_screen(&mut self) -> Result<(), String> {
-        match self.screen.recognise() {
+        match self.screen.as_ref().and_then(Screen::recognise) {
             Some(KnownScreen::DevChannelsWarning) if !self.dev_channels_accepted => {
                 log::debug!("dev-channels warning on screen; accepting");
                 self.dev_channels_accepted = true;
@@ -332,7 +350,23 @@ impl Agent {
 
     /// The last lines on screen, for error messages.
     pub fn screen_tail(&self, lines: usize) -> String {
-        self.screen.tail(lines)
+        if let Some(screen) = &self.screen {
+            return screen.tail(lines);
+        }
+        let mut replay = Screen::new(pty::ROWS, pty::COLS);
+        let (a, b) = self.recent.as_slices();
+        replay.feed(a);
+        replay.feed(b);
+        replay.tail(lines)
+    }
+
+    /// Start-up is over: stop keeping the parsed screen (see `screen`), and hand the freed
+    /// memory back to the system (glibc keeps freed memory of per-thread arenas otherwise,
+    /// and every session worker is a thread).
+    pub fn started(&mut self) {
+        self.screen = None;
+        // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+        unsafe { libc::malloc_trim(0) };
     }
 
     /// SIGTERM to the process group, SIGKILL after `grace`; always reaps.

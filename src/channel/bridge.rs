@@ -6,14 +6,13 @@
 //! read returns `WouldBlock` instead of waiting and a write that cannot finish stays queued
 //! inside tungstenite until `flush_pending`.
 
-use crate::protocol::{BridgeFrame, ChannelFrame, MAX_FRAME_BYTES};
+use crate::protocol::{BridgeFrame, ChannelFrame};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 /// An open connection to the bridge's hub.
@@ -67,9 +66,7 @@ pub fn dial(url: &str, timeout: Duration) -> Result<BridgeLink, String> {
         s.set_write_timeout(Some(timeout))
     };
     setup(&stream).map_err(|e| format!("socket set-up: {e}"))?;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let config = crate::protocol::ws_config();
     let (ws, response) =
         match tungstenite::client::client_with_config(request, stream, Some(config)) {
             Ok(ok) => ok,

@@ -87,6 +87,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         .and_then(|m| m.as_array())
         .map_or(&[][..], Vec::as_slice);
     let fingerprint = openclaw::retry_fingerprint(messages);
+    let marked_retry = openclaw::marks_a_retry(messages);
     let system_prompt = match ctx.system_prompt {
         SystemPromptPolicy::Ignore => None,
         SystemPromptPolicy::Append => system_prompt_text(messages).map(Arc::from),
@@ -117,6 +118,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         received,
         history: Some(history),
         fingerprint,
+        marked_retry,
         system_prompt,
     };
     let turn = match ctx.registry.submit(&key.key, new_turn) {
@@ -162,7 +164,14 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
         .as_reader()
         .take(limit as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ApiError::new(
+                408,
+                "request_timeout",
+                "the request body did not arrive within client_read_timeout; send it in one go",
+            ),
+            _ => ApiError::bad_request(format!("could not read the request body: {e}")),
+        })?;
     if body.len() > limit {
         return Err(too_large());
     }

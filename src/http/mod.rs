@@ -10,6 +10,7 @@ pub mod openclaw;
 pub mod sse;
 
 use serde_json::json;
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -37,25 +38,120 @@ pub struct HttpContext {
 /// Responder threads mostly wait; their stacks stay small.
 const RESPONDER_STACK_BYTES: usize = 256 * 1024;
 
+/// Runs the acceptor until `stop` is set (it looks at least every 500 ms).
+///
+/// tiny_http accepts on a thread of its own, and the listener's `SO_RCVTIMEO` (see
+/// `tune_listener`) would also end that accept after `read_timeout` without a new connection.
+/// So the acceptor connects to its own listener (and closes at once) every half
+/// `read_timeout` when nothing else came. Should tiny_http's accept end anyway, a new `Server`
+/// is started on the same socket; the old one is kept (its connections may still be queued
+/// or sending requests) and still read.
 pub fn spawn_acceptor(
-    server: Arc<Server>,
+    listener: TcpListener,
     ctx: Arc<HttpContext>,
     stop: Arc<AtomicBool>,
+    read_timeout: Duration,
 ) -> std::io::Result<JoinHandle<()>> {
+    let serve = |listener: &TcpListener| {
+        listener
+            .try_clone()
+            .and_then(|l| Server::from_listener(l, None).map_err(std::io::Error::other))
+    };
+    let mut server = serve(&listener)?;
+    let mut old_servers: Vec<Server> = Vec::new();
+    let own = listener.local_addr()?;
+    let own = std::net::SocketAddr::new(
+        if own.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            own.ip()
+        },
+        own.port(),
+    );
+    let poke_every = (read_timeout / 2).max(Duration::from_millis(100));
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
+            let mut last_poke = std::time::Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                match server.recv_timeout(Duration::from_millis(500)) {
+                if last_poke.elapsed() >= poke_every {
+                    let _ = std::net::TcpStream::connect_timeout(&own, Duration::from_millis(200));
+                    last_poke = std::time::Instant::now();
+                }
+                for old in &old_servers {
+                    while let Ok(Some(request)) = old.try_recv() {
+                        route(request, &ctx);
+                    }
+                }
+                match server.recv_timeout(Duration::from_millis(500).min(poke_every)) {
                     Ok(Some(request)) => route(request, &ctx),
                     Ok(None) => {}
                     Err(e) => {
-                        log::error!("http: accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(50));
+                        log::warn!("http: tiny_http stopped accepting ({e}); accepting again");
+                        match serve(&listener) {
+                            Ok(fresh) => old_servers.push(std::mem::replace(&mut server, fresh)),
+                            Err(e) => {
+                                log::error!("http: cannot accept on the listener: {e}");
+                                std::thread::sleep(Duration::from_millis(500));
+                            }
+                        }
                     }
                 }
             }
         })
+}
+
+/// Socket options for every HTTP connection, set on the listener because Linux copies them
+/// to each accepted socket (tiny_http gives no access to its connections):
+/// - TCP_NODELAY: each SSE event is flushed on its own; without it Nagle's algorithm holds a
+///   small write until the previous one is acknowledged, and the client's delayed ACK makes
+///   that 40 ms per turn.
+/// - SO_RCVTIMEO (`read_timeout`): a client that sends nothing for that long (a slowloris, an
+///   idle keep-alive connection) gets a 408 and is closed, which also frees the tiny_http
+///   thread it held. (It also ends tiny_http's accept after that long without a connection;
+///   `spawn_acceptor` starts it again.)
+/// - SO_SNDTIMEO (`write_timeout`): a client that stops reading fails our writes instead of
+///   holding a responder thread forever.
+pub fn tune_listener(
+    listener: &TcpListener,
+    read_timeout: Duration,
+    write_timeout: Duration,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: *const libc::c_void, len: usize| {
+        // SAFETY: setsockopt on a socket we own with a pointer to a value of `len` bytes.
+        let rc = unsafe { libc::setsockopt(fd, level, name, value, len as libc::socklen_t) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let timeval = |d: Duration| libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    let one: libc::c_int = 1;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        (&one as *const libc::c_int).cast(),
+        size_of::<libc::c_int>(),
+    )?;
+    let (read, write) = (timeval(read_timeout), timeval(write_timeout));
+    set(
+        libc::SOL_SOCKET,
+        libc::SO_RCVTIMEO,
+        (&read as *const libc::timeval).cast(),
+        size_of::<libc::timeval>(),
+    )?;
+    set(
+        libc::SOL_SOCKET,
+        libc::SO_SNDTIMEO,
+        (&write as *const libc::timeval).cast(),
+        size_of::<libc::timeval>(),
+    )
 }
 
 fn route(request: Request, ctx: &Arc<HttpContext>) {

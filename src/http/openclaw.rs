@@ -98,6 +98,25 @@ pub fn retry_fingerprint(messages: &[Value]) -> Option<u64> {
     any.then_some(hash)
 }
 
+/// Whether the new turn carries one of the messages OpenClaw adds when it resends a turn.
+/// Only such a request may take the result of a turn that has already finished: a client
+/// that simply sends the same words again (without history) means them again.
+pub fn marks_a_retry(messages: &[Value]) -> bool {
+    let start = messages
+        .iter()
+        .rposition(|m| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("assistant" | "tool")
+            )
+        })
+        .map_or(0, |i| i + 1);
+    messages[start..].iter().any(|m| {
+        let text = content_text(m.get("content").unwrap_or(&Value::Null)).unwrap_or_default();
+        is_retry_artifact(&text) || strip_timestamp(&text).starts_with("[Queued user message")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

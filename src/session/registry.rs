@@ -244,6 +244,9 @@ pub struct NewTurn {
     pub history: Option<HistoryRenderer>,
     /// Identifies a resent copy of the same turn (see `http::openclaw::retry_fingerprint`).
     pub fingerprint: Option<u64>,
+    /// The request says it is a retry (OpenClaw's retry messages): it may also take the result
+    /// of a turn that already finished. Without that, only a queued or running turn is joined.
+    pub marked_retry: bool,
     pub system_prompt: Option<Arc<str>>,
 }
 
@@ -321,8 +324,9 @@ impl Registry {
     }
 
     /// Queues a turn on `key`'s session, starting its worker on first use. A request whose
-    /// `fingerprint` matches a turn of the session that is queued, running, or finished within
-    /// `RETRY_WINDOW` is the client retrying it: it attaches to that turn instead.
+    /// `fingerprint` matches a turn of the session that is queued or running (or, for a request
+    /// marked as a retry, finished within `RETRY_WINDOW`) is the client retrying it: it
+    /// attaches to that turn instead.
     pub fn submit(&self, key: &str, request: NewTurn) -> Result<SubmittedTurn, SubmitError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
@@ -333,7 +337,7 @@ impl Registry {
             if let Some(output) = recent
                 .iter()
                 .rev()
-                .find(|o| o.accepts_retry(fingerprint, RETRY_WINDOW))
+                .find(|o| o.accepts_retry(fingerprint, request.marked_retry, RETRY_WINDOW))
             {
                 let (events, flag) = output.subscribe();
                 log::info!(
@@ -385,7 +389,7 @@ impl Registry {
         {
             let mut recent = handle.status.recent.lock().unwrap();
             recent.retain(|o| {
-                !o.has_ended() || o.accepts_retry(o.fingerprint.unwrap_or(0), RETRY_WINDOW)
+                !o.has_ended() || o.accepts_retry(o.fingerprint.unwrap_or(0), true, RETRY_WINDOW)
             });
             recent.push_back(output.clone());
             while recent.len() > self.limits.max_queued_turns + 2 {
@@ -401,9 +405,19 @@ impl Registry {
             queued_at: Instant::now(),
             history: request.history,
         };
-        if handle.turns.send(turn).is_err() {
-            handle.status.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Internal("session worker is gone".into()));
+        match handle.turns.try_send(turn) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                handle.status.queued.fetch_sub(1, Ordering::SeqCst);
+                METRICS.turns_rejected_queue_full.inc();
+                return Err(SubmitError::QueueFull {
+                    limit: self.limits.max_queued_turns,
+                });
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                handle.status.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(SubmitError::Internal("session worker is gone".into()));
+            }
         }
         handle.waker.wake();
         Ok(SubmittedTurn {
@@ -449,7 +463,8 @@ impl Registry {
     }
 
     fn start_worker(&self, key: &str) -> Result<SessionHandle, String> {
-        let (turns_tx, turns_rx) = unbounded();
+        // Bounded by the per-session queue limit (never blocks: `submit` uses try_send).
+        let (turns_tx, turns_rx) = crossbeam_channel::bounded(self.limits.max_queued_turns);
         let (control_tx, control_rx) = unbounded();
         let (waker, wake) = wake_pair().map_err(|e| format!("cannot make a waker: {e}"))?;
         let status = Arc::new(SessionStatus::new());

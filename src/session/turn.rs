@@ -195,15 +195,15 @@ impl TurnOutput {
         state.abandoned_at
     }
 
-    /// Whether a retry with `fingerprint` may attach: the same turn, still running, or ended
-    /// well within `window`.
-    pub fn accepts_retry(&self, fingerprint: u64, window: Duration) -> bool {
+    /// Whether a retry with `fingerprint` may attach: the same turn, still queued or running,
+    /// or (`finished_too`) ended successfully within `window`.
+    pub fn accepts_retry(&self, fingerprint: u64, finished_too: bool, window: Duration) -> bool {
         if self.fingerprint != Some(fingerprint) {
             return false;
         }
         match self.inner.lock().unwrap().ended {
             None => true,
-            Some((at, succeeded)) => succeeded && at.elapsed() < window,
+            Some((at, succeeded)) => finished_too && succeeded && at.elapsed() < window,
         }
     }
 

@@ -151,6 +151,7 @@ impl Worker {
         wake: WakeReceiver,
     ) -> Self {
         let known = settings.store.get(&key);
+        let known_session = known.as_ref().map(|r| r.claude_session.clone());
         let workspace = known
             .as_ref()
             .map(|r| r.workspace.clone())
@@ -178,7 +179,10 @@ impl Worker {
             ws: None,
             frames: VecDeque::new(),
             stop_deadline: None,
-            restore_history: false,
+            // A session this bridge has never seen may still be an old conversation (another
+            // host ran it, or the state was lost): its first turn carries whatever history the
+            // client sent (nothing for a conversation's first request).
+            restore_history: known_session.is_none(),
             start_failures: 0,
             no_start_before: None,
             spawned_before: false,
@@ -890,6 +894,9 @@ impl Worker {
                         );
                     }
                     self.ws = Some(*ws);
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.started();
+                    }
                     self.status.set_state(SessionState::Ready);
                     log::info!("session {:?}: ready in {:?}", self.key, started.elapsed());
                     return Ok(());
