@@ -215,8 +215,12 @@ fn every_thread_is_named_and_the_thread_report_shows_each_worker() {
     let bridge = Bridge::demo().start();
     let slow = stream_chat_in_background(bridge.http, "busy", "wait [sim:delay_ms=1500]");
     assert_eq!(streamed_text(&stream_chat(bridge.http, "idle", "x").1), "x");
-    assert!(bridge.wait_for_log("session \"busy\" turn-", Duration::from_secs(10)));
-    let report = request(bridge.http, "GET", "/v1/debug/threads", &[], "").text();
+    // Wait until the busy session's claude has the turn (its worker is then waiting for it).
+    let report = wait_until(Duration::from_secs(10), || {
+        let report = request(bridge.http, "GET", "/v1/debug/threads", &[], "").text();
+        report.contains("session:busy state=busy").then_some(report)
+    })
+    .expect("the busy session shows as busy");
     assert!(report.contains("session:idle state=ready"), "{report}");
     assert!(
         report.contains("session:busy state=busy") && report.contains("waiting for claude's reply"),
