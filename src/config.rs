@@ -126,6 +126,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "turns in flight across sessions (default = max_processes)",
     ),
     (
+        "queue_timeout",
+        "DUR",
+        "when every claude process is busy, wait this long for one before answering 429 (default 0: at once)",
+    ),
+    (
         "shutdown_grace",
         "DUR",
         "on SIGTERM, how long turns in flight may still run (default 10s)",
@@ -199,6 +204,7 @@ pub struct Config {
     /// None = same as `max_processes`.
     pub max_concurrent_turns: Option<usize>,
     pub shutdown_grace: Duration,
+    pub queue_timeout: Duration,
     pub retry_grace: Duration,
     pub delivery_timeout: Duration,
     pub client_read_timeout: Duration,
@@ -246,6 +252,7 @@ impl Default for Config {
             max_processes: default_max_processes(),
             max_concurrent_turns: None,
             shutdown_grace: Duration::from_secs(10),
+            queue_timeout: Duration::ZERO,
             retry_grace: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(10),
             client_read_timeout: Duration::from_secs(30),
@@ -423,6 +430,7 @@ impl Config {
             "max_processes" => self.max_processes = parse_num(value)?,
             "max_concurrent_turns" => self.max_concurrent_turns = Some(parse_num(value)?),
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
+            "queue_timeout" => self.queue_timeout = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,
             "delivery_timeout" => self.delivery_timeout = parse_duration(value)?,
             "client_read_timeout" => self.client_read_timeout = parse_duration(value)?,

@@ -167,6 +167,7 @@ fn serve(config: Config) -> Result<(), String> {
             .conversation_match
             .then(|| Continuations::new(CONTINUATIONS_REMEMBERED)),
         strip_openclaw_context: config.strip_openclaw_context,
+        queue_timeout: config.queue_timeout,
         system_prompt: config.system_prompt,
     });
     let http_thread =

@@ -503,3 +503,29 @@ fn a_conversation_new_to_this_bridge_gets_the_history_its_client_sent() {
         "next"
     );
 }
+
+#[test]
+fn with_a_queue_timeout_a_request_at_capacity_waits_for_a_process_instead_of_429() {
+    let bridge = Bridge::demo()
+        .arg("--max-processes", "1")
+        .arg("--queue-timeout", "10s")
+        .start();
+    let busy = stream_chat_in_background(bridge.http, "a", "busy [sim:delay_ms=1200]");
+    assert!(bridge.wait_for_log("session \"a\" turn-1: turn sent", WAIT));
+    let started = Instant::now();
+    let (response, events) = stream_chat(bridge.http, "b", "waited");
+    assert_eq!(response.status, 200);
+    assert_eq!(streamed_text(&events), "waited");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for a's turn to end"
+    );
+    assert_eq!(
+        streamed_text(&busy.join().unwrap().1),
+        "busy [sim:delay_ms=1200]"
+    );
+    assert!(
+        agent_pids(&bridge.marker, "a").is_empty(),
+        "a, idle again, was evicted for b"
+    );
+}

@@ -26,6 +26,9 @@ use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure}
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
+/// How often a request waiting for capacity (`queue_timeout`) looks again.
+const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     let content_type = request
         .headers()
@@ -121,6 +124,14 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         marked_retry,
         system_prompt,
     };
+    // At capacity, with `queue_timeout` set: wait (this request only) for a process to become
+    // free or idle, instead of answering 429 at once.
+    if !ctx.queue_timeout.is_zero() && !ctx.registry.has_room_for(&key.key) {
+        let deadline = Instant::now() + ctx.queue_timeout;
+        while Instant::now() < deadline && !ctx.registry.has_room_for(&key.key) {
+            std::thread::sleep(QUEUE_POLL);
+        }
+    }
     let turn = match ctx.registry.submit(&key.key, new_turn) {
         Ok(turn) => turn,
         Err(error) => return respond_error(request, &submit_error(error)),

@@ -32,6 +32,8 @@ pub struct HttpContext {
     /// Conversation matching for clients that send no id (None when `conversation_match` is off).
     pub continuations: Option<crate::session::identity::Continuations>,
     pub strip_openclaw_context: bool,
+    /// At capacity, how long a request waits for a free process before 429 (zero: not at all).
+    pub queue_timeout: Duration,
     pub system_prompt: crate::config::SystemPromptPolicy,
 }
 

@@ -430,6 +430,19 @@ impl Registry {
         })
     }
 
+    /// Whether a turn for `key` would be admitted now: its session has a process, a process
+    /// slot is free, or an idle session could be evicted. (For `queue_timeout`: a request that
+    /// would get 429 waits for this instead.)
+    pub fn has_room_for(&self, key: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap();
+        let has_process = sessions
+            .get(key)
+            .is_some_and(|h| h.status.state() != SessionState::Absent);
+        has_process
+            || self.settings.process_slots.used() < self.limits.max_processes
+            || sessions.iter().any(|(k, h)| k != key && h.status.is_idle())
+    }
+
     /// Frees a process slot for `for_key` by stopping the least recently active idle session.
     fn evict_one(
         &self,
