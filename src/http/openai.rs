@@ -118,10 +118,7 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
             .ok_or_else(|| ApiError::bad_request(format!("messages[{i}] needs a string `role`")))?;
         roles.push(role);
     }
-    let start = roles
-        .iter()
-        .rposition(|r| *r == "assistant" || *r == "tool")
-        .map_or(0, |i| i + 1);
+    let start = new_turn_start(messages);
     let mut parts = Vec::new();
     for (i, m) in messages.iter().enumerate().skip(start) {
         if roles[i] != "user" {
@@ -139,6 +136,20 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(parts)
+}
+
+/// Index of the first message of the new turn: the one after the last `assistant`/`tool`
+/// message (0 when there is none). Everything before it is the conversation's history.
+pub fn new_turn_start(messages: &[Value]) -> usize {
+    messages
+        .iter()
+        .rposition(|m| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("assistant" | "tool")
+            )
+        })
+        .map_or(0, |i| i + 1)
 }
 
 /// A message's text: a string, or an array of content parts whose `text` parts are joined.
@@ -170,14 +181,12 @@ pub fn content_text(content: &Value) -> Result<String, String> {
 /// system messages left out, the oldest part dropped beyond `max_bytes`. None when there is
 /// no earlier conversation.
 pub fn render_history(messages: &[Value], max_bytes: usize) -> Option<String> {
-    let end = messages.iter().rposition(|m| {
-        matches!(
-            m.get("role").and_then(Value::as_str),
-            Some("assistant" | "tool")
-        )
-    })?;
+    let history = &messages[..new_turn_start(messages)];
+    if history.is_empty() {
+        return None;
+    }
     let mut lines = Vec::new();
-    for m in &messages[..=end] {
+    for m in history {
         let who = match m.get("role").and_then(Value::as_str) {
             Some("user") => "User",
             Some("assistant") => "Assistant",

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::openai::content_text;
+use super::openai::{content_text, new_turn_start};
 use crate::session::identity::{CHAIN_START, chain, history_hash, is_internal_context};
 
 /// Whether a user message is something OpenClaw adds when it retries a turn.
@@ -70,15 +70,7 @@ pub fn strip_context(parts: Vec<String>) -> Vec<String> {
 /// user text, with everything OpenClaw adds on a retry (and its internal context, and the
 /// timestamps) removed. None when nothing is left to compare.
 pub fn retry_fingerprint(messages: &[Value]) -> Option<u64> {
-    let start = messages
-        .iter()
-        .rposition(|m| {
-            matches!(
-                m.get("role").and_then(Value::as_str),
-                Some("assistant" | "tool")
-            )
-        })
-        .map_or(0, |i| i + 1);
+    let start = new_turn_start(messages);
     let mut hash = chain(history_hash(messages).unwrap_or(CHAIN_START), "turn", "");
     let mut any = false;
     for m in &messages[start..] {
@@ -102,15 +94,7 @@ pub fn retry_fingerprint(messages: &[Value]) -> Option<u64> {
 /// Only such a request may take the result of a turn that has already finished: a client
 /// that simply sends the same words again (without history) means them again.
 pub fn marks_a_retry(messages: &[Value]) -> bool {
-    let start = messages
-        .iter()
-        .rposition(|m| {
-            matches!(
-                m.get("role").and_then(Value::as_str),
-                Some("assistant" | "tool")
-            )
-        })
-        .map_or(0, |i| i + 1);
+    let start = new_turn_start(messages);
     messages[start..].iter().any(|m| {
         let text = content_text(m.get("content").unwrap_or(&Value::Null)).unwrap_or_default();
         is_retry_artifact(&text) || strip_timestamp(&text).starts_with("[Queued user message")

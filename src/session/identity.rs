@@ -166,13 +166,8 @@ pub const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
 /// The hash of the `user`/`assistant` messages before the new turn (internal-context
 /// blocks left out); None when there are none (a conversation's first request).
 pub fn history_hash(messages: &[Value]) -> Option<u64> {
-    let end = messages.iter().rposition(|m| {
-        matches!(
-            m.get("role").and_then(Value::as_str),
-            Some("assistant" | "tool")
-        )
-    })?;
-    Some(conversation_hash(CHAIN_START, &messages[..=end]))
+    let history = &messages[..crate::http::openai::new_turn_start(messages)];
+    (!history.is_empty()).then(|| conversation_hash(CHAIN_START, history))
 }
 
 /// Folds `user`/`assistant` messages into `hash`, skipping internal-context blocks.
