@@ -366,6 +366,16 @@ fn hostile_http_requests_get_clear_errors_and_do_not_disturb_others() {
     let r = raw_request(addr, &invalid_utf8);
     assert_eq!(r.status, 400);
     assert!(r.text().contains("UTF-8"));
+    // Headers over the limit get a clear 431 (and the next request is served).
+    let huge = "h".repeat(100 * 1024);
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Padding", &huge)],
+        &chat_body("x", false),
+    );
+    assert_eq!((r.status, code(&r)), (431, "headers_too_large".into()));
     // Unknown fields are fine.
     let body = json!({"messages": [{"role": "user", "content": "ok", "name": "n"}], "temperature": 0.3, "tools": [], "x-extra": {"a": 1}});
     let r = request(

@@ -156,7 +156,24 @@ pub fn tune_listener(
     )
 }
 
+/// Largest request line plus headers the bridge serves. tiny_http has already read them by the
+/// time the bridge sees the request (it enforces no limit itself: docs/RELIABILITY.md), so
+/// this refuses the request with a clear 431 rather than bounding the read.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 fn route(request: Request, ctx: &Arc<HttpContext>) {
+    let header_bytes: usize = request.url().len()
+        + request
+            .headers()
+            .iter()
+            .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+            .sum::<usize>();
+    if header_bytes > MAX_HEADER_BYTES {
+        let message = format!(
+            "request line and headers are {header_bytes} bytes; the bridge accepts at most {MAX_HEADER_BYTES}"
+        );
+        return respond_error(request, &ApiError::new(431, "headers_too_large", message));
+    }
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
     if path != "/healthz" && !authorised(&request, ctx) {
