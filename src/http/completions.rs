@@ -76,6 +76,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(key) => key,
         Err(message) => return respond_error(request, &ApiError::bad_request(message)),
     };
+    name_this_thread(&format!("respond:{}", key.key));
     // Only sessions found by conversation matching need the chain their next request will show.
     let chain_before_reply = matches!(key.source, "conversation-continuation" | "new-conversation")
         .then(|| {
@@ -155,6 +156,16 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     {
         continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
     }
+}
+
+/// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
+/// 15 bytes: `respond:agent:m…`. The responder learns its session key only after reading the
+/// request, after it was spawned as `respond`.
+fn name_this_thread(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
+    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
 
 /// Reads the body up to `limit` bytes; a declared or actual larger body is a 413 and is not

@@ -399,6 +399,7 @@ impl Worker {
         let waiting_for_claude = Instant::now();
         self.await_previous_turn();
         let waited_for_claude = waiting_for_claude.elapsed();
+        self.status.set_step("sending the turn");
         self.status.set_state(SessionState::Busy);
         let mut content = std::mem::take(&mut turn.content);
         if self.restore_history
