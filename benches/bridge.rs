@@ -3,15 +3,25 @@
 //! BENCHMARKS.md records the figures and how to read them.
 //!
 //! B1 warm-turn latency (one session, sequential; streaming and not), with the bridge's own
-//!    inbound/outbound time read from its /metrics histograms;
-//! B2 throughput with 1, 8, 64, 256 sessions in a closed loop, and the bridge's CPU per turn;
+//!    inbound/outbound time read from its /metrics histograms (percentiles interpolated
+//!    inside the 1-2-5 buckets);
+//! B2 throughput with 1, 8, 64, 256 sessions in a closed loop, and CPU per turn (the bridge,
+//!    its simulated-Claude side, the client);
 //! B3 memory: RSS at start, with 64 and 256 idle sessions, one channel process; vs an idle
 //!    Node.js HTTP + WebSocket server;
 //! B4 start-up: process start → /healthz, and spawn → ready for the simulated Claude.
-//! Baselines: a minimal loopback HTTP server in this process answering the same SSE at once.
+//! Baseline ("floor"): a minimal loopback HTTP server in this process answering the same SSE
+//! (or JSON) body at once, driven by the same client.
 //!
-//! Every reply is checked (it must be the turn's own nonce); any error or crossed reply is
-//! reported and makes the run exit non-zero. `--quick` is the few-second CI smoke.
+//! The client: std only, one keep-alive connection per session, one thread per connection.
+//! A session's turns are sequential, so a closed loop over N sessions needs N requests
+//! outstanding at once; with blocking sockets that is N threads (256 at most, 64 KiB stacks,
+//! nearly always blocked in `read`). Their CPU is measured and printed (`client CPU`) so the
+//! share the client takes from the 2 cores is visible rather than assumed.
+//!
+//! Every reply is checked (it must be the turn's own nonce); errors and crossed replies are
+//! counted separately, and so are processes left behind after a bridge's SIGTERM; any of them
+//! makes the run exit non-zero. `--quick` is the few-second CI smoke (it asserts no times).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,14 +56,15 @@ fn main() {
             levels: vec![1, 8, 64, 256],
         }
     };
-    let problems = Arc::new(AtomicU64::new(0));
+    let problems = Arc::new(Problems::default());
     println!(
         "# synthesis-bridge benchmark ({})",
         if quick { "quick smoke" } else { "full" }
     );
     println!(
-        "machine: {} cores, {}, kernel {}",
+        "machine: {} cores ({}), {}, kernel {}",
         num_cpus(),
+        cpu_model(),
         mem_total(),
         kernel()
     );
@@ -68,24 +79,68 @@ fn main() {
         .map(|s| s.to_ascii_uppercase());
     let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let floor = Floor::start();
+    let mut summary = Summary::default();
     if part("B1") {
-        b1(&settings, &floor, &problems);
+        b1(&settings, &floor, &problems, &mut summary);
     }
     if part("B2") {
-        b2(&settings, &floor, &problems);
+        b2(&settings, &floor, &problems, &mut summary);
     }
     if part("B3") && (!quick || only.is_some()) {
-        b3(&problems);
+        b3(&problems, &mut summary);
     }
     if part("B4") {
-        b4(&settings);
+        b4(&settings, &problems, &mut summary);
     }
-    let bad = problems.load(Ordering::SeqCst);
-    if bad > 0 {
-        println!("\nFAILED: {bad} errors or crossed replies");
+    summary.print();
+    let (errors, crossed, leaked) = (
+        problems.errors.load(Ordering::SeqCst),
+        problems.crossed.load(Ordering::SeqCst),
+        problems.leaked_processes.load(Ordering::SeqCst),
+    );
+    println!(
+        "\nchecks: {} turns checked, {errors} errors, {crossed} crossed replies, {leaked} processes left behind",
+        problems.checked.load(Ordering::SeqCst)
+    );
+    if problems.total() > 0 {
+        println!("FAILED");
         std::process::exit(1);
     }
-    println!("\nall replies correct");
+    println!("all replies correct");
+}
+
+/// The one table of headline figures, filled in by each part.
+#[derive(Default)]
+struct Summary {
+    rows: Vec<[String; 4]>,
+}
+
+impl Summary {
+    fn add(&mut self, what: &str, figure: String, baseline: String, target: &str) {
+        self.rows
+            .push([what.into(), figure, baseline, target.into()]);
+    }
+
+    fn print(&self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        println!("## Summary (medians)\n");
+        println!("| figure | bridge | baseline (ratio) | target |");
+        println!("|---|---|---|---|");
+        for [a, b, c, d] in &self.rows {
+            println!("| {a} | {b} | {c} | {d} |");
+        }
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 // ---------------------------------------------------------------- the bridge under test
@@ -144,12 +199,60 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// SIGTERM, wait, and check that every process the bridge had started is gone.
+    fn stop(mut self, problems: &Problems) {
+        let left = stop_and_check(&mut self.child);
+        if left > 0 {
+            eprintln!("{left} processes of the bridge still alive after its SIGTERM");
+            problems.leaked_processes.fetch_add(left, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for Bridge {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        stop_and_check(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends SIGTERM to `child` (idempotent), waits for it, and returns how many of its
+/// descendants (simulated Claudes, channel servers, hooks) are still alive a second later;
+/// those are killed.
+fn stop_and_check(child: &mut Child) -> u64 {
+    if let Ok(Some(_)) = child.try_wait() {
+        return 0;
+    }
+    let root = child.id();
+    let family: Vec<u32> = all_pids().filter(|p| is_descendant(*p, root)).collect();
+    // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+    unsafe { libc::kill(root as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
+            .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+    };
+    while family.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left: Vec<&u32> = family.iter().filter(|p| alive(p)).collect();
+    for pid in &left {
+        // SAFETY: kill(2) on a pid that was the bridge's descendant a moment ago.
+        unsafe { libc::kill(**pid as i32, libc::SIGKILL) };
+    }
+    left.len() as u64
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
 }
 
 fn next_id() -> u64 {
@@ -199,11 +302,24 @@ fn floor_connection(stream: TcpStream) {
         }
         let mut body = vec![0; len];
         reader.read_exact(&mut body).unwrap();
-        let text =
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["messages"][0]["content"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let text = request["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if request["stream"] == false {
+            let body = serde_json::json!({"choices": [{"finish_reason": "stop", "index": 0,
+                "message": {"content": text, "role": "assistant"}}], "object": "chat.completion"})
+            .to_string();
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if writer.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let events = [
             r#"{"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0}]}"#.to_string(),
             serde_json::json!({"choices":[{"delta":{"content": text},"finish_reason":null,"index":0}]}).to_string(),
@@ -266,10 +382,48 @@ impl Client {
         } else {
             json_text(&body)
         };
+        if status == 200 && reply != text && !reply.is_empty() {
+            return Err(format!("CROSSED: reply {reply:?} for {text:?}"));
+        }
         if status != 200 || reply != text {
             return Err(format!("status {status}, reply {reply:?} for {text:?}"));
         }
         Ok(elapsed)
+    }
+}
+
+/// Failed turns, by kind: an error (bad status, no reply, I/O) or a crossed reply (another
+/// turn's text). Either makes the run exit non-zero.
+#[derive(Default)]
+struct Problems {
+    checked: AtomicU64,
+    errors: AtomicU64,
+    crossed: AtomicU64,
+    leaked_processes: AtomicU64,
+}
+
+impl Problems {
+    /// Counts one checked turn; Some(latency) when it was correct.
+    fn check(&self, part: &str, result: Result<Duration, String>) -> Option<Duration> {
+        self.checked.fetch_add(1, Ordering::SeqCst);
+        result.map_err(|e| self.note(part, &e)).ok()
+    }
+
+    fn note(&self, part: &str, e: &str) {
+        let counter = if e.starts_with("CROSSED") {
+            &self.crossed
+        } else {
+            &self.errors
+        };
+        if counter.fetch_add(1, Ordering::SeqCst) < 3 {
+            eprintln!("{part}: {e}");
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.errors.load(Ordering::SeqCst)
+            + self.crossed.load(Ordering::SeqCst)
+            + self.leaked_processes.load(Ordering::SeqCst)
     }
 }
 
@@ -409,22 +563,21 @@ fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f6
     f64::NAN
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+/// CPU seconds (user + system) of `pid` from /proc/<pid>/stat; with `children`, plus those
+/// of the children it has waited for.
+fn cpu_seconds(pid: u32, children: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
+    let fields: Vec<f64> = stat
         .rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0))
         .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    // Fields 14-17 of proc(5) (utime, stime, cutime, cstime) are 11-14 after the ')'.
+    let take = if children { 4 } else { 2 };
+    let ticks: f64 = fields.iter().skip(11).take(take).sum();
+    // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
@@ -439,25 +592,25 @@ fn rss_kib(pid: u32) -> u64 {
 
 // ---------------------------------------------------------------- B1
 
-fn b1(s: &Settings, floor: &Floor, problems: &AtomicU64) {
+fn b1(s: &Settings, floor: &Floor, problems: &Problems, summary: &mut Summary) {
     println!(
         "## B1 warm turn, one session, sequential ({} turns per run)\n",
         s.b1_turns
     );
     println!(
-        "| mode | client p50 | client p99 | floor p50 | p50 ratio | bridge inbound p50 / p99 | bridge outbound p50 / p99 |"
+        "| mode | client p50 | client p99 | floor p50 / p99 | ratio p50 / p99 | bridge inbound p50 / p99 | bridge outbound p50 / p99 | own (in + out) p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (stream, think) in [
         (true, Duration::ZERO),
         (false, Duration::ZERO),
         (true, Duration::from_millis(20)),
     ] {
-        let mut figures: Vec<[f64; 7]> = Vec::new();
+        let mut figures: Vec<[f64; 8]> = Vec::new();
         for run in 0..s.runs {
             let bridge = Bridge::start(&[], &[]);
             let mut client = Client::connect(bridge.http, "b1");
-            client.turn("warm-up", stream).unwrap();
+            problems.check("B1 warm-up", client.turn("warm-up", stream));
             let (inbound0, outbound0) = (
                 histogram(bridge.http, "synthesis_bridge_inbound_seconds"),
                 histogram(bridge.http, "synthesis_bridge_outbound_seconds"),
@@ -465,28 +618,29 @@ fn b1(s: &Settings, floor: &Floor, problems: &AtomicU64) {
             let mut latencies = Vec::with_capacity(s.b1_turns);
             for i in 0..s.b1_turns {
                 std::thread::sleep(think);
-                match client.turn(&format!("b1-{run}-{i}"), stream) {
-                    Ok(d) => latencies.push(d),
-                    Err(e) => {
-                        problems.fetch_add(1, Ordering::SeqCst);
-                        eprintln!("B1: {e}");
-                    }
-                }
+                let nonce = format!("b1-{stream}-{run}-{i}");
+                latencies.extend(problems.check("B1", client.turn(&nonce, stream)));
             }
             let (inbound1, outbound1) = (
                 histogram(bridge.http, "synthesis_bridge_inbound_seconds"),
                 histogram(bridge.http, "synthesis_bridge_outbound_seconds"),
             );
+            bridge.stop(problems);
             latencies.sort();
+            // The floor, with the same client, mode and think time.
             let mut floor_client = Client::connect(floor.addr, "b1");
             let mut floor_latencies: Vec<Duration> = (0..s.b1_turns)
-                .map(|i| floor_client.turn(&format!("f{i}"), true).unwrap())
+                .filter_map(|i| {
+                    std::thread::sleep(think);
+                    problems.check("B1 floor", floor_client.turn(&format!("f{i}"), stream))
+                })
                 .collect();
             floor_latencies.sort();
             figures.push([
                 percentile(&latencies, 0.5).as_secs_f64(),
                 percentile(&latencies, 0.99).as_secs_f64(),
                 percentile(&floor_latencies, 0.5).as_secs_f64(),
+                percentile(&floor_latencies, 0.99).as_secs_f64(),
                 histogram_quantile(&inbound0, &inbound1, 0.5),
                 histogram_quantile(&inbound0, &inbound1, 0.99),
                 histogram_quantile(&outbound0, &outbound1, 0.5),
@@ -494,155 +648,210 @@ fn b1(s: &Settings, floor: &Floor, problems: &AtomicU64) {
             ]);
         }
         let m = |i: usize| median(figures.iter().map(|f| f[i]).collect());
+        let mode = match (stream, think.is_zero()) {
+            (true, true) => "stream, back to back",
+            (false, true) => "non-stream, back to back",
+            _ => "stream, 20 ms between turns",
+        };
         println!(
-            "| {} | {} | {} | {} | {:.1}× | {} / {} | {} / {} |",
-            match (stream, think.is_zero()) {
-                (true, true) => "stream, back to back",
-                (false, true) => "non-stream, back to back",
-                _ => "stream, 20 ms between turns",
-            },
+            "| {mode} | {} | {} | {} / {} | {:.0}× / {:.0}× | {} / {} | {} / {} | {} / {} |",
             ms(m(0)),
             ms(m(1)),
             ms(m(2)),
-            m(0) / m(2),
             ms(m(3)),
+            m(0) / m(2),
+            m(1) / m(3),
             ms(m(4)),
             ms(m(5)),
-            ms(m(6))
+            ms(m(6)),
+            ms(m(7)),
+            ms(m(4) + m(6)),
+            ms(m(5) + m(7)),
+        );
+        summary.add(
+            &format!("B1 client warm turn p50 / p99 ({mode})"),
+            format!("{} / {}", ms(m(0)), ms(m(1))),
+            format!(
+                "floor {} / {} ({:.0}× / {:.0}×)",
+                ms(m(2)),
+                ms(m(3)),
+                m(0) / m(2),
+                m(1) / m(3)
+            ),
+            "≤ 1 ms / ≤ 5 ms",
+        );
+        summary.add(
+            &format!("B1 bridge own time in + out, p50 / p99 ({mode})"),
+            format!("{} / {}", ms(m(4) + m(6)), ms(m(5) + m(7))),
+            "-".into(),
+            "≤ 0.1 ms / ≤ 1 ms",
         );
     }
-    println!();
+    println!(
+        "\nown time: sum of the inbound and outbound percentiles (an upper bound for the percentile of the sum), each interpolated inside its /metrics bucket.\n"
+    );
 }
 
 // ---------------------------------------------------------------- B2
 
 /// Closed loop: `sessions` clients, each sending its next turn as soon as the last returned.
+/// Returns the sorted latencies of the correct turns.
 fn closed_loop(
     addr: SocketAddr,
     sessions: usize,
     seconds: f64,
     tag: &str,
-    problems: &AtomicU64,
-) -> (usize, Vec<Duration>) {
+    problems: &Arc<Problems>,
+) -> Vec<Duration> {
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..sessions)
         .map(|i| {
-            let (stop, tag) = (stop.clone(), tag.to_string());
+            let (stop, tag, problems) = (stop.clone(), tag.to_string(), problems.clone());
             std::thread::Builder::new()
-                .stack_size(256 * 1024)
+                .stack_size(64 * 1024)
                 .spawn(move || {
                     let mut client = Client::connect(addr, &format!("s{i}"));
-                    let (mut latencies, mut errors, mut n) = (Vec::new(), 0u64, 0u64);
+                    let (mut latencies, mut n) = (Vec::new(), 0u64);
                     while !stop.load(Ordering::Relaxed) {
-                        match client.turn(&format!("{tag}-{i}-{n}"), true) {
-                            Ok(d) => latencies.push(d),
-                            Err(e) => {
-                                errors += 1;
-                                if errors < 3 {
-                                    eprintln!("B2: {e}");
-                                }
-                            }
-                        }
+                        let nonce = format!("{tag}-{i}-{n}");
+                        latencies.extend(problems.check("B2", client.turn(&nonce, true)));
                         n += 1;
                     }
-                    (latencies, errors)
+                    latencies
                 })
                 .unwrap()
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::SeqCst);
-    let mut all = Vec::new();
-    for w in workers {
-        let (latencies, errors) = w.join().unwrap();
-        problems.fetch_add(errors, Ordering::SeqCst);
-        all.extend(latencies);
-    }
+    let mut all: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     all.sort();
-    (all.len(), all)
+    all
 }
 
 /// One turn on each of `sessions` sessions, all at once.
-fn warm_up(addr: SocketAddr, sessions: usize, problems: &AtomicU64) {
+fn warm_up(addr: SocketAddr, sessions: usize, problems: &Arc<Problems>) {
     let handles: Vec<_> = (0..sessions)
         .map(|i| {
-            std::thread::spawn(move || {
-                Client::connect(addr, &format!("s{i}")).turn(&format!("warm-{i}"), true)
-            })
+            let problems = problems.clone();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut client = Client::connect(addr, &format!("s{i}"));
+                    problems.check("warm-up", client.turn(&format!("warm-{i}"), true));
+                })
+                .unwrap()
         })
         .collect();
     for h in handles {
-        if let Err(e) = h.join().unwrap() {
-            problems.fetch_add(1, Ordering::SeqCst);
-            eprintln!("warm-up: {e}");
-        }
+        h.join().unwrap();
     }
 }
 
-/// CPU seconds of every process below `root` (the simulated Claudes, channel servers, hooks).
+/// CPU seconds of every live process below `root` (the simulated Claudes, channel servers),
+/// with the CPU of the children they waited for (the Stop hooks: `sh` and `hook stop`).
 fn descendants_cpu(root: u32) -> f64 {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+    all_pids()
         .filter(|pid| is_descendant(*pid, root))
-        .map(cpu_seconds)
+        .map(|pid| cpu_seconds(pid, true))
         .sum()
 }
 
-fn b2(s: &Settings, floor: &Floor, problems: &AtomicU64) {
+/// CPU seconds (user + system) of this benchmark process: the client.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn b2(s: &Settings, floor: &Floor, problems: &Arc<Problems>, summary: &mut Summary) {
     println!(
         "## B2 throughput, closed loop, {} s per run\n",
         s.b2_seconds
     );
     println!(
-        "| sessions | turns/s | p50 | p99 | floor turns/s | ratio to floor | bridge CPU s per 1000 turns | simulated-Claude side CPU s per 1000 turns |"
+        "| sessions | turns/s | p50 | p99 | floor turns/s | ratio to floor | floor p50 / p99 | bridge CPU s / 1000 turns | sim side (sim + channel + hooks) CPU s / 1000 turns | client CPU s / 1000 turns |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let bridge = Bridge::start(&[], &[]);
+    let mut by_level = Vec::new();
     for &sessions in &s.levels {
         // Warm every session first: each has its claude (simulated) up and ready.
         warm_up(bridge.http, sessions, problems);
-        let mut figures: Vec<[f64; 6]> = Vec::new();
+        let mut figures: Vec<[f64; 9]> = Vec::new();
         for run in 0..s.runs {
-            let (cpu0, others0) = (cpu_seconds(bridge.pid()), descendants_cpu(bridge.pid()));
-            let (turns, latencies) = closed_loop(
+            let (cpu0, others0, client0) = (
+                cpu_seconds(bridge.pid(), false),
+                descendants_cpu(bridge.pid()),
+                own_cpu(),
+            );
+            let latencies = closed_loop(
                 bridge.http,
                 sessions,
                 s.b2_seconds,
                 &format!("b2-{sessions}-{run}"),
                 problems,
             );
-            let cpu = cpu_seconds(bridge.pid()) - cpu0;
-            // Live processes only: the per-turn hook processes have exited and are not counted.
+            let turns = latencies.len().max(1) as f64;
+            let cpu = cpu_seconds(bridge.pid(), false) - cpu0;
             let others = descendants_cpu(bridge.pid()) - others0;
-            let (floor_turns, _) = closed_loop(
-                floor.addr,
-                sessions,
-                s.b2_seconds.min(1.0),
-                "floor",
-                problems,
-            );
+            let client = own_cpu() - client0;
+            let floor_seconds = s.b2_seconds.min(1.0);
+            let floor_latencies =
+                closed_loop(floor.addr, sessions, floor_seconds, "floor", problems);
             figures.push([
-                turns as f64 / s.b2_seconds,
+                latencies.len() as f64 / s.b2_seconds,
                 percentile(&latencies, 0.5).as_secs_f64(),
                 percentile(&latencies, 0.99).as_secs_f64(),
-                floor_turns as f64 / s.b2_seconds.min(1.0),
-                cpu / turns.max(1) as f64 * 1000.0,
-                others / turns.max(1) as f64 * 1000.0,
+                floor_latencies.len() as f64 / floor_seconds,
+                percentile(&floor_latencies, 0.5).as_secs_f64(),
+                percentile(&floor_latencies, 0.99).as_secs_f64(),
+                cpu / turns * 1000.0,
+                others / turns * 1000.0,
+                client / turns * 1000.0,
             ]);
         }
         let m = |i: usize| median(figures.iter().map(|f| f[i]).collect());
         println!(
-            "| {sessions} | {:.0} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} |",
+            "| {sessions} | {:.0} | {} | {} | {:.0} | {:.3} | {} / {} | {:.3} | {:.3} | {:.3} |",
             m(0),
             ms(m(1)),
             ms(m(2)),
             m(3),
             m(0) / m(3),
-            m(4),
-            m(5)
+            ms(m(4)),
+            ms(m(5)),
+            m(6),
+            m(7),
+            m(8)
+        );
+        summary.add(
+            &format!("B2 turns/s, {sessions} sessions (p50 / p99)"),
+            format!("{:.0} ({} / {})", m(0), ms(m(1)), ms(m(2))),
+            format!("floor {:.0} ({:.3}×)", m(3), m(0) / m(3)),
+            if sessions == 64 { "≥ 2000" } else { "-" },
+        );
+        summary.add(
+            &format!("B2 bridge CPU per 1000 turns, {sessions} sessions"),
+            format!("{:.3} s", m(6)),
+            "-".into(),
+            "-",
+        );
+        by_level.push((sessions, m(0)));
+    }
+    bridge.stop(problems);
+    let get = |n: usize| by_level.iter().find(|(l, _)| *l == n).map(|(_, t)| *t);
+    if let (Some(t64), Some(t256)) = (get(64), get(256)) {
+        summary.add(
+            "B2 throughput change 64 → 256 sessions",
+            format!("{:+.1} %", (t256 / t64 - 1.0) * 100.0),
+            "-".into(),
+            "≥ −20 %",
         );
     }
     println!();
@@ -650,25 +859,13 @@ fn b2(s: &Settings, floor: &Floor, problems: &AtomicU64) {
 
 // ---------------------------------------------------------------- B3
 
-fn b3(problems: &AtomicU64) {
+fn b3(problems: &Arc<Problems>, summary: &mut Summary) {
     println!("## B3 memory (RSS)\n");
     let bridge = Bridge::start(&[], &[]);
     std::thread::sleep(Duration::from_millis(200));
     let at_start = rss_kib(bridge.pid());
     let warm = |n: usize| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let addr = bridge.http;
-                std::thread::spawn(move || {
-                    Client::connect(addr, &format!("m{i}")).turn("hello", true)
-                })
-            })
-            .collect();
-        for h in handles {
-            if h.join().unwrap().is_err() {
-                problems.fetch_add(1, Ordering::SeqCst);
-            }
-        }
+        warm_up(bridge.http, n, problems);
         // Idle means idle: tiny_http keeps a finished connection's thread for 5 s before it
         // exits, so measure after that.
         std::thread::sleep(Duration::from_millis(5500));
@@ -676,34 +873,68 @@ fn b3(problems: &AtomicU64) {
     };
     let with_64 = warm(64);
     let with_256 = warm(256);
-    let channel = children_named(bridge.pid(), "channel")
-        .first()
-        .map(|p| rss_kib(*p))
-        .unwrap_or(0);
+    let sims = children_named(bridge.pid(), "sim-agent").len();
+    let mut channels: Vec<u64> = children_named(bridge.pid(), "channel")
+        .into_iter()
+        .map(rss_kib)
+        .collect();
+    channels.sort();
+    let channel = channels.get(channels.len() / 2).copied().unwrap_or(0);
+    bridge.stop(problems);
     let node = node_baseline_rss();
+    let per_session = (with_256 as f64 - with_64 as f64) / 192.0;
     println!("| what | RSS |");
     println!("|---|---|");
     println!("| bridge at start | {} KiB |", at_start);
     println!("| bridge with 64 idle sessions | {} KiB |", with_64);
-    println!("| bridge with 256 idle sessions | {} KiB |", with_256);
     println!(
-        "| growth per idle session (64 → 256) | {:.1} KiB |",
-        (with_256 as f64 - with_64 as f64) / 192.0
+        "| bridge with 256 idle sessions ({sims} live simulated Claudes) | {} KiB |",
+        with_256
     );
+    println!("| growth per idle session (64 → 256) | {per_session:.1} KiB |");
     println!(
-        "| one `synthesis-bridge channel` process | {} KiB |",
+        "| one `synthesis-bridge channel` process (median of {}) | {} KiB |",
+        channels.len(),
         channel
     );
-    match node {
+    let node_cell = match &node {
+        Ok(node) => format!("Node {node} KiB ({:.2}×)", at_start as f64 / *node as f64),
+        Err(e) => format!("Node: not measured ({e})"),
+    };
+    match &node {
         Ok(node) => println!(
             "| baseline: idle Node.js HTTP + WebSocket server | {node} KiB (bridge at start = {:.2}× of it) |",
-            at_start as f64 / node as f64
+            at_start as f64 / *node as f64
         ),
         Err(e) => {
             println!("| baseline: idle Node.js HTTP + WebSocket server | not measured: {e} |")
         }
     }
     println!();
+    summary.add(
+        "B3 bridge RSS at start",
+        format!("{at_start} KiB"),
+        node_cell,
+        "≤ 10 MB",
+    );
+    summary.add(
+        "B3 bridge RSS with 64 / 256 idle sessions",
+        format!("{with_64} / {with_256} KiB"),
+        "-".into(),
+        "-",
+    );
+    summary.add(
+        "B3 growth per idle session",
+        format!("{per_session:.1} KiB"),
+        "-".into(),
+        "≤ 64 KiB",
+    );
+    summary.add(
+        "B3 one channel process",
+        format!("{channel} KiB"),
+        "-".into(),
+        "≤ 4 MB",
+    );
 }
 
 fn children_named(root: u32, arg: &str) -> Vec<u32> {
@@ -787,15 +1018,15 @@ fn node_baseline_rss() -> Result<u64, String> {
 
 // ---------------------------------------------------------------- B4
 
-fn b4(s: &Settings) {
+fn b4(s: &Settings, problems: &Problems, summary: &mut Summary) {
     println!("## B4 start-up\n");
-    let mut to_health = Vec::new();
-    let mut to_ready = Vec::new();
-    let mut warm = Vec::new();
+    let (mut to_health, mut to_ready, mut logged, mut warm) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..s.runs {
         // Started without waiting for the listening line: /healthz is polled, as a supervisor would.
         let dir =
             std::env::temp_dir().join(format!("sb-bench-b4-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let port = {
             TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -803,6 +1034,7 @@ fn b4(s: &Settings) {
                 .unwrap()
                 .port()
         };
+        let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
         let t = Instant::now();
         let mut child = Command::new(BIN)
             .args([
@@ -816,12 +1048,13 @@ fn b4(s: &Settings) {
             ])
             .arg(dir.join("state"))
             .arg("--workspace")
-            .arg(std::env::temp_dir())
-            .env("RUST_LOG", "warn")
+            .arg(&dir)
+            .env("RUST_LOG", "info")
             .env("SYNTHESIS_SIM_DIALOG_DELAY_MS", "0")
             .env("HOME", &dir)
+            .env("CLAUDE_CONFIG_DIR", dir.join(".claude"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -841,34 +1074,78 @@ fn b4(s: &Settings) {
         }
         to_health.push(t.elapsed().as_secs_f64());
         let mut client = Client::connect(addr, "b4");
-        let first = client
-            .turn("first", true)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(f64::NAN);
-        let second = client
-            .turn("second", true)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(f64::NAN);
-        to_ready.push(first - second);
-        warm.push(second);
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let _ = child.wait();
+        let first = problems.check("B4", client.turn("first", true));
+        let second = problems.check("B4", client.turn("second", true));
+        if let (Some(first), Some(second)) = (first, second) {
+            to_ready.push(first.as_secs_f64() - second.as_secs_f64());
+            warm.push(second.as_secs_f64());
+        }
+        let left = stop_and_check(&mut child);
+        problems.leaked_processes.fetch_add(left, Ordering::SeqCst);
+        // The worker's own figure: "session \"b4\": ready in 21.3ms" (spawn → channel hello).
+        let text = std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default();
+        if let Some(d) = text
+            .lines()
+            .find_map(|l| l.split_once("ready in ").map(|(_, d)| d.trim().to_string()))
+            .and_then(|d| parse_debug_duration(&d))
+        {
+            logged.push(d);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let m = |v: &Vec<f64>| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            median(v.clone())
+        }
+    };
     println!("| what | median |");
     println!("|---|---|");
     println!(
         "| process start → /healthz answers | {} |",
-        ms(median(to_health))
+        ms(m(&to_health))
     );
     println!(
-        "| spawn → ready for the simulated Claude (first turn − warm turn; sim dialog delay 0, channel hello delay 20 ms) | {} |",
-        ms(median(to_ready))
+        "| spawn → ready for the simulated Claude, client view (first turn − warm turn; sim dialog delay 0, channel hello delay 20 ms) | {} |",
+        ms(m(&to_ready))
+    );
+    println!(
+        "| spawn → ready, the bridge's log (\"ready in\": spawn → channel hello) | {} |",
+        ms(m(&logged))
     );
     println!(
         "| warm turn in the same runs, for scale | {} |",
-        ms(median(warm))
+        ms(m(&warm))
     );
+    println!();
+    summary.add(
+        "B4 process start → /healthz",
+        ms(m(&to_health)),
+        "-".into(),
+        "≤ 20 ms",
+    );
+    summary.add(
+        "B4 spawn → ready (client view / bridge log; 20 ms of it is the configured hello delay)",
+        format!("{} / {}", ms(m(&to_ready)), ms(m(&logged))),
+        "-".into(),
+        "-",
+    );
+}
+
+/// Seconds in a Rust `Debug` duration such as `21.3ms`, `950µs` or `1.2s`.
+fn parse_debug_duration(d: &str) -> Option<f64> {
+    let split = d.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = d.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" | "us" => 1e-6,
+        "ns" => 1e-9,
+        _ => return None,
+    };
+    Some(number * scale)
 }
 
 fn num_cpus() -> usize {
