@@ -30,7 +30,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_synthesis-bridge");
+const BUILT: &str = env!("CARGO_BIN_EXE_synthesis-bridge");
+
+/// The binary under test: the release build, or `SYNTHESIS_BENCH_BIN` (e.g. a build with
+/// symbols, for profiling the same run).
+fn bin() -> String {
+    std::env::var("SYNTHESIS_BENCH_BIN").unwrap_or_else(|_| BUILT.to_string())
+}
 
 struct Settings {
     runs: usize,
@@ -156,7 +162,7 @@ impl Bridge {
         let dir =
             std::env::temp_dir().join(format!("sb-bench-{}-{}", std::process::id(), next_id()));
         std::fs::create_dir_all(dir.join("home")).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args([
                 "serve",
                 "--demo",
@@ -1036,7 +1042,7 @@ fn b4(s: &Settings, problems: &Problems, summary: &mut Summary) {
         };
         let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
         let t = Instant::now();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args([
                 "serve",
                 "--demo",
