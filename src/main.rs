@@ -4,25 +4,8 @@
 //! `serve` (default) the bridge itself, `channel` the MCP stdio server each claude spawns,
 //! `sim-agent` the simulated Claude used by `--demo` and the tests.
 
-mod agent;
-mod channel;
-mod config;
-mod doctor;
-mod hook;
-mod http;
-mod hub;
-mod logging;
-mod metrics;
-mod poll;
-mod protocol;
-#[cfg(test)]
-mod robustness;
-mod serve;
-mod session;
-mod sessions_cli;
-mod sim_agent;
-
 use std::process::ExitCode;
+use synthesis_bridge::{channel, doctor, hook, serve, sessions_cli, sim_agent};
 
 const USAGE: &str = "\
 synthesis-bridge: use long-lived Claude Code sessions as an OpenAI-compatible model

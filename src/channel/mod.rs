@@ -12,9 +12,9 @@
 //! Exit codes: 0 when stdin ends (claude exited); 1 when the bridge closes or cannot be
 //! reached, or the process is misconfigured.
 
-pub(crate) mod bridge;
-pub(crate) mod lines;
-pub(crate) mod mcp;
+pub mod bridge;
+pub mod lines;
+pub mod mcp;
 
 use crate::poll::wait_readable;
 use crate::protocol::{self, BridgeFrame, ChannelFrame, env};

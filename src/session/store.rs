@@ -100,6 +100,10 @@ impl SessionStore {
         self.inner.lock().unwrap().sessions.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Records `key`'s Claude uuid and workspace and writes the map now.
     pub fn put(&self, key: &str, claude_session: &str, workspace: &Path) {
         let mut inner = self.inner.lock().unwrap();

@@ -1,4 +1,4 @@
-//! Randomised robustness tests (test-only): thousands of generated inputs, most of them
+//! Randomised robustness tests: thousands of generated inputs, most of them
 //! near-misses of valid ones, thrown at every parser that reads untrusted bytes: the HTTP
 //! request parser (`parse_chat_request`), the WebSocket layer with the frame parser
 //! (tungstenite and `ChannelFrame`), and the channel's MCP reader (`LineBuffer` and
@@ -11,10 +11,10 @@
 use serde_json::{Value, json};
 use std::io::Cursor;
 
-use crate::channel::lines::{Line, LineBuffer};
-use crate::channel::mcp::{State, handle_line};
-use crate::http::openai::parse_chat_request;
-use crate::protocol::ChannelFrame;
+use synthesis_bridge::channel::lines::{Line, LineBuffer};
+use synthesis_bridge::channel::mcp::{State, handle_line};
+use synthesis_bridge::http::openai::parse_chat_request;
+use synthesis_bridge::protocol::ChannelFrame;
 
 struct Rng(u64);
 
@@ -150,7 +150,7 @@ fn the_websocket_and_frame_parsers_answer_every_input() {
         let mut ws = tungstenite::WebSocket::from_raw_socket(
             Cursor::new(wire),
             tungstenite::protocol::Role::Server,
-            Some(crate::protocol::ws_config()),
+            Some(synthesis_bridge::protocol::ws_config()),
         );
         // Bounded: the cursor runs dry, so every read ends in a message or an error.
         for _ in 0..4 {
@@ -192,7 +192,7 @@ fn the_mcp_reader_answers_every_input() {
         for line in buffer.push(&chunk) {
             if let Line::Text(text) = line {
                 for output in handle_line(&mut state, &text) {
-                    if let crate::channel::mcp::Output::Send(message) = output {
+                    if let synthesis_bridge::channel::mcp::Output::Send(message) = output {
                         // Every answer is JSON-RPC 2.0.
                         assert_eq!(
                             message.get("jsonrpc"),
