@@ -124,7 +124,11 @@ impl Hub {
                     Ok(()) => {
                         log::debug!("ws: channel of pid {pid} attached to session {session:?}")
                     }
-                    Err((ws, why)) => refuse(*ws, &format!("hello from pid {pid} refused: {why}")),
+                    Err((mut link, why)) => {
+                        crate::metrics::METRICS.channel_refused.inc();
+                        log::warn!("ws: hello from pid {pid} refused: {why}; connection closed");
+                        link.close();
+                    }
                 }
             }
             Ok(ChannelFrame::TurnEnd {

@@ -31,6 +31,32 @@ pub fn init(file: Option<&std::path::Path>) {
     let _ = builder.try_init();
 }
 
+/// `text` with every control character escaped (`\n`, `\u{1b}`, ...), for printing a
+/// client's string (a session key, a frame) where a raw newline or terminal escape would
+/// forge a log line or repaint an operator's terminal. Borrowed when nothing needs escaping.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+/// A thread name made from a client's string (a session key): `prefix` + the string with
+/// control characters escaped, so a thread dump or a log line cannot be forged through it.
+pub fn thread_name(prefix: &str, client_text: &str) -> String {
+    format!("{prefix}{}", printable(client_text))
+}
+
 /// `2026-11-24T10:14:03.123Z` without a date crate (civil-from-days, H. Hinnant).
 pub fn utc_timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();

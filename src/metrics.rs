@@ -140,6 +140,7 @@ pub struct Metrics {
     pub respawns: Counter,
     pub evictions: Counter,
     pub idle_kills: Counter,
+    pub worker_panics: Counter,
     pub heartbeats: Counter,
     pub channel_refused: Counter,
     pub retries_attached: Counter,
@@ -160,6 +161,7 @@ pub static METRICS: Metrics = Metrics {
     respawns: Counter::new(),
     evictions: Counter::new(),
     idle_kills: Counter::new(),
+    worker_panics: Counter::new(),
     heartbeats: Counter::new(),
     channel_refused: Counter::new(),
     retries_attached: Counter::new(),
@@ -247,6 +249,12 @@ pub fn expose(gauges: &Gauges) -> String {
         "synthesis_idle_kills_total",
         "Processes stopped after idle_kill.",
         m.idle_kills.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_worker_panics_total",
+        "Session workers that panicked (their turns failed; the session started again).",
+        m.worker_panics.get(),
     );
     counter(
         &mut out,

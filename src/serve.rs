@@ -20,9 +20,11 @@ use crate::hub::{self, Hub};
 use crate::poll::wake_pair;
 use crate::session::Registry;
 use crate::session::identity::Continuations;
-use crate::session::registry::{Limits, Slots};
+use crate::session::registry::Limits;
+use crate::session::shared::SlotPool;
 use crate::session::store::SessionStore;
 use crate::session::worker::WorkerSettings;
+use crate::session::worker::agent_port::ClaudeFactory;
 
 /// Conversations remembered for matching clients that send no id (a few hundred bytes each).
 const CONTINUATIONS_REMEMBERED: usize = 100_000;
@@ -131,17 +133,18 @@ fn serve(config: Config) -> Result<(), String> {
     };
     let registry = Arc::new(Registry::new(
         WorkerSettings {
-            launcher,
+            agents: Box::new(ClaudeFactory {
+                launcher,
+                config_dir: agent::claude_config_dir(),
+            }),
             workspace: config.workspace.clone(),
             workspace_mode: config.workspace_mode,
             state_dir: config.state_dir.clone(),
-            claude_config_dir: agent::claude_config_dir(),
             ready_timeout: config.ready_timeout,
             turn_timeout: config.turn_timeout,
             stop_grace: STOP_GRACE,
             store,
-            process_slots: Slots::new(limits.max_processes),
-            turn_slots: Slots::new(limits.max_concurrent_turns),
+            turn_slots: SlotPool::new(limits.max_concurrent_turns),
             retry_grace: config.retry_grace,
             delivery_timeout: config.delivery_timeout,
         },

@@ -56,7 +56,12 @@ fn sessions_are_listed_and_a_delete_stops_the_process_but_keeps_the_conversation
         request(bridge.http, "POST", "/v1/chat/completions", &headers, &body).status,
         200
     );
-    let list = get(&bridge, "/v1/sessions").json();
+    // Ready once claude reported the end of its turn (until then: draining).
+    let list = wait_until(Duration::from_secs(10), || {
+        let list = get(&bridge, "/v1/sessions").json();
+        (list["data"][0]["state"] == "ready").then_some(list)
+    })
+    .unwrap_or_else(|| get(&bridge, "/v1/sessions").json());
     let row = &list["data"][0];
     assert_eq!(row["key"], "agent:main:a/b");
     assert_eq!(row["state"], "ready");
@@ -199,7 +204,13 @@ fn metrics_parse_and_count_what_happened() {
             format!("t{i} [sim:delay_ms=250]")
         );
     }
-    let after = parse_metrics(&request(bridge.http, "GET", "/metrics", &[], "").text());
+    // After its answer, a session drains until claude reports the end of its turn (its Stop
+    // hook), then is ready.
+    let after = wait_until(Duration::from_secs(10), || {
+        let after = parse_metrics(&request(bridge.http, "GET", "/metrics", &[], "").text());
+        (after["synthesis_sessions{state=\"ready\"}"] == 1.0).then_some(after)
+    })
+    .expect("the session is ready once claude reported the end of its turn");
     let grew = |name: &str| after[name] - before.get(name).copied().unwrap_or(0.0);
     assert_eq!(grew("synthesis_turns_completed_total"), 3.0);
     assert_eq!(grew("synthesis_spawns_total"), 1.0);
@@ -216,14 +227,14 @@ fn every_thread_is_named_and_the_thread_report_shows_each_worker() {
     let slow = stream_chat_in_background(bridge.http, "busy", "wait [sim:delay_ms=1500]");
     assert_eq!(streamed_text(&stream_chat(bridge.http, "idle", "x").1), "x");
     // Wait until the busy session's claude has the turn (its worker is then waiting for it).
-    let report = wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), || {
         let report = request(bridge.http, "GET", "/v1/debug/threads", &[], "").text();
         (report.contains("session:busy state=busy")
-            && report.contains("waiting for claude's reply"))
+            && report.contains("waiting for claude's reply")
+            && report.contains("session:idle state=ready"))
         .then_some(report)
     })
-    .expect("the busy session shows as busy, waiting for claude's reply");
-    assert!(report.contains("session:idle state=ready"), "{report}");
+    .expect("the busy session shows as busy, waiting for claude's reply; the other as ready");
     let pid = bridge.child.as_ref().unwrap().id();
     let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -293,7 +304,12 @@ fn the_sessions_command_reads_the_live_bridge_and_then_the_state_file() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let live = run(&[]);
+    // Ready once claude reported the end of its turn (until then: draining).
+    let live = wait_until(Duration::from_secs(10), || {
+        let live = run(&[]);
+        live.contains("ready").then_some(live)
+    })
+    .unwrap_or_else(|| run(&[]));
     assert!(
         live.contains("from live bridge") && live.contains("cli-key") && live.contains("ready"),
         "{live}"

@@ -133,51 +133,16 @@ impl BridgeLink {
     /// flush).
     pub fn read_available(&mut self) -> Inbound {
         let mut inbound = Inbound::default();
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(text)) => match serde_json::from_str::<BridgeFrame>(text.as_str())
-                {
-                    Ok(frame) => inbound.frames.push(frame),
-                    Err(e) => {
-                        log::warn!("ignoring a frame the channel does not understand ({e}): {text}")
-                    }
-                },
-                Ok(Message::Close(frame)) => {
-                    let why = match frame {
-                        Some(f) => format!(
-                            "the bridge closed the connection ({}: {})",
-                            f.code, f.reason
-                        ),
-                        None => "the bridge closed the connection".to_string(),
-                    };
-                    // Let tungstenite send its close reply if the socket takes it now.
-                    let _ = self.ws.flush();
-                    inbound.closed = Some(why);
-                    return inbound;
-                }
-                Ok(Message::Binary(bytes)) => {
-                    log::warn!("ignoring a binary message of {} bytes", bytes.len())
-                }
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // A pong queued by a ping read above goes out now, or stays `pending` and
-                    // the poll loop comes back soon to finish it.
-                    if let Err(e) = self.flush_pending() {
-                        inbound.closed = Some(format!("the connection failed while writing: {e}"));
-                    }
-                    return inbound;
-                }
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    inbound.closed = Some("the connection is closed".into());
-                    return inbound;
-                }
-                Err(e) => {
-                    inbound.closed = Some(format!("the connection failed: {e}"));
-                    return inbound;
-                }
-            }
+        if let Err(why) = crate::link::read_json_frames(&mut self.ws, &mut inbound.frames) {
+            inbound.closed = Some(why);
+            return inbound;
         }
+        // It would block: a pong queued by a ping read above goes out now, or stays
+        // `pending` and the poll loop comes back soon to finish it.
+        if let Err(e) = self.flush_pending() {
+            inbound.closed = Some(format!("the connection failed while writing: {e}"));
+        }
+        inbound
     }
 
     /// Best-effort close handshake (the process is about to exit).

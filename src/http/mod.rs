@@ -268,7 +268,7 @@ fn sessions_json(ctx: &HttpContext) -> serde_json::Value {
                 .and_then(|t| t.elapsed().ok())
                 .map(|d| d.as_secs());
             json!({
-                "key": s.key, "state": s.state.name(), "pid": (s.pid != 0).then_some(s.pid),
+                "key": s.key, "state": s.phase.name(), "pid": (s.pid != 0).then_some(s.pid),
                 "claude_session": s.info.claude_session, "workspace": s.info.workspace,
                 "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
                 "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
@@ -299,7 +299,7 @@ pub fn thread_report(registry: &crate::session::Registry) -> String {
         out.push_str(&format!(
             "session:{} state={} pid={pid} queued={} step=\"{}\" for {:.1}s\n",
             s.key,
-            s.state.name(),
+            s.phase.name(),
             s.queued,
             s.step,
             s.step_for.as_secs_f64()

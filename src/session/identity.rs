@@ -149,19 +149,16 @@ pub fn is_internal_context(text: &str) -> bool {
 
 /// Extends a conversation hash by one message. FNV-1a over role and text.
 pub fn chain(hash: u64, role: &str, text: &str) -> u64 {
-    let mut h = hash;
-    for b in role
-        .bytes()
-        .chain([0])
-        .chain(text.trim().bytes())
-        .chain([0xff])
-    {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::fnv::extend(
+        hash,
+        role.bytes()
+            .chain([0])
+            .chain(text.trim().bytes())
+            .chain([0xff]),
+    )
 }
 
-pub const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
+pub const CHAIN_START: u64 = crate::fnv::OFFSET_BASIS;
 
 /// The hash of the `user`/`assistant` messages before the new turn (internal-context
 /// blocks left out); None when there are none (a conversation's first request).

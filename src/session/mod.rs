@@ -8,6 +8,7 @@
 
 pub mod identity;
 pub mod registry;
+pub mod shared;
 pub mod store;
 pub mod turn;
 pub mod worker;

@@ -1,25 +1,37 @@
-//! The session table: key → handle of that session's worker. The one piece of state the
-//! HTTP side, the WebSocket hub and the sweeper share, behind one `Mutex` that is held only
-//! to look up or insert a handle, never across I/O.
+//! The session table (key → that session's worker) and the supervision policy, in one place:
+//! - admission: a turn joins its session's queue (at most `max_queued_turns`), or attaches to
+//!   the same turn already running when the client resends it;
+//! - processes: at most `max_processes`; a session that needs one is granted a slot at
+//!   admission, from the pool or from the least recently active idle session, which is
+//!   claimed for stopping (`Stopping`) under the table's lock so no two requests pick the same
+//!   victim; when none is idle the request gets 429 with `Retry-After`;
+//! - idle kill (the sweeper), operator stops, restart back-off after failed starts;
+//! - retirement: a worker with no process and nothing queued leaves the table and its thread
+//!   ends (the conversation stays in the session map and resumes on the next turn);
+//! - panics: a worker that panics has released its process and slots by unwinding; its turns
+//!   fail, it leaves the table, and the next turn of the key starts a new worker. A panic in
+//!   any other thread of the bridge ends the process with a non-zero status (`serve.rs`).
 //!
-//! It also enforces the host-wide limits, because only it sees every session: at most
-//! `max_processes` claude processes (a new one evicts the least recently used idle session,
-//! or the request gets 429 when every process is busy), at most `max_queued_turns` per
-//! session, and at most `max_concurrent_turns` turns in flight across sessions.
+//! The table's lock is held only for lookups, inserts and sending non-blocking messages: never
+//! across I/O, a thread spawn or a store write.
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::shared::{
+    Control, PhaseName, ProcessSlot, SessionInfo, SessionStatus, SlotGrant, SlotPool, StopReason,
+    Supervisor, lock,
+};
 use super::store::SessionStore;
 use super::turn::{
-    CancelToken, FailureKind, HistoryRenderer, Turn, TurnEvent, TurnFailure, TurnOutput,
-    next_turn_id,
+    Admission, CancelToken, HistoryRenderer, Turn, TurnEvent, TurnOutput, next_turn_id,
 };
-use super::worker::{ChannelSocket, Worker, WorkerSettings};
+use super::worker::{Mailbox, Worker, WorkerSettings, start::start_backoff};
+use crate::link::ChannelLink;
 use crate::metrics::{Gauges, METRICS};
 use crate::poll::{Waker, wake_pair};
 
@@ -27,182 +39,14 @@ use crate::poll::{Waker, wake_pair};
 const WORKER_STACK_BYTES: usize = 256 * 1024;
 /// Retry-After for a 429 when every claude process is busy.
 const RETRY_AFTER_BUSY_SECS: u64 = 10;
-
-/// Messages to a worker besides turns.
-pub enum Control {
-    /// The hub accepted a channel connection whose hello named this session's spawn.
-    Attach {
-        ws: Box<ChannelSocket>,
-        spawn_id: String,
-    },
-    /// The Stop hook says Claude finished its turn.
-    TurnEnd {
-        spawn_id: String,
-        turn: Option<String>,
-        last_assistant_message: Option<String>,
-    },
-    /// Stop the process if the session has been idle (no turn in flight or queued) for at
-    /// least `idle_for`; its conversation stays resumable. Sent by the sweeper and by eviction;
-    /// the worker decides, because only it knows for sure whether it is idle.
-    StopIfIdle {
-        idle_for: Duration,
-        reason: &'static str,
-    },
-    /// Finish the turn in flight until `deadline`, fail queued ones, stop the process, exit.
-    Stop { deadline: Instant },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SessionState {
-    Absent = 0,
-    Starting = 1,
-    Ready = 2,
-    Busy = 3,
-}
-
-impl SessionState {
-    pub fn name(self) -> &'static str {
-        match self {
-            SessionState::Absent => "absent",
-            SessionState::Starting => "starting",
-            SessionState::Ready => "ready",
-            SessionState::Busy => "busy",
-        }
-    }
-}
-
-/// What others may read about a session without asking its worker.
-#[derive(Debug)]
-pub struct SessionStatus {
-    state: AtomicU8,
-    /// Turns accepted and not yet finished (queued + in flight).
-    pub queued: AtomicUsize,
-    /// Spawn id of the live process, for the hub's hello check.
-    pub spawn_id: Mutex<Option<String>>,
-    pub pid: AtomicU32,
-    last_active: Mutex<Instant>,
-    /// What the worker is doing and since when (for thread dumps and /v1/debug/threads).
-    step: Mutex<(&'static str, Instant)>,
-    /// Facts for `/v1/sessions`, updated by the worker.
-    pub info: Mutex<SessionInfo>,
-    /// Outputs of the session's queued, running and recently finished turns (for retries).
-    recent: Mutex<VecDeque<Arc<TurnOutput>>>,
-}
-
-/// What `/v1/sessions` shows about a session besides its state.
-#[derive(Debug, Clone, Default)]
-pub struct SessionInfo {
-    pub claude_session: String,
-    pub workspace: String,
-    pub process_started: Option<std::time::SystemTime>,
-    pub turns: u64,
-    pub last_error: Option<String>,
-}
-
-impl SessionStatus {
-    fn new() -> Self {
-        SessionStatus {
-            state: AtomicU8::new(SessionState::Absent as u8),
-            queued: AtomicUsize::new(0),
-            spawn_id: Mutex::new(None),
-            pid: AtomicU32::new(0),
-            last_active: Mutex::new(Instant::now()),
-            step: Mutex::new(("waiting for a turn", Instant::now())),
-            info: Mutex::new(SessionInfo::default()),
-            recent: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    pub fn set_step(&self, step: &'static str) {
-        *self.step.lock().unwrap() = (step, Instant::now());
-    }
-
-    pub fn step(&self) -> (&'static str, Instant) {
-        *self.step.lock().unwrap()
-    }
-
-    pub fn state(&self) -> SessionState {
-        match self.state.load(Ordering::SeqCst) {
-            1 => SessionState::Starting,
-            2 => SessionState::Ready,
-            3 => SessionState::Busy,
-            _ => SessionState::Absent,
-        }
-    }
-
-    pub fn set_state(&self, state: SessionState) {
-        self.state.store(state as u8, Ordering::SeqCst);
-    }
-
-    pub fn touch(&self) {
-        *self.last_active.lock().unwrap() = Instant::now();
-    }
-
-    pub fn last_active(&self) -> Instant {
-        *self.last_active.lock().unwrap()
-    }
-
-    /// A live process with nothing to do.
-    fn is_idle(&self) -> bool {
-        self.state() == SessionState::Ready && self.queued.load(Ordering::SeqCst) == 0
-    }
-}
-
-/// A counting semaphore over a host-wide resource (claude processes, turns in flight).
-#[derive(Debug)]
-pub struct Slots {
-    used: Mutex<usize>,
-    freed: Condvar,
-    pub max: usize,
-}
-
-impl Slots {
-    pub fn new(max: usize) -> Self {
-        Slots {
-            used: Mutex::new(0),
-            freed: Condvar::new(),
-            max,
-        }
-    }
-
-    pub fn try_acquire(&self) -> bool {
-        let mut used = self.used.lock().unwrap();
-        if *used < self.max {
-            *used += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Waits up to `limit` for a free slot.
-    pub fn acquire_timeout(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut used = self.used.lock().unwrap();
-        while *used >= self.max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            used = self.freed.wait_timeout(used, left).unwrap().0;
-        }
-        *used += 1;
-        true
-    }
-
-    pub fn release(&self) {
-        let mut used = self.used.lock().unwrap();
-        *used = used.saturating_sub(1);
-        self.freed.notify_one();
-    }
-
-    pub fn used(&self) -> usize {
-        *self.used.lock().unwrap()
-    }
-}
+/// How long after a turn finished a resent copy of it still gets the finished result.
+const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Keys whose start failures are remembered for back-off (oldest forgotten first).
+const MAX_BACKOFF_ENTRIES: usize = 10_000;
 
 struct SessionHandle {
+    /// Which worker this is (a key can have a newer one after this one retired).
+    id: u64,
     turns: Sender<Turn>,
     control: Sender<Control>,
     waker: Waker,
@@ -211,10 +55,9 @@ struct SessionHandle {
 }
 
 impl SessionHandle {
-    fn send_control(&self, control: Control) -> bool {
-        let sent = self.control.send(control).is_ok();
+    fn send_control(&self, control: Control) {
+        let _ = self.control.send(control);
         self.waker.wake();
-        sent
     }
 }
 
@@ -233,9 +76,6 @@ pub enum SubmitError {
     /// The worker thread could not be started.
     Internal(String),
 }
-
-/// How long after a turn finished a resent copy of it still gets the finished result.
-const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// What the HTTP side hands over for a new turn.
 pub struct NewTurn {
@@ -257,35 +97,11 @@ pub struct SubmittedTurn {
     pub cancel: CancelToken,
 }
 
-/// After a worker panicked (its claude was killed when the worker's state unwound): fail
-/// every turn of the session still waiting for an answer and give back the slots it held,
-/// so its clients get an error and other sessions are not starved. The next turn for the key
-/// starts a new worker.
-fn recover_from_panic(key: &str, status: &SessionStatus, settings: &WorkerSettings) {
-    log::error!("session {key:?}: worker panicked; its turns fail, other sessions are unaffected");
-    if status.pid.swap(0, Ordering::SeqCst) != 0 {
-        settings.process_slots.release();
-    }
-    if matches!(status.state(), SessionState::Starting | SessionState::Busy) {
-        settings.turn_slots.release();
-    }
-    status.set_state(SessionState::Absent);
-    for output in status.recent.lock().unwrap().iter() {
-        if !output.has_ended() {
-            let message = "the session's worker crashed (the bridge log has the details); retry";
-            output.emit(TurnEvent::Failed(TurnFailure::new(
-                FailureKind::AgentDied,
-                message,
-            )));
-        }
-    }
-}
-
 /// One session as `/v1/sessions` and the thread report show it.
 #[derive(Debug, Clone)]
 pub struct SessionSnapshot {
     pub key: String,
-    pub state: SessionState,
+    pub phase: PhaseName,
     pub pid: u32,
     pub queued: usize,
     pub idle_for: Duration,
@@ -302,25 +118,52 @@ pub struct Limits {
     pub max_concurrent_turns: usize,
 }
 
+/// Start failures in a row of one key, and when it may try again.
+struct Backoff {
+    failures: u32,
+    not_before: Instant,
+    last_error: String,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, SessionHandle>,
+    /// Threads of workers that left the table, joined once finished (by the sweeper) or at
+    /// shutdown.
+    retired: Vec<JoinHandle<()>>,
+}
+
 pub struct Registry {
-    sessions: Mutex<HashMap<String, SessionHandle>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: Mutex<Table>,
     settings: Arc<WorkerSettings>,
+    process_slots: Arc<SlotPool>,
     limits: Limits,
     shutting_down: AtomicBool,
+    backoff: Mutex<HashMap<String, Backoff>>,
+    next_worker: AtomicU64,
 }
 
 impl Registry {
     pub fn new(settings: WorkerSettings, limits: Limits) -> Self {
         Registry {
-            sessions: Mutex::new(HashMap::new()),
-            settings: Arc::new(settings),
-            limits,
-            shutting_down: AtomicBool::new(false),
+            inner: Arc::new(Inner {
+                table: Mutex::new(Table::default()),
+                settings: Arc::new(settings),
+                process_slots: SlotPool::new(limits.max_processes),
+                limits,
+                shutting_down: AtomicBool::new(false),
+                backoff: Mutex::new(HashMap::new()),
+                next_worker: AtomicU64::new(1),
+            }),
         }
     }
 
     pub fn store(&self) -> &SessionStore {
-        &self.settings.store
+        &self.inner.settings.store
     }
 
     /// Queues a turn on `key`'s session, starting its worker on first use. A request whose
@@ -328,71 +171,57 @@ impl Registry {
     /// marked as a retry, finished within `RETRY_WINDOW`) is the client retrying it: it
     /// attaches to that turn instead.
     pub fn submit(&self, key: &str, request: NewTurn) -> Result<SubmittedTurn, SubmitError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
-        let mut sessions = self.sessions.lock().unwrap();
-        if let (Some(fingerprint), Some(handle)) = (request.fingerprint, sessions.get(key)) {
-            let recent = handle.status.recent.lock().unwrap();
-            if let Some(output) = recent
-                .iter()
-                .rev()
-                .find(|o| o.accepts_retry(fingerprint, request.marked_retry, RETRY_WINDOW))
-            {
-                let (events, flag) = output.subscribe();
-                log::info!(
-                    "session {key:?} {}: the client resent this turn; attached to it instead of sending it again",
-                    output.turn_id
-                );
-                METRICS.retries_attached.inc();
-                handle.status.touch();
-                return Ok(SubmittedTurn {
-                    id: output.turn_id.clone(),
-                    events,
-                    cancel: CancelToken {
-                        flag,
-                        waker: handle.waker.clone(),
-                    },
-                });
-            }
+        if let Some(fingerprint) = request.fingerprint
+            && let Some(attached) = self.attach_retry(key, fingerprint, request.marked_retry)
+        {
+            return Ok(attached);
         }
-        // A worker that died (it panicked) is replaced; its queue died with it.
-        if sessions.get(key).is_some_and(|h| h.thread.is_finished()) {
-            log::error!("session {key:?}: worker had ended unexpectedly; starting a new one");
-            sessions.remove(key);
-        }
-        let needs_process = sessions
-            .get(key)
-            .is_none_or(|h| h.status.state() == SessionState::Absent);
-        if needs_process && self.settings.process_slots.used() >= self.limits.max_processes {
-            self.evict_one(&sessions, key)?;
-        }
-        let handle = match sessions.get(key) {
-            Some(handle) => handle,
-            None => {
-                let handle = self.start_worker(key).map_err(SubmitError::Internal)?;
-                sessions.entry(key.to_string()).or_insert(handle)
-            }
+        // A new worker is built (and its thread started) outside the lock; if another request
+        // inserted one meanwhile, ours is dropped and its thread ends on its own.
+        let fresh = if lock(&inner.table).live.contains_key(key) {
+            None
+        } else {
+            Some(inner.start_worker(key).map_err(SubmitError::Internal)?)
         };
-        let queued = handle.status.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.limits.max_queued_turns {
-            handle.status.queued.fetch_sub(1, Ordering::SeqCst);
+        let mut table = lock(&inner.table);
+        if let Some(fresh) = fresh {
+            table.live.entry(key.to_string()).or_insert(fresh);
+        }
+        let handle = &table.live[key];
+        let status = &handle.status;
+        if status.queued.load(Ordering::SeqCst) >= inner.limits.max_queued_turns {
             METRICS.turns_rejected_queue_full.inc();
             return Err(SubmitError::QueueFull {
-                limit: self.limits.max_queued_turns,
+                limit: inner.limits.max_queued_turns,
             });
         }
-        handle.status.touch();
+        let needs_process = !status.phase().has_usable_process();
+        if needs_process && lock(&status.slot_grant).is_none() {
+            let Some(grant) = inner.grant_locked(&table.live, key) else {
+                METRICS.turns_rejected_at_capacity.inc();
+                return Err(SubmitError::AtCapacity {
+                    max_processes: inner.limits.max_processes,
+                    retry_after_secs: RETRY_AFTER_BUSY_SECS,
+                });
+            };
+            *lock(&status.slot_grant) = Some(grant);
+        }
+        let admission = Admission::new(status.clone());
+        status.touch();
         let id = next_turn_id();
         let output = Arc::new(TurnOutput::new(id.clone(), request.fingerprint));
-        let (rx, cancelled) = output.subscribe();
+        let (events, flag) = output.subscribe();
         {
-            let mut recent = handle.status.recent.lock().unwrap();
+            let mut recent = lock(&status.recent);
             recent.retain(|o| {
                 !o.has_ended() || o.accepts_retry(o.fingerprint.unwrap_or(0), true, RETRY_WINDOW)
             });
             recent.push_back(output.clone());
-            while recent.len() > self.limits.max_queued_turns + 2 {
+            while recent.len() > inner.limits.max_queued_turns + 2 {
                 recent.pop_front();
             }
         }
@@ -404,138 +233,92 @@ impl Registry {
             received: request.received,
             queued_at: Instant::now(),
             history: request.history,
+            admission,
         };
-        match handle.turns.try_send(turn) {
-            Ok(()) => {}
-            Err(crossbeam_channel::TrySendError::Full(_)) => {
-                handle.status.queued.fetch_sub(1, Ordering::SeqCst);
-                METRICS.turns_rejected_queue_full.inc();
-                return Err(SubmitError::QueueFull {
-                    limit: self.limits.max_queued_turns,
-                });
-            }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                handle.status.queued.fetch_sub(1, Ordering::SeqCst);
-                return Err(SubmitError::Internal("session worker is gone".into()));
-            }
+        // Never full: the queue holds at most `max_queued_turns`, checked above.
+        if handle.turns.try_send(turn).is_err() {
+            return Err(SubmitError::Internal(
+                "the session's worker is gone; retry".into(),
+            ));
         }
         handle.waker.wake();
         Ok(SubmittedTurn {
             id,
-            events: rx,
+            events,
             cancel: CancelToken {
-                flag: cancelled,
+                flag,
                 waker: handle.waker.clone(),
             },
         })
     }
 
-    /// Whether a turn for `key` would be admitted now: its session has a process, a process
-    /// slot is free, or an idle session could be evicted. (For `queue_timeout`: a request that
-    /// would get 429 waits for this instead.)
-    pub fn has_room_for(&self, key: &str) -> bool {
-        let sessions = self.sessions.lock().unwrap();
-        let has_process = sessions
-            .get(key)
-            .is_some_and(|h| h.status.state() != SessionState::Absent);
-        has_process
-            || self.settings.process_slots.used() < self.limits.max_processes
-            || sessions.iter().any(|(k, h)| k != key && h.status.is_idle())
-    }
-
-    /// Frees a process slot for `for_key` by stopping the least recently active idle session.
-    fn evict_one(
-        &self,
-        sessions: &HashMap<String, SessionHandle>,
-        for_key: &str,
-    ) -> Result<(), SubmitError> {
-        let victim = sessions
+    /// A resent copy of a queued, running or (when marked) just-finished turn of `key`.
+    fn attach_retry(&self, key: &str, fingerprint: u64, marked: bool) -> Option<SubmittedTurn> {
+        let table = lock(&self.inner.table);
+        let handle = table.live.get(key)?;
+        let recent = lock(&handle.status.recent);
+        let output = recent
             .iter()
-            .filter(|(key, h)| key.as_str() != for_key && h.status.is_idle())
-            .min_by_key(|(_, h)| h.status.last_active());
-        match victim {
-            Some((key, handle)) => {
-                log::info!(
-                    "at max_processes ({}): evicting idle session {key:?} for {for_key:?}",
-                    self.limits.max_processes
-                );
-                handle.send_control(Control::StopIfIdle {
-                    idle_for: Duration::ZERO,
-                    reason: "evicted for a new session",
-                });
-                Ok(())
-            }
-            None => {
-                METRICS.turns_rejected_at_capacity.inc();
-                Err(SubmitError::AtCapacity {
-                    max_processes: self.limits.max_processes,
-                    retry_after_secs: RETRY_AFTER_BUSY_SECS,
-                })
-            }
-        }
-    }
-
-    fn start_worker(&self, key: &str) -> Result<SessionHandle, String> {
-        // Bounded by the per-session queue limit (never blocks: `submit` uses try_send).
-        let (turns_tx, turns_rx) = crossbeam_channel::bounded(self.limits.max_queued_turns);
-        let (control_tx, control_rx) = unbounded();
-        let (waker, wake) = wake_pair().map_err(|e| format!("cannot make a waker: {e}"))?;
-        let status = Arc::new(SessionStatus::new());
-        let worker = Worker::new(
-            key.to_string(),
-            self.settings.clone(),
-            status.clone(),
-            turns_rx,
-            control_rx,
-            wake,
+            .rev()
+            .find(|o| o.accepts_retry(fingerprint, marked, RETRY_WINDOW))?;
+        let (events, flag) = output.subscribe();
+        log::info!(
+            "session {key:?} {}: the client resent this turn; attached to it instead of sending it again",
+            output.turn_id
         );
-        let thread = std::thread::Builder::new()
-            .name(format!("session:{key}"))
-            .stack_size(WORKER_STACK_BYTES)
-            .spawn({
-                let (key, status, settings) =
-                    (key.to_string(), status.clone(), self.settings.clone());
-                move || {
-                    let outcome =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
-                    if outcome.is_err() {
-                        recover_from_panic(&key, &status, &settings);
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start a session thread: {e}"))?;
-        Ok(SessionHandle {
-            turns: turns_tx,
-            control: control_tx,
-            waker,
-            status,
-            thread,
+        METRICS.retries_attached.inc();
+        handle.status.touch();
+        Some(SubmittedTurn {
+            id: output.turn_id.clone(),
+            events,
+            cancel: CancelToken {
+                flag,
+                waker: handle.waker.clone(),
+            },
         })
     }
 
-    /// Hands an accepted channel socket to the session whose live spawn it belongs to.
+    /// Whether a turn for `key` would be admitted now: its session has a process (or a slot
+    /// promised), a process slot is free, or an idle session could be stopped for it. (For
+    /// `queue_timeout`: a request that would get 429 waits for this instead.)
+    pub fn has_room_for(&self, key: &str) -> bool {
+        let table = lock(&self.inner.table);
+        let own = table.live.get(key).is_some_and(|h| {
+            h.status.phase().has_usable_process() || lock(&h.status.slot_grant).is_some()
+        });
+        own || self.inner.process_slots.used() < self.inner.limits.max_processes
+            || table
+                .live
+                .iter()
+                .any(|(k, h)| k != key && h.status.is_idle())
+    }
+
+    /// Hands an accepted channel link to the session whose live spawn it belongs to.
     /// Err (with the reason, for the log) when no session is waiting for that spawn id.
     pub fn attach(
         &self,
         key: &str,
         spawn_id: &str,
-        ws: Box<ChannelSocket>,
-    ) -> Result<(), (Box<ChannelSocket>, String)> {
-        let sessions = self.sessions.lock().unwrap();
-        let Some(handle) = sessions.get(key) else {
-            return Err((ws, format!("unknown session {key:?}")));
+        link: Box<dyn ChannelLink>,
+    ) -> Result<(), (Box<dyn ChannelLink>, String)> {
+        let table = lock(&self.inner.table);
+        let Some(handle) = table.live.get(key) else {
+            return Err((link, format!("unknown session {key:?}")));
         };
-        if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
-            return Err((ws, format!("stale spawn id {spawn_id} for session {key:?}")));
+        if lock(&handle.status.spawn_id).as_deref() != Some(spawn_id) {
+            return Err((
+                link,
+                format!("stale spawn id {spawn_id} for session {key:?}"),
+            ));
         }
         handle.send_control(Control::Attach {
-            ws,
+            link,
             spawn_id: spawn_id.to_string(),
         });
         Ok(())
     }
 
-    /// Delivers a Stop-hook `turn_end` to the session whose live spawn sent it.
+    /// Delivers a Stop-hook turn end to the session whose live spawn sent it.
     pub fn turn_end(
         &self,
         key: &str,
@@ -543,11 +326,12 @@ impl Registry {
         turn: Option<String>,
         last_assistant_message: Option<String>,
     ) -> Result<(), String> {
-        let sessions = self.sessions.lock().unwrap();
-        let handle = sessions
+        let table = lock(&self.inner.table);
+        let handle = table
+            .live
             .get(key)
             .ok_or_else(|| format!("unknown session {key:?}"))?;
-        if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
+        if lock(&handle.status.spawn_id).as_deref() != Some(spawn_id) {
             return Err(format!("stale spawn id {spawn_id} for session {key:?}"));
         }
         handle.send_control(Control::TurnEnd {
@@ -558,101 +342,302 @@ impl Registry {
         Ok(())
     }
 
-    /// One row per session, for `/v1/sessions` (sorted by key).
+    /// The pid of `key`'s live process when it is the spawn `spawn_id`.
+    pub fn agent_pid(&self, key: &str, spawn_id: &str) -> Option<u32> {
+        let table = lock(&self.inner.table);
+        let status = &table.live.get(key)?.status;
+        let pid = status.pid.load(Ordering::SeqCst);
+        (lock(&status.spawn_id).as_deref() == Some(spawn_id) && pid != 0).then_some(pid)
+    }
+
+    /// One row per live session, for `/v1/sessions` (sorted by key).
     pub fn snapshot(&self) -> Vec<SessionSnapshot> {
-        let sessions = self.sessions.lock().unwrap();
-        let mut rows: Vec<SessionSnapshot> = sessions
+        let table = lock(&self.inner.table);
+        let mut rows: Vec<SessionSnapshot> = table
+            .live
             .iter()
             .map(|(key, h)| {
                 let (step, step_since) = h.status.step();
                 SessionSnapshot {
                     key: key.clone(),
-                    state: h.status.state(),
+                    phase: h.status.phase(),
                     pid: h.status.pid.load(Ordering::SeqCst),
                     queued: h.status.queued.load(Ordering::SeqCst),
                     idle_for: h.status.last_active().elapsed(),
                     step,
                     step_for: step_since.elapsed(),
-                    info: h.status.info.lock().unwrap().clone(),
+                    info: lock(&h.status.info).clone(),
                 }
             })
             .collect();
+        drop(table);
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows
     }
 
     pub fn gauges(&self) -> Gauges {
         let rows = self.snapshot();
-        let states = [
-            SessionState::Absent,
-            SessionState::Starting,
-            SessionState::Ready,
-            SessionState::Busy,
-        ];
         Gauges {
-            sessions_by_state: states
+            sessions_by_state: PhaseName::ALL
                 .iter()
-                .map(|s| (s.name(), rows.iter().filter(|r| r.state == *s).count()))
+                .filter(|p| **p != PhaseName::Retired)
+                .map(|p| (p.name(), rows.iter().filter(|r| r.phase == *p).count()))
                 .collect(),
             queued_turns: rows.iter().map(|r| r.queued).sum(),
-            processes: self.settings.process_slots.used(),
+            processes: self.inner.process_slots.used(),
         }
     }
 
     /// Stops `key`'s process if it is idle (`DELETE /v1/sessions/<key>`); its conversation
-    /// stays resumable. Err when there is no such session or it has turns in flight.
+    /// stays resumable. Err when there is no such session or it has a turn in flight.
     pub fn stop_session(&self, key: &str) -> Result<(), String> {
-        let sessions = self.sessions.lock().unwrap();
-        let handle = sessions
+        let table = lock(&self.inner.table);
+        let handle = table
+            .live
             .get(key)
             .ok_or_else(|| format!("no session {key:?}"))?;
-        if handle.status.queued.load(Ordering::SeqCst) > 0 {
-            return Err(format!(
-                "session {key:?} has turns in flight; try again when it is idle"
-            ));
+        if handle.status.claim_for_stop() {
+            handle.send_control(Control::Stop {
+                reason: StopReason::Operator,
+                slot_to: None,
+            });
+            return Ok(());
         }
-        handle.send_control(Control::StopIfIdle {
-            idle_for: Duration::ZERO,
-            reason: "stopped by an operator",
-        });
-        Ok(())
+        match handle.status.phase() {
+            PhaseName::Idle | PhaseName::Stopping | PhaseName::Retired => Ok(()),
+            _ => Err(format!(
+                "session {key:?} has a turn in flight or is finishing one; try again when it is idle"
+            )),
+        }
     }
 
-    /// The sweeper's round: asks sessions idle for `idle_kill` to stop their process, and
-    /// writes the session map if it changed.
+    /// The sweeper's round: stops the processes of sessions idle for `idle_kill`, joins the
+    /// threads of retired workers, writes the session map if it changed.
     pub fn sweep(&self, idle_kill: Duration) {
         {
-            let sessions = self.sessions.lock().unwrap();
-            for (key, handle) in sessions.iter() {
-                if handle.status.is_idle() && handle.status.last_active().elapsed() >= idle_kill {
-                    log::debug!(
-                        "sweeper: session {key:?} idle for {:?}",
-                        handle.status.last_active().elapsed()
-                    );
-                    handle.send_control(Control::StopIfIdle {
-                        idle_for: idle_kill,
-                        reason: "idle_kill",
+            let mut table = lock(&self.inner.table);
+            for (key, handle) in &table.live {
+                if handle.status.is_idle()
+                    && handle.status.last_active().elapsed() >= idle_kill
+                    && handle.status.claim_for_stop()
+                {
+                    log::debug!("sweeper: session {key:?} idle for {idle_kill:?}; stopping it");
+                    handle.send_control(Control::Stop {
+                        reason: StopReason::IdleKill,
+                        slot_to: None,
                     });
                 }
             }
+            let (finished, running): (Vec<_>, Vec<_>) = std::mem::take(&mut table.retired)
+                .into_iter()
+                .partition(|t| t.is_finished());
+            table.retired = running;
+            drop(table);
+            for thread in finished {
+                let _ = thread.join();
+            }
         }
-        self.settings.store.flush_if_dirty();
+        self.inner.settings.store.flush_if_dirty();
     }
 
     /// Stops accepting turns, lets turns in flight run until `grace` has passed, stops every
     /// process, joins every worker and writes the session map.
     pub fn shutdown(&self, grace: Duration) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
-        let handles: Vec<(String, SessionHandle)> = self.sessions.lock().unwrap().drain().collect();
-        for (_, handle) in &handles {
-            handle.send_control(Control::Stop { deadline });
+        let (live, retired) = {
+            let mut table = lock(&self.inner.table);
+            let live: Vec<(String, SessionHandle)> = table.live.drain().collect();
+            (live, std::mem::take(&mut table.retired))
+        };
+        for (_, handle) in &live {
+            handle.send_control(Control::Shutdown { deadline });
         }
-        for (key, handle) in handles {
+        for (key, handle) in live {
             if handle.thread.join().is_err() {
-                log::error!("session {key:?}: worker panicked during shutdown");
+                log::error!("session {key:?}: worker thread ended abnormally during shutdown");
             }
         }
-        self.settings.store.flush_if_dirty();
+        for thread in retired {
+            let _ = thread.join();
+        }
+        self.inner.settings.store.flush_if_dirty();
+    }
+
+    /// Live worker threads (for tests and the thread report).
+    pub fn live_sessions(&self) -> usize {
+        lock(&self.inner.table).live.len()
+    }
+}
+
+impl Inner {
+    /// Builds a worker for `key` and starts its thread (never under the table's lock).
+    fn start_worker(self: &Arc<Self>, key: &str) -> Result<SessionHandle, String> {
+        let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        // Bounded by the per-session queue limit (never blocks: `submit` checks it first).
+        let (turns_tx, turns_rx) = bounded(self.limits.max_queued_turns);
+        let (control_tx, control_rx) = unbounded();
+        let (waker, wake) = wake_pair().map_err(|e| format!("cannot make a waker: {e}"))?;
+        let status = Arc::new(SessionStatus::default());
+        let supervisor: Arc<dyn Supervisor> = self.clone();
+        let worker = Worker::new(
+            key.to_string(),
+            id,
+            self.settings.clone(),
+            status.clone(),
+            supervisor,
+            Mailbox {
+                turns: turns_rx,
+                control: control_rx,
+                wake,
+            },
+        );
+        let inner = self.clone();
+        let owned_key = key.to_string();
+        let thread = std::thread::Builder::new()
+            .name(crate::logging::thread_name("session:", key))
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || worker.run()));
+                if outcome.is_err() {
+                    inner.forget_panicked(&owned_key, id);
+                }
+            })
+            .map_err(|e| format!("cannot start a session thread: {e}"))?;
+        Ok(SessionHandle {
+            id,
+            turns: turns_tx,
+            control: control_tx,
+            waker,
+            status,
+            thread,
+        })
+    }
+
+    /// A process slot for `for_key`: a free one, else the slot of the least recently active
+    /// idle session, which is claimed for stopping here (under the table's lock, so no other
+    /// request can pick it) and hands its slot over once its process has stopped.
+    fn grant_locked(
+        &self,
+        live: &HashMap<String, SessionHandle>,
+        for_key: &str,
+    ) -> Option<SlotGrant> {
+        if let Some(slot) = self.process_slots.try_acquire() {
+            return Some(SlotGrant::Granted(ProcessSlot(slot)));
+        }
+        let mut idle: Vec<(&String, &SessionHandle)> = live
+            .iter()
+            .filter(|(key, h)| key.as_str() != for_key && h.status.is_idle())
+            .collect();
+        idle.sort_by_key(|(_, h)| h.status.last_active());
+        let (victim, handle) = idle.into_iter().find(|(_, h)| h.status.claim_for_stop())?;
+        log::info!(
+            "at max_processes ({}): stopping idle session {victim:?} for {for_key:?}",
+            self.limits.max_processes
+        );
+        let (slot_to, slot_from) = bounded(1);
+        handle.send_control(Control::Stop {
+            reason: StopReason::Evicted,
+            slot_to: Some(slot_to),
+        });
+        Some(SlotGrant::FromEvicted(slot_from))
+    }
+
+    /// A worker panicked: by now unwinding has stopped its process and released its slots and
+    /// its turn in flight. Remove it from the table, which drops its queue and so fails the
+    /// turns still in it; the next turn of the key starts a new worker.
+    fn forget_panicked(&self, key: &str, id: u64) {
+        log::error!(
+            "session {key:?}: worker panicked; its turns fail, the next turn starts it again; other sessions are unaffected"
+        );
+        METRICS.worker_panics.inc();
+        let mut table = lock(&self.table);
+        if table.live.get(key).is_some_and(|h| h.id == id)
+            && let Some(handle) = table.live.remove(key)
+        {
+            handle.status.mark_retired();
+            table.retired.push(handle.thread);
+            drop(table);
+            // Dropping the handle (its queue) outside the lock: each queued turn fails.
+            drop(handle.turns);
+        }
+    }
+}
+
+impl Supervisor for Inner {
+    fn grant_process_slot(&self, key: &str) -> Option<SlotGrant> {
+        let table = lock(&self.table);
+        self.grant_locked(&table.live, key)
+    }
+
+    fn may_start(&self, key: &str) -> Result<(), String> {
+        let backoff = lock(&self.backoff);
+        match backoff.get(key) {
+            Some(b) if Instant::now() < b.not_before => Err(format!(
+                "claude failed to start {} times in a row; not trying again for {}s. Last error: {}",
+                b.failures,
+                b.not_before
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    + 1,
+                b.last_error
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_start(&self, key: &str, outcome: Result<(), &str>) {
+        let mut backoff = lock(&self.backoff);
+        match outcome {
+            Ok(()) => {
+                backoff.remove(key);
+            }
+            Err(error) => {
+                if backoff.len() >= MAX_BACKOFF_ENTRIES && !backoff.contains_key(key) {
+                    let oldest = backoff
+                        .iter()
+                        .min_by_key(|(_, b)| b.not_before)
+                        .map(|(k, _)| k.clone());
+                    if let Some(oldest) = oldest {
+                        backoff.remove(&oldest);
+                    }
+                }
+                let entry = backoff.entry(key.to_string()).or_insert(Backoff {
+                    failures: 0,
+                    not_before: Instant::now(),
+                    last_error: String::new(),
+                });
+                entry.failures += 1;
+                entry.last_error = error.to_string();
+                let pause = start_backoff(entry.failures);
+                entry.not_before = Instant::now() + pause;
+                if !pause.is_zero() {
+                    log::error!(
+                        "session {key:?}: {} start failures in a row; backing off {pause:?}",
+                        entry.failures
+                    );
+                }
+            }
+        }
+    }
+
+    fn retire(&self, key: &str, worker: u64) -> bool {
+        let mut table = lock(&self.table);
+        // Not (yet) this worker's entry: a new worker runs before `submit` inserts it, and
+        // one whose insert lost a race sees its queue disconnected and ends by itself.
+        if table
+            .live
+            .get(key)
+            .is_none_or(|h| h.id != worker || h.status.queued.load(Ordering::SeqCst) > 0)
+        {
+            return false;
+        }
+        let handle = table.live.remove(key).expect("looked up above");
+        handle.status.mark_retired();
+        // A grant nobody will use goes back to the pool.
+        drop(lock(&handle.status.slot_grant).take());
+        table.retired.push(handle.thread);
+        true
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::shared::SessionStatus;
 use crate::poll::Waker;
 
 /// Renders the client's earlier conversation, for the rare turn that must start a fresh
@@ -32,6 +33,43 @@ pub struct Turn {
     /// When it was put in the session's queue.
     pub queued_at: Instant,
     pub history: Option<HistoryRenderer>,
+    /// Counts the turn as the session's until it is dropped (see `Admission`).
+    pub admission: Admission,
+}
+
+/// A turn dropped without an answer (its worker panicked, its queue was dropped) fails its
+/// response instead of leaving it waiting: every accepted turn gets exactly one ending.
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if !self.output.has_ended() {
+            self.output.emit(TurnEvent::Failed(TurnFailure::new(
+                FailureKind::AgentDied,
+                "the session's worker crashed or stopped before answering this turn (the bridge log says why); retry",
+            )));
+        }
+    }
+}
+
+/// A turn's place in its session's count of accepted, unfinished turns
+/// (`SessionStatus::queued`): taken by the registry when it accepts the turn, given back when
+/// the turn is dropped, wherever and however that happens.
+pub struct Admission {
+    status: Arc<SessionStatus>,
+}
+
+impl Admission {
+    /// Counts a new turn on `status` (the registry does this under its lock).
+    pub fn new(status: Arc<SessionStatus>) -> Self {
+        status.queued.fetch_add(1, Ordering::SeqCst);
+        Admission { status }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.status.queued.fetch_sub(1, Ordering::SeqCst);
+        self.status.touch();
+    }
 }
 
 impl std::fmt::Debug for Turn {
@@ -77,7 +115,7 @@ impl FailureKind {
     }
 }
 
-/// Why a turn failed; the HTTP side maps each to a status (DESIGN.md §3).
+/// Why a turn failed; the HTTP side maps each to a status (docs/ARCHITECTURE.md, "HTTP").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// Claude could not be started or did not become ready (503: a retry may work).

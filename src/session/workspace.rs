@@ -49,14 +49,7 @@ pub fn path_component(key: &str) -> String {
         safe.replace_range(..1, "_");
     }
     safe.truncate(80);
-    format!("{safe}-{:016x}", fnv1a(key.as_bytes()))
-}
-
-/// FNV-1a, 64 bit: stable across releases and platforms (unlike std's hasher).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    format!("{safe}-{:016x}", crate::fnv::fnv1a(key.as_bytes()))
 }
 
 #[cfg(test)]

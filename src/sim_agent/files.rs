@@ -44,11 +44,7 @@ pub fn project_dir_name(cwd: &Path) -> String {
 /// in lower-case base 36. Stable across runs and platforms. (Claude Code uses a hash of its
 /// own here; the bridge does not depend on which: it matches cut names by prefix.)
 pub fn name_hash(name: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut hash = crate::fnv::fnv1a(name.as_bytes());
     let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {

@@ -468,7 +468,7 @@ pub fn streamed_text(events: &[(Instant, String)]) -> String {
 /// Pids of the agent processes (not channel servers or hooks) serving session `key`.
 pub fn agent_pids(marker: &str, key: &str) -> Vec<u32> {
     let session_var = format!("SYNTHESIS_OPENCLAW_SESSION={key}");
-    marked_pids(marker)
+    let candidates: Vec<u32> = marked_pids(marker)
         .into_iter()
         .filter(|pid| {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -479,7 +479,25 @@ pub fn agent_pids(marker: &str, key: &str) -> Vec<u32> {
                 .any(|v| v == session_var.as_bytes())
                 && args.get(1) == Some(&&b"sim-agent"[..])
         })
+        .collect();
+    // A child the agent forks (its Stop hook) shows the agent's command line until it execs.
+    candidates
+        .iter()
+        .copied()
+        .filter(|pid| parent_pid(*pid).is_none_or(|ppid| !candidates.contains(&ppid)))
         .collect()
+}
+
+/// The parent of `pid`, from /proc/<pid>/stat (None once it is gone).
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Starts a streamed turn on another thread; join it for (response, events).

@@ -1,0 +1,364 @@
+//! A turn on a live process: sending it, forwarding Claude's replies, the Stop hook's turn
+//! end, and everything that ends a turn early (every client gone, `turn_timeout`, shutdown,
+//! the process or its channel dying). Replies and turn ends carry turn ids: one for a turn
+//! that is not the one in flight is dropped with a log line, never credited to another.
+
+use std::time::Instant;
+
+use super::{ActiveTurn, EXIT_AFTER_CHANNEL_LOSS, PREVIOUS_TURN_WAIT, Phase, Running, Worker};
+use crate::metrics::METRICS;
+use crate::protocol::{BridgeFrame, ChannelFrame};
+use crate::session::turn::{FailureKind, TurnEvent, TurnFailure};
+
+impl Worker {
+    /// Sends the turn to the process's channel and enters `Busy`.
+    pub(super) fn send_turn(&mut self, mut agent: Running, mut turn: ActiveTurn) {
+        self.status.set_step("sending the turn");
+        let waited_from = Instant::now();
+        let mut content = std::mem::take(&mut turn.turn.content);
+        if self.identity.restore_history
+            && let Some(history) = turn.turn.history.take().and_then(|render| render())
+        {
+            log::info!(
+                "session {:?} {}: carrying {} bytes of earlier conversation into the fresh one",
+                self.key,
+                turn.turn.id,
+                history.len()
+            );
+            content = format!("{history}\n\n{content}");
+        }
+        let frame = BridgeFrame::Turn {
+            id: turn.turn.id.clone(),
+            content,
+            meta: Default::default(),
+        };
+        let sent = match agent.link.as_mut() {
+            Some(link) => link.send(&frame),
+            None => Err("no channel attached".into()),
+        };
+        if let Err(e) = sent {
+            drop(self.stop_running(agent, &format!("could not send turn: {e}")));
+            self.fail(
+                &turn.turn,
+                TurnFailure::new(
+                    FailureKind::AgentDied,
+                    format!("could not deliver the turn to claude's channel ({e}); retry"),
+                ),
+            );
+            return self.enter(Phase::Idle, "the channel refused the turn");
+        }
+        if turn.warm {
+            // The bridge's own inbound time: parsing to queueing, then this worker's work up
+            // to the frame written, leaving out waits for others (the queue, slots, claude).
+            let t = &turn.turn;
+            let own = t.queued_at.saturating_duration_since(t.received)
+                + waited_from.saturating_duration_since(turn.started)
+                + waited_from.elapsed();
+            METRICS.bridge_inbound.record(own);
+        }
+        self.identity.restore_history = false;
+        turn.delivery = Some(super::delivery::Delivery::new(frame));
+        log::debug!("session {:?} {}: turn sent", self.key, turn.turn.id);
+        self.status.set_step("waiting for claude's reply");
+        self.enter(Phase::Busy { agent, turn }, "the turn went out");
+    }
+
+    pub(super) fn on_frame(&mut self, frame: ChannelFrame) {
+        let ChannelFrame::Reply {
+            turn: id,
+            text,
+            is_final,
+        } = frame
+        else {
+            return log::debug!("session {:?}: frame dropped: {frame:?}", self.key);
+        };
+        let Phase::Busy { turn, .. } = &mut self.phase else {
+            return log::info!(
+                "session {:?}: stray frame dropped: a reply for {id} with no turn in flight",
+                self.key
+            );
+        };
+        if turn.turn.id != id {
+            return log::info!(
+                "session {:?} {}: stray frame dropped: a reply for {id}, which is not the turn in flight",
+                self.key,
+                turn.turn.id
+            );
+        }
+        turn.replied = true;
+        if let Some(delivery) = turn.delivery.as_mut() {
+            delivery.confirmed = true;
+        }
+        turn.turn.output.emit(TurnEvent::Text { text, is_final });
+        if is_final {
+            self.end_turn("final reply", false);
+        }
+    }
+
+    /// The Stop hook reported the end of a turn of the process `spawn_id`.
+    pub(super) fn on_turn_end(
+        &mut self,
+        spawn_id: &str,
+        ended: Option<String>,
+        last_assistant_message: Option<String>,
+    ) {
+        if self.phase.agent().is_none_or(|a| a.spawn_id != spawn_id) {
+            return log::info!(
+                "session {:?}: turn end from spawn {spawn_id}, not the live process; dropped",
+                self.key
+            );
+        }
+        match &mut self.phase {
+            Phase::Busy { turn, .. } => {
+                let ours = match &ended {
+                    Some(id) => *id == turn.turn.id,
+                    None => turn.anonymous_end_ok,
+                };
+                if !ours {
+                    log::info!(
+                        "session {:?} {}: turn end of an earlier turn ({ended:?}) dropped",
+                        self.key,
+                        turn.turn.id
+                    );
+                    // That was the report the previous turn owed; the next one is ours.
+                    turn.anonymous_end_ok = true;
+                    return;
+                }
+                if !turn.replied {
+                    let text = last_assistant_message
+                        .filter(|t| !t.trim().is_empty())
+                        .unwrap_or_else(|| {
+                            "(Claude ended its turn without sending a reply.)".to_string()
+                        });
+                    log::info!(
+                        "session {:?} {}: turn ended without a final reply; using the Stop hook's text",
+                        self.key,
+                        turn.turn.id
+                    );
+                    turn.turn.output.emit(TurnEvent::Text {
+                        text,
+                        is_final: true,
+                    });
+                }
+                self.end_turn("the Stop hook reported the end", true);
+            }
+            Phase::Draining { previous, .. } if ended.as_ref().is_none_or(|id| id == previous) => {
+                let Phase::Draining { agent, .. } = self.take_phase() else {
+                    unreachable!("matched above");
+                };
+                self.enter(Phase::Ready { agent }, "the previous turn reported its end");
+            }
+            _ => log::info!(
+                "session {:?}: turn end ({ended:?}) in phase {} dropped",
+                self.key,
+                self.phase.name().name()
+            ),
+        }
+    }
+
+    /// The turn in flight ended normally: tell its clients; `reported` when claude has also
+    /// reported the end of its turn (then the next turn may go at once).
+    fn end_turn(&mut self, why: &str, reported: bool) {
+        let Phase::Busy { agent, turn } = self.take_phase() else {
+            unreachable!("end_turn outside Busy");
+        };
+        METRICS.turns_completed.inc();
+        METRICS.turn_duration.record(turn.turn.received.elapsed());
+        turn.turn.output.emit(TurnEvent::Done(Instant::now()));
+        self.settings.store.note_turn(&self.key);
+        crate::session::shared::lock(&self.status.info).turns += 1;
+        self.enter_after_turn(agent, turn, why, reported);
+    }
+
+    /// After a turn: `Ready` when claude said it is done, else `Draining` until it does.
+    fn enter_after_turn(&mut self, agent: Running, turn: ActiveTurn, why: &str, reported: bool) {
+        if reported {
+            self.enter(Phase::Ready { agent }, why);
+        } else {
+            let previous = turn.turn.id.clone();
+            self.enter(
+                Phase::Draining {
+                    agent,
+                    previous,
+                    until: Instant::now() + PREVIOUS_TURN_WAIT,
+                },
+                why,
+            );
+        }
+        // `turn` (with its turn slot) is dropped here.
+    }
+
+    /// Ends the turn in flight with `failure` after interrupting claude (Esc); the process
+    /// stays and drains.
+    fn interrupt_turn(&mut self, failure: TurnFailure) {
+        let Phase::Busy { mut agent, turn } = self.take_phase() else {
+            unreachable!("interrupt_turn outside Busy");
+        };
+        if let Err(e) = agent.process.interrupt() {
+            log::warn!("session {:?}: could not interrupt claude: {e}", self.key);
+        }
+        self.fail(&turn.turn, failure);
+        // An Esc runs no Stop hook: draining ends when claude's session file says idle.
+        self.enter_after_turn(agent, turn, "interrupted", false);
+    }
+
+    /// When the loop must look at the turn in flight again.
+    pub(super) fn turn_wake_up(&self, turn: &ActiveTurn) -> Instant {
+        let mut at = turn.deadline;
+        if let Some(shutdown) = self.shutdown {
+            at = at.min(shutdown);
+        }
+        if let Some(since) = turn.turn.output.abandoned_since() {
+            at = at.min(since + self.settings.retry_grace);
+        }
+        if let Some(delivery) = &turn.delivery
+            && !delivery.confirmed
+        {
+            at = at.min(delivery.next_check);
+        }
+        at
+    }
+
+    /// Deadlines of whatever phase the session is in.
+    pub(super) fn check_deadlines(&mut self) {
+        match &self.phase {
+            Phase::Starting { .. } => self.check_start_deadline(),
+            Phase::Busy { .. } => self.check_turn(),
+            _ => {}
+        }
+    }
+
+    /// Busy: every client gone, delivery proof, `turn_timeout`, shutdown.
+    fn check_turn(&mut self) {
+        let Phase::Busy { turn, .. } = &self.phase else {
+            return;
+        };
+        // Every client left. Unless another turn waits, give a retry of this one
+        // `retry_grace` to attach before interrupting claude.
+        if let Some(since) = turn.turn.output.abandoned_since()
+            && (!self.turns.is_empty() || since.elapsed() >= self.settings.retry_grace)
+        {
+            log::info!(
+                "session {:?} {}: client disconnected; interrupting claude",
+                self.key,
+                turn.turn.id
+            );
+            return self.interrupt_turn(TurnFailure::new(
+                FailureKind::Cancelled,
+                "every client left; claude was interrupted",
+            ));
+        }
+        let now = Instant::now();
+        if self.shutdown.is_some_and(|d| now >= d) {
+            return self.interrupt_turn(TurnFailure::new(
+                FailureKind::ShuttingDown,
+                "the bridge shut down before the turn finished; retry",
+            ));
+        }
+        if now >= turn.deadline {
+            let limit = self.settings.turn_timeout;
+            return self.interrupt_turn(TurnFailure::new(
+                FailureKind::Timeout,
+                format!(
+                    "the turn took longer than turn_timeout ({limit:?}); claude was interrupted"
+                ),
+            ));
+        }
+        if let Err(failure) = self.check_delivery() {
+            let Phase::Busy { agent, turn } = self.take_phase() else {
+                unreachable!("checked above");
+            };
+            drop(self.stop_running(agent, "claude did not take the turn in"));
+            self.fail(&turn.turn, failure);
+            self.enter(Phase::Idle, "delivery failed");
+        }
+    }
+
+    /// Draining: true when it ended (claude says it is idle, or it took too long to say so).
+    pub(super) fn check_draining(&mut self) -> bool {
+        let Phase::Draining {
+            agent,
+            previous,
+            until,
+        } = &self.phase
+        else {
+            return false;
+        };
+        let why = if agent.process.says_idle() {
+            "claude's session file says idle"
+        } else if Instant::now() >= *until {
+            log::warn!(
+                "session {:?}: claude did not report the end of {previous} within {PREVIOUS_TURN_WAIT:?}; going on (a report without a turn id will not be credited to the next turn)",
+                self.key
+            );
+            self.previous_end_unreported = true;
+            "gave up waiting for the end of the previous turn"
+        } else {
+            return false;
+        };
+        let Phase::Draining { agent, .. } = self.take_phase() else {
+            unreachable!("matched above");
+        };
+        self.enter(Phase::Ready { agent }, why);
+        true
+    }
+
+    pub(super) fn on_agent_exited(&mut self, how: &str) {
+        match &self.phase {
+            Phase::Starting { .. } => self.on_exit_while_starting(how),
+            Phase::Busy { .. } => self.fail_busy_turn_on_exit(how),
+            Phase::Ready { .. } | Phase::Draining { .. } => {
+                log::info!("session {:?}: claude exited while idle ({how})", self.key);
+                self.stop_agent("exited");
+            }
+            Phase::Idle | Phase::Retired => {}
+        }
+    }
+
+    /// Busy: the process died; the turn fails with 502 and the next turn starts a new one.
+    fn fail_busy_turn_on_exit(&mut self, how: &str) {
+        let screen = self.screen_tail();
+        let Phase::Busy { agent, turn } = self.take_phase() else {
+            unreachable!("checked by the caller");
+        };
+        drop(self.stop_running(agent, "exited mid-turn"));
+        self.fail(
+            &turn.turn,
+            TurnFailure::new(
+                FailureKind::AgentDied,
+                format!(
+                    "claude exited mid-turn ({how}); the next turn starts it again. Last screen lines:\n{screen}"
+                ),
+            ),
+        );
+        self.enter(Phase::Idle, "exited mid-turn");
+    }
+
+    pub(super) fn on_channel_closed(&mut self, why: &str) {
+        match &mut self.phase {
+            Phase::Busy { agent, .. } => {
+                // When claude dies, its channel server dies with it and the socket may close
+                // first: report the exit, which says more, if it follows at once.
+                if let Some(status) = agent.process.wait_exit(EXIT_AFTER_CHANNEL_LOSS) {
+                    return self.fail_busy_turn_on_exit(&status);
+                }
+                let Phase::Busy { agent, turn } = self.take_phase() else {
+                    unreachable!("matched above");
+                };
+                drop(self.stop_running(agent, &format!("channel closed mid-turn: {why}")));
+                self.fail(
+                    &turn.turn,
+                    TurnFailure::new(
+                        FailureKind::AgentDied,
+                        format!("claude's channel disconnected mid-turn ({why}); retry"),
+                    ),
+                );
+                self.enter(Phase::Idle, "channel closed mid-turn");
+            }
+            Phase::Ready { .. } | Phase::Draining { .. } => {
+                self.stop_agent(&format!("channel closed while idle: {why}"))
+            }
+            Phase::Starting { .. } | Phase::Idle | Phase::Retired => {}
+        }
+    }
+}
