@@ -197,7 +197,9 @@ fn absurd_durations_are_refused_at_start_naming_the_field() {
     let dir = TempDir::new("durations");
     let file = dir.path().join("config.json");
     std::fs::write(&file, r#"{"idle_kill": 1e20}"#).unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    /// Flags, environment, and what the error must name.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--turn-timeout", "1e20"], vec![], "--turn-timeout"),
         (vec!["--queue-timeout", "1e19"], vec![], "--queue-timeout"),
         (
