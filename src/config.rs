@@ -177,6 +177,20 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The longest any duration setting may be. Bounding every duration keeps `Instant + d`
+/// (deadlines computed from settings) far from overflow, and catches unit mistakes such as
+/// milliseconds written as seconds.
+pub const MAX_DURATION_DAYS: u64 = 30;
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
+/// `max_processes` and `max_concurrent_turns` above this are refused (each process takes
+/// ~300 MB, so this is far past any real machine).
+const MAX_PROCESSES: usize = 1024;
+/// `max_queued_turns` above this is refused: each session's queue is allocated at its full
+/// capacity.
+const MAX_QUEUED_TURNS: usize = 10_000;
+const MIN_BODY_BYTES: usize = 1024;
+const MAX_BODY_BYTES: usize = 1 << 30;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: String,
@@ -339,6 +353,7 @@ impl Config {
                 .set(name, value)
                 .map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
         }
+        config.make_paths_absolute();
         config.validate()?;
         Ok(Invocation::Run(Box::new(config)))
     }
@@ -376,8 +391,8 @@ impl Config {
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "host" => self.host = nonempty(value)?,
-            "port" => self.port = parse_num(value)?,
-            "channel_ws_port" => self.channel_ws_port = parse_num(value)?,
+            "port" => self.port = parse_port(value)?,
+            "channel_ws_port" => self.channel_ws_port = parse_port(value)?,
             "claude_bin" => self.claude_bin = nonempty(value)?,
             "demo" => self.demo = parse_bool(value)?,
             "workspace" => self.workspace = PathBuf::from(nonempty(value)?),
@@ -421,14 +436,18 @@ impl Config {
                 }
                 self.permission_mode = value.to_string();
             }
-            "max_body_bytes" => self.max_body_bytes = parse_num(value)?,
-            "max_queued_turns" => self.max_queued_turns = parse_num(value)?,
+            "max_body_bytes" => {
+                self.max_body_bytes = parse_count(value, MIN_BODY_BYTES, MAX_BODY_BYTES)?
+            }
+            "max_queued_turns" => self.max_queued_turns = parse_count(value, 1, MAX_QUEUED_TURNS)?,
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
             "conversation_match" => self.conversation_match = parse_bool(value)?,
             "workspace_mode" => self.workspace_mode = value.parse()?,
             "idle_kill" => self.idle_kill = parse_duration(value)?,
-            "max_processes" => self.max_processes = parse_num(value)?,
-            "max_concurrent_turns" => self.max_concurrent_turns = Some(parse_num(value)?),
+            "max_processes" => self.max_processes = parse_count(value, 1, MAX_PROCESSES)?,
+            "max_concurrent_turns" => {
+                self.max_concurrent_turns = Some(parse_count(value, 1, MAX_PROCESSES)?)
+            }
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
             "queue_timeout" => self.queue_timeout = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,
@@ -464,6 +483,26 @@ impl Config {
         Ok(())
     }
 
+    /// Paths are fixed at load, against the bridge's cwd at start: a relative `state_dir`
+    /// would make claude (which runs in the workspace) look for `--mcp-config` in the wrong
+    /// place, and a relative workspace would break the transcript lookup. See `resolve_dir`
+    /// for why directories are resolved rather than only made absolute. `claude_bin` with a
+    /// `/` is only made absolute (`std::path::absolute`, no I/O): exec follows its symlinks
+    /// itself, and the name the user gave stays in the logs. Without a `/` it is looked up
+    /// in PATH, as a shell would.
+    fn make_paths_absolute(&mut self) {
+        self.state_dir = resolve_dir(&self.state_dir);
+        self.workspace = resolve_dir(&self.workspace);
+        if self.claude_bin.contains('/') {
+            let absolute = std::path::absolute(&self.claude_bin)
+                .ok()
+                .and_then(|p| p.into_os_string().into_string().ok());
+            if let Some(absolute) = absolute {
+                self.claude_bin = absolute;
+            }
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         let loopback = matches!(self.host.as_str(), "localhost" | "::1")
             || self
@@ -488,6 +527,7 @@ impl Config {
             ("turn_timeout", self.turn_timeout),
             ("idle_kill", self.idle_kill),
             ("client_read_timeout", self.client_read_timeout),
+            ("delivery_timeout", self.delivery_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -497,8 +537,11 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
         }
-        if self.max_processes == 0 || self.max_concurrent_turns == Some(0) {
-            return Err("max_processes and max_concurrent_turns must be at least 1".into());
+        if self.max_processes == 0 {
+            return Err("max_processes must be at least 1".into());
+        }
+        if self.max_concurrent_turns == Some(0) {
+            return Err("max_concurrent_turns must be at least 1".into());
         }
         if self.max_queued_turns == 0 {
             return Err("max_queued_turns must be at least 1".into());
@@ -518,8 +561,8 @@ impl Config {
 
     /// The `--help` text, generated from `FIELDS` so it cannot drift from `set`.
     pub fn help() -> String {
-        let mut out = String::from(
-            "synthesis-bridge serve [OPTIONS]\n\nEvery option can also be set as SYNTHESIS_<NAME> in the environment or as\n\"name\": value in a JSON file given with --config FILE (flags win over env, env over file).\nDurations take ms, s, m or h (a bare number means seconds).\n\n",
+        let mut out = format!(
+            "synthesis-bridge serve [OPTIONS]\n\nEvery option can also be set as SYNTHESIS_<NAME> in the environment or as\n\"name\": value in a JSON file given with --config FILE (flags win over env, env over file).\nDurations take ms, s, m, h or d (a bare number means seconds), at most {MAX_DURATION_DAYS} days.\nRelative paths are taken from the directory the bridge starts in.\n\n",
         );
         out.push_str("  --config FILE               read settings from a JSON file\n");
         for (name, hint, help) in FIELDS {
@@ -578,11 +621,25 @@ fn nonempty(value: &str) -> Result<String, String> {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+/// A TCP port: 0 (any free port) to 65535.
+fn parse_port(value: &str) -> Result<u16, String> {
     value
         .trim()
         .parse()
-        .map_err(|_| format!("`{value}` is not a valid number"))
+        .map_err(|_| format!("`{value}` is not a port number (0 to 65535)"))
+}
+
+/// A whole number in `min..=max`; the error states the range, so "0" and "1e9" are refused
+/// with the bound rather than accepted and found absurd later.
+fn parse_count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a whole number ({min} to {max})"))?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} is out of range: must be {min} to {max}"));
+    }
+    Ok(n)
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -593,7 +650,10 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
-/// `250ms`, `15s`, `30m`, `2h`, or a bare number of seconds (fractions allowed).
+/// `250ms`, `15s`, `30m`, `2h`, `1d`, or a bare number of seconds (fractions allowed), at
+/// most `MAX_DURATION`. NaN, infinities, negative values and anything past the bound are
+/// refused here, so no caller can hit `Duration::from_secs_f64`'s panic or overflow an
+/// `Instant` by adding a configured duration to it.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let v = value.trim();
     let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
@@ -604,6 +664,8 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         (n, 60.0)
     } else if let Some(n) = v.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = v.strip_suffix('d') {
+        (n, 86400.0)
     } else {
         (v, 1.0)
     };
@@ -614,7 +676,51 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     if !n.is_finite() || n < 0.0 {
         return Err(format!("`{value}` must be a non-negative duration"));
     }
-    Ok(Duration::from_secs_f64(n * scale))
+    let too_long = || format!("`{value}` is longer than the limit of {MAX_DURATION_DAYS} days");
+    let seconds = n * scale;
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(too_long());
+    }
+    // Cannot fail after the checks above; mapped to the same error rather than unwrapped.
+    Duration::try_from_secs_f64(seconds).map_err(|_| too_long())
+}
+
+/// Makes a configured directory absolute against the bridge's working directory at start,
+/// and resolves it the way the kernel will: the part that exists is canonicalised
+/// (symlinks and `..` resolved); the rest (not created yet, so no symlinks in it) is
+/// appended with `.` and `..` applied lexically.
+///
+/// Why not `std::path::absolute` alone: it keeps `..` (`--workspace ../ws` would become
+/// `/cwd/../ws`), and Claude Code names its project directory after the cwd it gets from
+/// the kernel (`getcwd`, fully resolved), so the bridge's transcript lookup
+/// (`agent::transcript_path`) would look in a directory Claude never writes. Why not
+/// `canonicalize` alone: `state_dir` may not exist yet (it is created after loading).
+/// If even the cwd cannot be read, the path is kept as given and `validate` or the first
+/// use reports it.
+pub fn resolve_dir(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let Ok(absolute) = std::path::absolute(path) else {
+        return path.to_path_buf();
+    };
+    // Walk from the root; after each step `out` is free of symlinks and `..` as far as it
+    // exists, so popping it for a `..` is what the kernel would do.
+    let mut out = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir => out.push(component),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if let Ok(real) = out.canonicalize() {
+                    out = real;
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -659,7 +765,7 @@ mod tests {
     fn errors_name_the_field_and_source() {
         assert_eq!(
             run(&["--port", "x"], &[]).unwrap_err(),
-            "--port: `x` is not a valid number"
+            "--port: `x` is not a port number (0 to 65535)"
         );
         assert_eq!(
             run(&[], &[("SYNTHESIS_TURN_TIMEOUT", "soon")]).unwrap_err(),
@@ -721,5 +827,126 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("30d").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("720h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn durations_that_are_not_finite_or_too_long_are_refused_without_panicking() {
+        for bad in [
+            "1e20", "1e19", "1e300", "1e309", "NaN", "nan", "inf", "-inf", "infinity", "-0.5",
+            "30.001d", "2592001", "43201m", "1e20ms", "-1e20",
+        ] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        assert!(parse_duration("1e20").unwrap_err().contains("30 days"));
+    }
+
+    /// Every duration field (every `DUR` in FIELDS, so settings added later are covered):
+    /// 1e20 from a flag, the environment and a config file is refused with the field named
+    /// and the bound stated, and 30 days is accepted.
+    #[test]
+    fn every_duration_field_refuses_1e20_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("sb-config-dur-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let durations: Vec<&str> = FIELDS
+            .iter()
+            .filter(|(_, hint, _)| *hint == "DUR")
+            .map(|(name, _, _)| *name)
+            .collect();
+        assert!(durations.len() >= 10, "{durations:?}");
+        for name in durations {
+            let flag = format!("--{}", name.replace('_', "-"));
+            let err = run(&[&flag, "1e20"], &[]).unwrap_err();
+            assert!(err.starts_with(&format!("{flag}: ")), "{err}");
+            assert!(err.contains("30 days"), "{err}");
+            let var = format!("SYNTHESIS_{}", name.to_ascii_uppercase());
+            let err = run(&[], &[(&var, "1e20")]).unwrap_err();
+            assert!(err.starts_with(&format!("{var}: ")), "{err}");
+            let file = dir.join(format!("{name}.json"));
+            std::fs::write(&file, format!(r#"{{"{name}": 1e20}}"#)).unwrap();
+            let err = run(&["--config", file.to_str().unwrap()], &[]).unwrap_err();
+            assert!(err.contains(&format!("field `{name}`")), "{err}");
+            assert!(err.contains("30 days"), "{err}");
+            run(&[&flag, "30d"], &[]).unwrap_or_else(|e| panic!("{flag} 30d: {e}"));
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_the_field_and_range() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("--port", "70000", "0 to 65535"),
+            ("--channel-ws-port", "-1", "0 to 65535"),
+            ("--max-processes", "0", "1 to 1024"),
+            ("--max-processes", "1e9", "1 to 1024"),
+            ("--max-concurrent-turns", "0", "1 to 1024"),
+            ("--max-queued-turns", "0", "1 to 10000"),
+            ("--max-queued-turns", "18446744073709551615", "1 to 10000"),
+            (
+                "--max-queued-turns",
+                "99999999999999999999999",
+                "1 to 10000",
+            ),
+            ("--max-body-bytes", "10", "1024 to 1073741824"),
+        ];
+        for (flag, value, range) in cases {
+            let err = run(&[flag, value], &[]).unwrap_err();
+            assert!(err.starts_with(&format!("{flag}: ")), "{err}");
+            assert!(err.contains(range), "{flag} {value}: {err}");
+        }
+        for zero in [
+            "--ready-timeout",
+            "--turn-timeout",
+            "--idle-kill",
+            "--delivery-timeout",
+        ] {
+            let err = run(&[zero, "0"], &[]).unwrap_err();
+            assert!(err.contains(&zero[2..].replace('-', "_")), "{err}");
+        }
+        let c = run(
+            &["--max-processes", "1024", "--max-queued-turns", "10000"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!((c.max_processes, c.max_queued_turns), (1024, 10_000));
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute_and_resolved() {
+        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+        let c = run(
+            &[
+                "--state-dir",
+                "no-such/./st",
+                "--claude-bin",
+                "./bin/claude",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, cwd.join("no-such/st"));
+        assert_eq!(c.claude_bin, cwd.join("bin/claude").to_str().unwrap());
+        assert!(c.workspace.is_absolute());
+        // `..` is resolved (Claude names its project dir after the resolved cwd).
+        let c = run(&["--workspace", "src/.."], &[]).unwrap();
+        assert_eq!(c.workspace, cwd);
+        // A name without `/` is left for the PATH lookup.
+        assert_eq!(
+            run(&["--claude-bin", "claude"], &[]).unwrap().claude_bin,
+            "claude"
+        );
+        // A symlink in the existing part is resolved; the missing rest is appended.
+        let dir = std::env::temp_dir()
+            .canonicalize()
+            .unwrap()
+            .join(format!("sb-config-paths-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dir.join("real"), &link).unwrap();
+        assert_eq!(resolve_dir(&link.join("new/../st")), dir.join("real/st"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -362,11 +362,15 @@ impl Agent {
 
     /// Start-up is over: stop keeping the parsed screen (see `screen`), and hand the freed
     /// memory back to the system (glibc keeps freed memory of per-thread arenas otherwise,
-    /// and every session worker is a thread).
+    /// and every session worker is a thread). `malloc_trim` is a glibc extension: other C
+    /// libraries (musl) have no such call, and no per-thread arenas to trim.
     pub fn started(&mut self) {
         self.screen = None;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-        unsafe { libc::malloc_trim(0) };
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// SIGTERM to the process group, SIGKILL after `grace`; always reaps.
