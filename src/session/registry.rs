@@ -655,4 +655,15 @@ impl Registry {
         }
         self.settings.store.flush_if_dirty();
     }
+
+    /// The pid of `key`'s live process when `spawn_id` is its live spawn, else None. The hub
+    /// checks a Stop hook's `turn_end` came from under this process.
+    pub fn agent_pid(&self, key: &str, spawn_id: &str) -> Option<u32> {
+        let sessions = self.sessions.lock().unwrap();
+        let handle = sessions.get(key)?;
+        if handle.status.spawn_id.lock().unwrap().as_deref() != Some(spawn_id) {
+            return None;
+        }
+        Some(handle.status.pid.load(Ordering::SeqCst)).filter(|pid| *pid != 0)
+    }
 }

@@ -212,7 +212,7 @@ impl Worker {
             let file = self.prompt_file();
             let written = file
                 .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
+                .map_or(Ok(()), super::store::create_private_dir)
                 .and_then(|()| super::store::write_atomically(&file, prompt.as_bytes()));
             if let Err(e) = written {
                 log::error!(
@@ -794,7 +794,7 @@ impl Worker {
                 ),
             ));
         }
-        if let Err(e) = std::fs::create_dir_all(&self.workspace) {
+        if let Err(e) = super::store::create_private_dir(&self.workspace) {
             self.settings.process_slots.release();
             return Err(TurnFailure::new(
                 FailureKind::AgentUnavailable,
