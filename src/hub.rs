@@ -7,7 +7,9 @@
 //! deadline (`HANDSHAKE_DEADLINE` for the HTTP upgrade and the first frame together, however
 //! the peer trickles its bytes), with a small message limit (`FIRST_FRAME_LIMIT`) until the
 //! token is checked. Connections in handshake hold one of `handshake_slots` slots (more
-//! than `max_processes` needs); the excess is closed at once. The first frame must be a
+//! than `max_processes` needs); when all are taken, the oldest handshake is cut to make room
+//! (`Handshakes`), so a flood of idle connections can delay a channel's hello by at most one
+//! of its retries, never lock it out. The first frame must be a
 //! `hello` carrying the per-start token and naming a live spawn; the session worker then owns
 //! the socket, with the normal `protocol::ws_config()` limits.
 //!
@@ -131,8 +133,75 @@ pub fn connect_hook_socket(address: &str) -> io::Result<UnixStream> {
     }
 }
 
-/// A taken handshake slot; dropping it gives the slot back (also when the thread that was
-/// to own it could not be started).
+/// The WebSocket connections in handshake, oldest first, each with a second handle (a dup)
+/// through which it can be cut.
+struct Handshakes {
+    max: usize,
+    open: Mutex<(u64, std::collections::VecDeque<(u64, TcpStream)>)>,
+}
+
+/// One connection's place in `Handshakes`; dropping it gives the place back (also when the
+/// thread that was to own it could not be started).
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    id: u64,
+}
+
+impl Handshakes {
+    fn new(max: usize) -> Arc<Handshakes> {
+        Arc::new(Handshakes {
+            max,
+            open: Mutex::new((0, std::collections::VecDeque::new())),
+        })
+    }
+
+    /// Admits `stream`; when every slot is taken, first cuts the oldest handshake (shutdown
+    /// wakes its thread, which then ends) and returns its peer. Err if no handle could be made.
+    fn admit(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+    ) -> io::Result<(HandshakeSlot, Option<std::net::SocketAddr>)> {
+        let handle = stream.try_clone()?;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = None;
+        if open.1.len() >= self.max
+            && let Some((_, oldest)) = open.1.pop_front()
+        {
+            let _ = oldest.shutdown(std::net::Shutdown::Both);
+            evicted = Some(
+                oldest
+                    .peer_addr()
+                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+            );
+        }
+        open.0 += 1;
+        let id = open.0;
+        open.1.push_back((id, handle));
+        let slot = HandshakeSlot {
+            handshakes: self.clone(),
+            id,
+        };
+        Ok((slot, evicted))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .handshakes
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.1.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A taken Stop-hook slot; dropping it gives the slot back.
 struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
@@ -163,7 +232,7 @@ pub fn spawn_acceptor(
 ) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     hook_socket.listener.set_nonblocking(true)?;
-    let pending = Arc::new(AtomicUsize::new(0));
+    let pending = Handshakes::new(hub.slots);
     let pending_hooks = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("ws-accept".into())
@@ -180,20 +249,27 @@ pub fn spawn_acceptor(
                 }
                 wake.drain();
                 while let Ok((stream, peer)) = listener.accept() {
-                    let Some(slot) = Slot::try_take(&pending, hub.slots) else {
-                        hub.refusals.refused(&format!(
-                            "all {} handshake slots are taken; dropped a connection from {peer}",
-                            hub.slots
-                        ));
-                        continue;
+                    let slot = match pending.admit(&stream) {
+                        Ok((slot, None)) => slot,
+                        Ok((slot, Some(oldest))) => {
+                            hub.refusals.refused(&format!(
+                                "all {} handshake slots are taken; cut the oldest handshake (from {oldest}) for a connection from {peer}",
+                                hub.slots
+                            ));
+                            slot
+                        }
+                        Err(e) => {
+                            hub.refusals
+                                .refused(&format!("connection from {peer} dropped: {e}"));
+                            continue;
+                        }
                     };
                     let hub = hub.clone();
                     let spawned = std::thread::Builder::new()
                         .name("ws-handshake".into())
                         .stack_size(128 * 1024)
                         .spawn(move || {
-                            let _slot = slot;
-                            hub.handle_connection(stream);
+                            hub.handle_connection(stream, slot);
                         });
                     if let Err(e) = spawned {
                         log::error!("ws-accept: cannot start a handshake thread: {e}");
@@ -242,7 +318,9 @@ fn first_frame_config() -> tungstenite::protocol::WebSocketConfig {
 }
 
 impl Hub {
-    fn handle_connection(&self, stream: TcpStream) {
+    /// `slot` is held until the peer is authenticated: until then the connection may be cut
+    /// to make room for a newer one.
+    fn handle_connection(&self, stream: TcpStream, slot: HandshakeSlot) {
         let deadline = Instant::now() + HANDSHAKE_DEADLINE;
         let peer = stream
             .peer_addr()
@@ -313,6 +391,8 @@ impl Hub {
                         &format!("hello from {peer} (pid {pid}) with a wrong token"),
                     );
                 }
+                // Out of the table first, so it can no longer be cut as the oldest handshake.
+                drop(slot);
                 // Authenticated: the normal limits, and the socket as the worker expects it
                 // (blocking; the worker sets its own read timeouts and mode).
                 ws.set_config(|c| *c = crate::protocol::ws_config());
@@ -596,6 +676,28 @@ mod tests {
         assert!(is_descendant(child.id(), parent));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_full_handshake_table_cuts_its_oldest_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let accepted: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+        let table = Handshakes::new(2);
+        let (first, none) = table.admit(&accepted[0]).unwrap();
+        let (_second, _) = table.admit(&accepted[1]).unwrap();
+        assert!(none.is_none());
+        let (_third, evicted) = table.admit(&accepted[2]).unwrap();
+        assert_eq!(evicted, Some(clients[0].local_addr().unwrap()));
+        assert_eq!(table.len(), 2);
+        let mut byte = [0u8; 1];
+        clients[0]
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!((&clients[0]).read(&mut byte).unwrap(), 0, "cut: EOF");
+        drop(first); // already gone from the table: nothing else is removed
+        assert_eq!(table.len(), 2);
     }
 
     #[test]
