@@ -60,6 +60,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "require `Authorization: Bearer KEY` on the API (default: none)",
     ),
     (
+        "api_key_file",
+        "FILE",
+        "read api_key from the first line of FILE (keeps it out of /proc/<pid>/cmdline and environ; mode 0600)",
+    ),
+    (
         "heartbeat_interval",
         "DUR",
         "empty-content chunk while a turn waits (default 15s)",
@@ -202,6 +207,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub models: Vec<String>,
     pub api_key: Option<String>,
+    /// Where `api_key` was read from (`--api-key-file`), if it was.
+    pub api_key_file: Option<PathBuf>,
     pub heartbeat_interval: Duration,
     pub ready_timeout: Duration,
     pub turn_timeout: Duration,
@@ -251,6 +258,7 @@ impl Default for Config {
             state_dir: default_state_dir(),
             models: vec!["claude-code".into()],
             api_key: None,
+            api_key_file: None,
             heartbeat_interval: Duration::from_secs(15),
             ready_timeout: Duration::from_secs(15),
             turn_timeout: Duration::from_secs(30 * 60),
@@ -354,6 +362,7 @@ impl Config {
                 .map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
         }
         config.make_paths_absolute();
+        config.read_api_key_file()?;
         config.validate()?;
         Ok(Invocation::Run(Box::new(config)))
     }
@@ -409,6 +418,7 @@ impl Config {
                 }
             }
             "api_key" => self.api_key = Some(value.to_string()).filter(|k| !k.is_empty()),
+            "api_key_file" => self.api_key_file = Some(PathBuf::from(nonempty(value)?)),
             "heartbeat_interval" => self.heartbeat_interval = parse_duration(value)?,
             "ready_timeout" => self.ready_timeout = parse_duration(value)?,
             "turn_timeout" => self.turn_timeout = parse_duration(value)?,
@@ -501,6 +511,49 @@ impl Config {
                 self.claude_bin = absolute;
             }
         }
+    }
+
+    /// `api_key_file`: the key is the file's first line, trimmed. An unreadable or empty file
+    /// stops start-up; so does setting `api_key` as well (which one would win is a guess).
+    fn read_api_key_file(&mut self) -> Result<(), String> {
+        let Some(path) = &self.api_key_file else {
+            return Ok(());
+        };
+        if self.api_key.is_some() {
+            return Err(format!(
+                "api_key_file {} and api_key are both set: keep only api_key_file (and unset SYNTHESIS_API_KEY)",
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "api_key_file {}: cannot read it ({e}); the file must exist and be readable by the bridge's user",
+                path.display()
+            )
+        })?;
+        let key = text.lines().next().unwrap_or("").trim();
+        if key.is_empty() {
+            return Err(format!(
+                "api_key_file {}: the first line is empty; put the API key on it",
+                path.display()
+            ));
+        }
+        self.api_key = Some(key.to_string());
+        Ok(())
+    }
+
+    /// A warning when `api_key_file` can be read by its group or by others (logged at
+    /// start-up, once logging is set up).
+    pub fn api_key_file_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.api_key_file.as_ref()?;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "api_key_file {} has mode {mode:03o}: other users may read the API key; run chmod 600 on it",
+                path.display()
+            )
+        })
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -947,6 +1000,32 @@ mod tests {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(dir.join("real"), &link).unwrap();
         assert_eq!(resolve_dir(&link.join("new/../st")), dir.join("real/st"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn api_key_file_gives_the_key_from_its_first_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sb-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "  sk-secret \nsecond line\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = file.to_str().unwrap();
+        let c = run(&["--api-key-file", path], &[]).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("sk-secret"));
+        assert_eq!(c.api_key_file_warning(), None);
+        let c = run(&[], &[("SYNTHESIS_API_KEY_FILE", path)]).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("sk-secret"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(c.api_key_file_warning().unwrap().contains("chmod 600"));
+        let both = run(&["--api-key-file", path, "--api-key", "x"], &[]).unwrap_err();
+        assert!(both.contains("both set"), "{both}");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = run(&["--api-key-file", path], &[]).unwrap_err();
+        assert!(empty.contains("first line is empty"), "{empty}");
+        let missing = run(&["--api-key-file", "/nonexistent/key"], &[]).unwrap_err();
+        assert!(missing.contains("cannot read it"), "{missing}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -3,18 +3,20 @@
 //! Claude runs it (through its shell, as the bridge's `--settings` names it) each time it
 //! finishes a turn, with the hook input JSON on stdin (`session_id`, `transcript_path`,
 //! `last_assistant_message`, …) and claude's whole environment, so the `SYNTHESIS_*`
-//! variables are there. It sends one `turn_end` frame to the bridge on a connection of its
-//! own and exits. It always exits 0 and prints nothing on stdout: a failing hook must never
+//! variables are there. It sends one `turn_end` frame (one JSON line) to the hub's Unix
+//! socket (`SYNTHESIS_HOOK_SOCKET`), waits for its one-line answer, and exits. The hub
+//! believes it only because it connects from under that spawn's claude (`SO_PEERCRED`, see
+//! src/hub.rs). It always exits 0 and prints nothing on stdout: a failing hook must never
 //! disturb Claude; problems go to stderr, which Claude keeps in its debug log.
 
 use serde_json::Value;
-use std::io::Read;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
 
 use crate::protocol::{ChannelFrame, env};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read and write limit on the hub's socket (Claude kills the hook after 10 s anyway).
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn run(args: &[String]) -> u8 {
     match args.first().map(String::as_str) {
@@ -35,8 +37,8 @@ fn send_turn_end() -> Result<(), String> {
     let var = |name: &str| {
         std::env::var(name).map_err(|_| format!("{name} is not set (not started by the bridge?)"))
     };
-    let (url, session, spawn_id, token) = (
-        var(env::WS_URL)?,
+    let (socket, session, spawn_id, token) = (
+        var(env::HOOK_SOCKET)?,
         var(env::OPENCLAW_SESSION)?,
         var(env::SPAWN_ID)?,
         var(env::BRIDGE_TOKEN)?,
@@ -64,30 +66,26 @@ fn send_turn_end() -> Result<(), String> {
         token,
     };
 
-    let authority = url
-        .strip_prefix("ws://")
-        .and_then(|rest| rest.split('/').next())
-        .ok_or("bad SYNTHESIS_WS_URL")?;
-    let addr = authority
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut stream =
+        crate::hub::connect_hook_socket(&socket).map_err(|e| format!("connect {socket}: {e}"))?;
     stream
-        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|_| stream.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    let mut line = frame.to_json();
+    line.push('\n');
     stream
-        .set_write_timeout(Some(CONNECT_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let (mut ws, _) =
-        tungstenite::client(url.as_str(), stream).map_err(|e| format!("handshake: {e}"))?;
-    ws.send(tungstenite::Message::text(frame.to_json()))
-        .map_err(|e| e.to_string())?;
-    // Wait for the bridge to close, so the frame is read before we go.
-    while ws.read().is_ok() {}
-    Ok(())
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    // Stay connected until the bridge answers: it checks who we are while we are alive.
+    let mut answer = String::new();
+    BufReader::new(stream.take(4096))
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from the bridge: {e}"))?;
+    match answer.trim_end() {
+        "ok" => Ok(()),
+        other => Err(format!("the bridge said: {other}")),
+    }
 }
 
 /// The `turn_id` of the last channel message in a transcript: the bridge's turn ids reach

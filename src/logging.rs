@@ -1,7 +1,13 @@
 //! Log set-up shared by every subcommand: env_logger filtered by `RUST_LOG` (default
 //! `info`), one line per record, UTC timestamp with milliseconds, level, thread name
 //! (threads are named after what they own, e.g. `session:<key>`), then the message.
+//!
+//! Also owns `printable`, the one escaping of client-supplied text (session keys, peer
+//! strings) for logs and reports: no raw control character from a client reaches a log line,
+//! so a key cannot forge a line or send terminal escapes to whoever reads the log. The line
+//! format applies it to the thread name and `printable_message` to every message.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +22,8 @@ pub fn init(file: Option<&std::path::Path>) {
             "{} {:5} [{}] {}",
             utc_timestamp(SystemTime::now()),
             record.level(),
-            thread.name().unwrap_or("?"),
-            record.args()
+            printable(thread.name().unwrap_or("?")),
+            printable_message(&record.args().to_string())
         )
     });
     if let Some(path) = file
@@ -31,24 +37,57 @@ pub fn init(file: Option<&std::path::Path>) {
     let _ = builder.try_init();
 }
 
-/// `text` with every control character escaped (`\n`, `\u{1b}`, ...), for printing a
-/// client's string (a session key, a frame) where a raw newline or terminal escape would
-/// forge a log line or repaint an operator's terminal. Borrowed when nothing needs escaping.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
+/// `text` with every character that could forge or disturb a log line escaped: C0 controls
+/// (`\n`, `\r`, `\t`, ESC as `\x1b`, …), DEL, C1 controls, Unicode line separators and
+/// bidirectional overrides (`\u{202e}`), and the backslash itself (`\\`), so an escaped
+/// text is never ambiguous. Borrowed (no copy) when there is nothing to escape.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    escape(text, false)
+}
+
+/// Like `printable`, but keeps newlines and tabs and leaves backslashes alone: for whole log
+/// messages, some of which are multi-line reports made by the bridge itself. Client strings
+/// inside a message must already have gone through `printable` (or `{:?}`).
+pub fn printable_message(text: &str) -> Cow<'_, str> {
+    escape(text, true)
+}
+
+fn escape(text: &str, message: bool) -> Cow<'_, str> {
+    let needs = |c: char| match c {
+        '\\' => !message,
+        '\n' | '\t' => !message,
+        _ => is_unsafe(c),
+    };
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !needs(c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Control characters (C0, DEL, C1) and the invisible characters that move or reorder text.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// A thread name made from a client's string (a session key): `prefix` + the string with
@@ -84,6 +123,26 @@ pub fn utc_timestamp(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn printable_escapes_every_control_character() {
+        assert!(matches!(
+            printable("session:demo::chat-1"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            printable("a\nb\x1b[31mc\rd\u{7f}e\u{85}f\\"),
+            "a\\nb\\x1b[31mc\\rd\\x7fe\\x85f\\\\"
+        );
+        assert_eq!(printable("x\u{202e}y\0"), "x\\u{202e}y\\x00");
+        let all: String = (0u32..0x2100).filter_map(char::from_u32).collect();
+        assert!(!printable(&all).chars().any(is_unsafe));
+        // Messages keep their own line structure, but nothing else.
+        assert_eq!(
+            printable_message("report\n\tline \\ \x1b"),
+            "report\n\tline \\ \\x1b"
+        );
+    }
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {

@@ -40,6 +40,10 @@ pub mod env {
     pub const OPENCLAW_SESSION: &str = "SYNTHESIS_OPENCLAW_SESSION";
     /// The Claude session uuid (`--session-id` / `--resume`).
     pub const CLAUDE_SESSION: &str = "SYNTHESIS_CLAUDE_SESSION";
+    /// The hub's Unix socket for the Stop hook's `turn_end` (a path, or `@name` for an
+    /// abstract socket); the hub checks with `SO_PEERCRED` that the peer runs under that
+    /// spawn's claude.
+    pub const HOOK_SOCKET: &str = "SYNTHESIS_HOOK_SOCKET";
     /// Unique per spawn; the hub refuses a hello whose spawn id no worker is waiting for.
     pub const SPAWN_ID: &str = "SYNTHESIS_SPAWN_ID";
     /// Secret made at bridge start; the hub refuses any frame that does not carry it.

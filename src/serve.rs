@@ -46,6 +46,9 @@ pub fn run(args: &[String]) -> u8 {
         }
     };
     crate::logging::init(None);
+    if let Some(warning) = config.api_key_file_warning() {
+        log::warn!("{warning}");
+    }
     match serve(config) {
         Ok(()) => 0,
         Err(message) => {
@@ -77,12 +80,7 @@ fn serve(config: Config) -> Result<(), String> {
         warn_about_version(claude.as_os_str());
         (claude.into_os_string(), vec![])
     };
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-        format!(
-            "cannot create state_dir {}: {e}",
-            config.state_dir.display()
-        )
-    })?;
+    prepare_state_dir(&config.state_dir)?;
     let mcp_config = config.state_dir.join("mcp-config.json");
     agent::write_mcp_config(&mcp_config, &exe, &config.channel_name)
         .map_err(|e| format!("cannot write {}: {e}", mcp_config.display()))?;
@@ -94,6 +92,12 @@ fn serve(config: Config) -> Result<(), String> {
         )
     })?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
+    let hook_socket = hub::bind_hook_socket(&config.state_dir).map_err(|e| {
+        format!(
+            "cannot listen on the Stop-hook socket in {}: {e}",
+            config.state_dir.display()
+        )
+    })?;
     let http_listener = TcpListener::bind((config.host.as_str(), config.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     http::tune_listener(
@@ -116,6 +120,7 @@ fn serve(config: Config) -> Result<(), String> {
         permission_mode: config.permission_mode.clone(),
         mcp_config,
         ws_url: format!("ws://{ws_addr}{}", crate::protocol::WS_PATH),
+        hook_socket: hook_socket.address.clone(),
         token: token.clone(),
         hello_delay: config.channel_hello_delay,
         settings_json: Some(agent::stop_hook_settings(&exe)),
@@ -153,12 +158,9 @@ fn serve(config: Config) -> Result<(), String> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (hub_waker, hub_wake) = wake_pair().map_err(|e| e.to_string())?;
-    let hub = Arc::new(Hub {
-        registry: registry.clone(),
-        token,
-    });
-    let hub_thread =
-        hub::spawn_acceptor(ws_listener, hub, stop.clone(), hub_wake).map_err(|e| e.to_string())?;
+    let hub = Arc::new(Hub::new(registry.clone(), token, config.max_processes));
+    let hub_thread = hub::spawn_acceptor(ws_listener, hook_socket, hub, stop.clone(), hub_wake)
+        .map_err(|e| e.to_string())?;
     let ctx = Arc::new(HttpContext {
         registry: registry.clone(),
         models: config.models.clone(),
@@ -227,6 +229,33 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = hub_thread.join();
     let _ = sweeper_thread.join();
     log::info!("stopped");
+    Ok(())
+}
+
+/// Creates the state dir 0700 (`store::create_private_dir`). One that exists with access
+/// for group or others (made by hand, or by an older bridge) is narrowed to 0700: it holds
+/// the session map and the Stop hook's socket.
+fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::session::store::create_private_dir(dir)
+        .map_err(|e| format!("cannot create state_dir {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read state_dir {}: {e}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!(
+                "state_dir {} has mode {mode:03o} and cannot be made 0700 ({e}): fix its owner or mode",
+                dir.display()
+            )
+        })?;
+        log::warn!(
+            "state_dir {} had mode {mode:03o}; set it to 0700 (it holds the session map and the Stop hook's socket)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

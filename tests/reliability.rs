@@ -512,7 +512,7 @@ fn a_panicking_session_fails_its_turn_and_the_bridge_serves_on() {
         error["message"].as_str().unwrap().contains("crashed"),
         "{error}"
     );
-    assert!(bridge.log().contains("session \"bad\": worker panicked"));
+    assert!(bridge.wait_for_log("session \"bad\": worker panicked", WAIT));
     assert_eq!(
         streamed_text(&stream_chat(bridge.http, "good", "still").1),
         "still"

@@ -29,6 +29,8 @@ pub struct AgentLauncher {
     pub permission_mode: String,
     pub mcp_config: PathBuf,
     pub ws_url: String,
+    /// Where the Stop hook sends `turn_end` (the hub's Unix socket; `@name` = abstract).
+    pub hook_socket: String,
     pub token: String,
     pub hello_delay: Duration,
     /// Extra `--settings` JSON (e.g. the Stop hook), if any.
@@ -89,14 +91,15 @@ impl AgentLauncher {
         args
     }
 
-    /// Variables added to the bridge's own environment (which the child inherits whole, so
-    /// `CLAUDE_CONFIG_DIR`, `ANTHROPIC_*` and `HOME` pass through).
+    /// Variables added to the bridge's own environment (which the child inherits, so
+    /// `CLAUDE_CONFIG_DIR`, `ANTHROPIC_*` and `HOME` pass through; see `env_remove`).
     pub fn env(&self, launch: &Launch) -> Vec<(OsString, OsString)> {
         let pairs = [
             ("DISABLE_AUTOUPDATER", "1".to_string()),
             ("ENABLE_TOOL_SEARCH", "false".to_string()),
             ("TERM", "xterm-256color".to_string()),
             (env::WS_URL, self.ws_url.clone()),
+            (env::HOOK_SOCKET, self.hook_socket.clone()),
             (env::OPENCLAW_SESSION, launch.session_key.to_string()),
             (env::CLAUDE_SESSION, launch.claude_session.to_string()),
             (env::SPAWN_ID, launch.spawn_id.to_string()),
@@ -113,6 +116,32 @@ impl AgentLauncher {
     }
 }
 
+/// Variables of the bridge's environment a child must not inherit: every `SYNTHESIS_*`
+/// variable (the bridge's settings, `SYNTHESIS_API_KEY`, `SYNTHESIS_API_KEY_FILE`,
+/// `SYNTHESIS_CONFIG`, fault injection, …) except those in `KEPT_VARIABLES` and the
+/// simulated agent's `SYNTHESIS_SIM_*` test hooks. Deny by default: a setting added later is
+/// scrubbed without anyone having to remember it. Any tool Claude runs inherits claude's
+/// environment, so what is left here is readable by it.
+pub fn env_remove() -> Vec<OsString> {
+    env_remove_from(std::env::vars_os().map(|(name, _)| name))
+}
+
+/// `SYNTHESIS_*` variables a child keeps: the launcher sets its own (`AgentLauncher::env`)
+/// anyway; the test marker (tests find their processes by it) and the channel log are not
+/// secrets.
+pub const KEPT_VARIABLES: &[&str] = &["SYNTHESIS_TEST_MARKER", env::CHANNEL_LOG];
+
+fn env_remove_from(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    names
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            name.starts_with("SYNTHESIS_")
+                && !name.starts_with("SYNTHESIS_SIM_")
+                && !KEPT_VARIABLES.contains(&name.as_ref())
+        })
+        .collect()
+}
+
 /// The `--settings` JSON that installs `<bridge> hook stop` as Claude's Stop hook (the
 /// turn-end backstop). Claude runs hook commands through a shell, so the path is quoted.
 pub fn stop_hook_settings(bridge_exe: &Path) -> String {
@@ -123,14 +152,13 @@ pub fn stop_hook_settings(bridge_exe: &Path) -> String {
     .to_string()
 }
 
-/// Writes the MCP config that names `<bridge> channel` as the stdio server, atomically.
+/// Writes the MCP config that names `<bridge> channel` as the stdio server, atomically and
+/// readable by its owner only (`store::write_atomically`).
 pub fn write_mcp_config(path: &Path, bridge_exe: &Path, channel_name: &str) -> io::Result<()> {
     let config = serde_json::json!({
         "mcpServers": {channel_name: {"command": bridge_exe, "args": ["channel"], "env": {}}}
     });
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&config)?)?;
-    std::fs::rename(&tmp, path)
+    crate::session::store::write_atomically(path, &serde_json::to_vec_pretty(&config)?)
 }
 
 /// Resolves a program name the way a shell would (a path is taken as is).
@@ -253,10 +281,12 @@ impl Agent {
     pub fn spawn(launcher: &AgentLauncher, launch: &Launch) -> io::Result<Agent> {
         let args = launcher.args(launch);
         let env = launcher.env(launch);
+        let env_remove = env_remove();
         let child = pty::spawn(&pty::SpawnSpec {
             program: &launcher.program,
             args: &args,
             env: &env,
+            env_remove: &env_remove,
             cwd: launch.workspace,
         })?;
         Ok(Agent {
@@ -391,6 +421,7 @@ mod tests {
             permission_mode: "default".into(),
             mcp_config: "/state/mcp.json".into(),
             ws_url: "ws://127.0.0.1:1/bridge".into(),
+            hook_socket: "/state/hub.sock".into(),
             token: "tok".into(),
             hello_delay: Duration::from_secs(1),
             settings_json: None,
@@ -486,5 +517,36 @@ mod tests {
         assert_eq!(get("SYNTHESIS_SPAWN_ID").as_deref(), Some("sp"));
         assert_eq!(get("SYNTHESIS_BRIDGE_TOKEN").as_deref(), Some("tok"));
         assert_eq!(get("SYNTHESIS_HELLO_DELAY_MS").as_deref(), Some("1000"));
+        assert_eq!(
+            get("SYNTHESIS_HOOK_SOCKET").as_deref(),
+            Some("/state/hub.sock")
+        );
+    }
+
+    #[test]
+    fn the_bridges_own_settings_and_secrets_are_scrubbed_from_children() {
+        let names = [
+            "SYNTHESIS_API_KEY",
+            "SYNTHESIS_API_KEY_FILE",
+            "SYNTHESIS_CONFIG",
+            "SYNTHESIS_PORT",
+            "SYNTHESIS_TEST_MARKER",
+            "SYNTHESIS_SIM_DIALOG",
+            "SYNTHESIS_CHANNEL_LOG",
+            "ANTHROPIC_API_KEY",
+            "CLAUDE_CONFIG_DIR",
+            "HOME",
+        ];
+        let removed = env_remove_from(names.iter().map(OsString::from));
+        assert_eq!(
+            removed,
+            [
+                "SYNTHESIS_API_KEY",
+                "SYNTHESIS_API_KEY_FILE",
+                "SYNTHESIS_CONFIG",
+                "SYNTHESIS_PORT"
+            ]
+            .map(OsString::from)
+        );
     }
 }

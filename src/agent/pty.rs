@@ -36,12 +36,17 @@ pub struct SpawnSpec<'a> {
     pub program: &'a OsString,
     pub args: &'a [OsString],
     pub env: &'a [(OsString, OsString)],
+    /// Variables of the bridge's environment the child must not inherit.
+    pub env_remove: &'a [OsString],
     pub cwd: &'a Path,
 }
 
 pub fn spawn(spec: &SpawnSpec) -> io::Result<PtyChild> {
     let (master, slave) = open_pty()?;
     let mut command = Command::new(spec.program);
+    for name in spec.env_remove {
+        command.env_remove(name);
+    }
     command
         .args(spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -224,6 +229,7 @@ mod tests {
             program: &program,
             args: &args,
             env: &[],
+            env_remove: &[],
             cwd: Path::new("/"),
         })
         .expect("spawn sleep in a pty")

@@ -298,7 +298,7 @@ pub fn thread_report(registry: &crate::session::Registry) -> String {
         };
         out.push_str(&format!(
             "session:{} state={} pid={pid} queued={} step=\"{}\" for {:.1}s\n",
-            s.key,
+            crate::logging::printable(&s.key),
             s.phase.name(),
             s.queued,
             s.step,

@@ -342,7 +342,8 @@ impl Registry {
         Ok(())
     }
 
-    /// The pid of `key`'s live process when it is the spawn `spawn_id`.
+    /// The pid of `key`'s live process when `spawn_id` is its live spawn, else None. The hub
+    /// checks that a Stop hook's turn end came from under this process.
     pub fn agent_pid(&self, key: &str, spawn_id: &str) -> Option<u32> {
         let table = lock(&self.inner.table);
         let status = &table.live.get(key)?.status;

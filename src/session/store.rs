@@ -177,6 +177,8 @@ impl SessionStore {
 }
 
 /// temp file in the same directory, fsync, rename over the target, fsync the directory.
+/// The file is created 0600 (`FILE_MODE`): every file the bridge writes in its state dir
+/// (the session map, the MCP config, system prompts) goes through here.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -185,7 +187,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A temp file left by a crash may have another mode: start afresh, never reuse it.
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -195,6 +204,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Mode of the files the bridge writes in its state dir: its owner only.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories the bridge creates (state dir, workspaces, system prompts).
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with mode 0700 (`DIR_MODE`), the one place the
+/// bridge makes directories. A directory that exists already keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
 }
 
 fn move_aside(path: &Path, why: &str) -> String {
@@ -221,6 +245,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn files_are_written_0600_and_dirs_created_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("modes");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let nested = d.join("a/b");
+        create_private_dir(&nested).unwrap();
+        assert_eq!((mode(&d.join("a")), mode(&nested)), (0o700, 0o700));
+        let file = nested.join("f.json");
+        write_atomically(&file, b"1").unwrap();
+        write_atomically(&file, b"2").unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(std::fs::read(&file).unwrap(), b"2");
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

@@ -25,7 +25,7 @@ impl Worker {
             let file = self.prompt_file();
             let written = file
                 .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
+                .map_or(Ok(()), crate::session::store::create_private_dir)
                 .and_then(|()| crate::session::store::write_atomically(&file, prompt.as_bytes()));
             if let Err(e) = written {
                 log::error!(

@@ -66,7 +66,7 @@ impl Worker {
                 "every claude process (max_processes) is busy with a turn; retry later".into(),
             );
         };
-        if let Err(e) = std::fs::create_dir_all(&self.identity.workspace) {
+        if let Err(e) = crate::session::store::create_private_dir(&self.identity.workspace) {
             let message = format!(
                 "cannot create workspace {}: {e}",
                 self.identity.workspace.display()
