@@ -6,6 +6,8 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
@@ -34,6 +36,12 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // PATCH (#1): set when a request's unread body was not drained; the connection closes.
+    close_flag: Arc<AtomicBool>,
+
+    // PATCH (#2, #7): bounds on the request head, and the body of the errors answered here.
+    limits: crate::ServerOptions,
 }
 
 /// Error that can happen when reading a request.
@@ -41,6 +49,12 @@ pub struct ClientConnection {
 enum ReadError {
     WrongRequestLine,
     WrongHeader(HTTPVersion),
+    // PATCH (#2): request line longer than max_header_bytes (414).
+    RequestLineTooLong,
+    // PATCH (#2): request line + headers over max_header_bytes, or more than max_headers (431).
+    HeadersTooLarge(HTTPVersion),
+    // PATCH (#7): a header that is not ASCII (400 instead of a silent close).
+    NonAsciiHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -51,6 +65,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: crate::ServerOptions,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,10 +80,13 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            close_flag: Arc::new(AtomicBool::new(false)),
+            limits,
         }
     }
 
     /// true if the connection is HTTPS
+    #[allow(dead_code)] // PATCH: HTTPS connections are no longer special-cased
     pub fn secure(&self) -> bool {
         self.secure
     }
@@ -77,7 +95,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    /// Reads one CRLF-terminated line, taking its length (with the CRLF) off `budget`.
+    /// PATCH (#2): `Ok(None)` when the line does not fit in `budget` (upstream read without
+    /// a bound); the bytes are returned as they are, the caller checks they are ASCII.
+    fn read_next_line(&mut self, budget: &mut usize) -> IoResult<Option<Vec<u8>>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -88,11 +109,21 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+            // PATCH (#1): the previous request's body was left unread on the stream.
+            if self.close_flag.load(Ordering::SeqCst) {
+                return Err(IoError::new(
+                    ErrorKind::ConnectionAborted,
+                    "previous request body left unread",
+                ));
+            }
+            if *budget == 0 {
+                return Ok(None);
+            }
+            *budget -= 1;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return Ok(Some(buf));
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -101,13 +132,17 @@ impl ClientConnection {
         }
     }
 
-    /// Reads a request from the stream.
-    /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            let mut budget = self.limits.max_header_bytes;
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(&mut budget)
+                    .map_err(ReadError::ReadIoError)?
+                    .ok_or(ReadError::RequestLineTooLong)?;
+                let line =
+                    AsciiString::from_ascii(line).map_err(|_| ReadError::WrongRequestLine)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,11 +153,19 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line(&mut budget)
+                        .map_err(ReadError::ReadIoError)?
+                        .ok_or_else(|| ReadError::HeadersTooLarge(version.clone()))?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() >= self.limits.max_headers {
+                        return Err(ReadError::HeadersTooLarge(version));
+                    }
+                    let line = AsciiString::from_ascii(line)
+                        .map_err(|_| ReadError::NonAsciiHeader(version.clone()))?;
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -153,6 +196,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            Some(self.close_flag.clone()),
         )
         .map_err(|e| {
             use crate::request;
@@ -166,6 +210,29 @@ impl ClientConnection {
 
         // return the request
         Ok(request)
+    }
+}
+
+impl ClientConnection {
+    /// PATCH (#2, #7): answers an error found while reading the request head (the caller then
+    /// closes the connection); the body comes from `ServerOptions::error_body` when set.
+    fn refuse(&mut self, status: u16, version: HTTPVersion, message: &str) {
+        use crate::{Header, Response, StatusCode};
+        let writer = self.sink.next().unwrap();
+        match self.limits.error_body {
+            Some(body) => {
+                let (content_type, data) = body(status, message);
+                let mut response = Response::from_data(data).with_status_code(StatusCode(status));
+                if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
+                    response.add_header(h);
+                }
+                response.raw_print(writer, version, &[], false, None).ok();
+            }
+            None => {
+                let response = Response::new_empty(StatusCode(status));
+                response.raw_print(writer, version, &[], false, None).ok();
+            }
+        }
     }
 }
 
@@ -186,30 +253,42 @@ impl Iterator for ClientConnection {
         loop {
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                    // we don't know where the next request would start, so we have to close
+                    self.refuse(400, HTTPVersion(1, 1), "malformed HTTP request line");
+                    return None;
                 }
 
                 Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                    self.refuse(400, ver, "malformed HTTP header line");
+                    return None;
+                }
+
+                Err(ReadError::NonAsciiHeader(ver)) => {
+                    self.refuse(400, ver, "an HTTP header holds a byte that is not ASCII; send header values as ASCII (percent- or base64-encode others)");
+                    return None;
+                }
+
+                Err(ReadError::RequestLineTooLong) => {
+                    let message = format!(
+                        "the request line is longer than {} bytes",
+                        self.limits.max_header_bytes
+                    );
+                    self.refuse(414, HTTPVersion(1, 1), &message);
+                    return None;
+                }
+
+                Err(ReadError::HeadersTooLarge(ver)) => {
+                    let message = format!(
+                        "the request line and headers exceed {} bytes or {} header lines; send fewer or smaller headers",
+                        self.limits.max_header_bytes, self.limits.max_headers
+                    );
+                    self.refuse(431, ver, &message);
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    self.refuse(408, HTTPVersion(1, 1), "no complete request within the read timeout");
                     return None; // closing the connection
                 }
 

@@ -100,7 +100,8 @@ use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -140,6 +141,125 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // PATCH (#4): open connections (each connection thread holds one slot)
+    live: Arc<AtomicUsize>,
+}
+
+/// PATCH: bounds on what one client can make the server hold (PATCHES.md).
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Open connections at most; an accepted connection beyond it gets `error_body(503, …)`
+    /// (or an empty 503) and is closed at once.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes, at most (414 / 431 beyond).
+    pub max_header_bytes: usize,
+    /// Header lines at most (431 beyond).
+    pub max_headers: usize,
+    /// Content type and body of the errors the server answers itself (400, 414, 431, 503),
+    /// from the status and a message saying what went wrong. None: empty bodies.
+    pub error_body: Option<fn(u16, &str) -> (String, Vec<u8>)>,
+    /// `Retry-After` seconds on the 503 for a connection over `max_connections`.
+    pub retry_after_secs: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: usize::MAX,
+            max_header_bytes: 64 * 1024,
+            max_headers: 128,
+            error_body: None,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// Stack of a connection thread: it parses request heads, nothing deep.
+const CONNECTION_STACK_BYTES: usize = 128 * 1024;
+
+/// One open connection, counted while it lives (RAII: the count drops with it).
+struct ConnectionSlot {
+    live: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlot {
+    fn take(live: &Arc<AtomicUsize>, max: usize) -> Option<ConnectionSlot> {
+        live.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(ConnectionSlot { live: live.clone() })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Answers a connection over the cap with a short 503 and closes it. A fresh socket's send
+/// buffer is empty, so the small write does not block; the timeout is a second line.
+fn refuse_connection(sock: Connection, options: &ServerOptions) {
+    use std::io::Write;
+    let message = format!(
+        "the server has {} connections open (max_connections); retry in {}s",
+        options.max_connections, options.retry_after_secs
+    );
+    let (content_type, body) = match options.error_body {
+        Some(body) => body(503, &message),
+        None => (String::from("text/plain"), Vec::new()),
+    };
+    let mut bytes = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nRetry-After: {}\r\nConnection: close\r\n\r\n",
+        body.len(),
+        options.retry_after_secs
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    if let Connection::Tcp(mut tcp) = sock {
+        let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = tcp.write_all(&bytes);
+        let _ = tcp.shutdown(Shutdown::Write);
+    }
+}
+
+/// The accept loop's troubles: logged once per streak (not per failure), with a pause that
+/// doubles from 10 ms to 1 s while accepting keeps failing.
+#[derive(Default)]
+struct AcceptTrouble {
+    failures: u64,
+    pause: Duration,
+    refusing: bool,
+}
+
+impl AcceptTrouble {
+    fn failed(&mut self, what: &str, error: &IoError) {
+        if self.failures == 0 {
+            log::error!(
+                "http: {what}: {error}; pausing and retrying (logged once until it recovers)"
+            );
+        }
+        self.failures += 1;
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        thread::sleep(self.pause);
+    }
+
+    fn refused(&mut self, max: usize) {
+        if !self.refusing {
+            log::warn!("http: {max} connections open (max_connections): refusing new ones with 503 until some close (logged once)");
+            self.refusing = true;
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.failures > 0 {
+            log::warn!("http: accepting again after {} failures", self.failures);
+        }
+        if self.refusing {
+            log::info!("http: below max_connections again");
+        }
+        *self = AcceptTrouble::default();
+    }
 }
 
 enum Message {
@@ -161,6 +281,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)]
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -243,6 +364,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with(listener, ssl_config, &ServerOptions::default())
+    }
+
+    /// PATCH: `from_listener` with bounds (`ServerOptions`).
+    pub fn from_listener_with<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        options: &ServerOptions,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -282,77 +412,109 @@ impl Server {
         // creating a task where server.accept() is continuously called
         // and ClientConnection objects are pushed in the messages queue
         let messages = MessagesQueue::with_capacity(8);
+        let options = options.clone();
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
+        // PATCH (#3, #4): one named accept thread that never gives up (upstream pushed the
+        // first accept error to the queue and ended, leaving a dead listener), a thread of its
+        // own per connection (upstream's pool panicked when a thread could not be spawned),
+        // and a cap on open connections held by an RAII slot in each connection's thread.
+        let live = Arc::new(AtomicUsize::new(0));
+        let inside_live = live.clone();
+        thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || {
+                let mut trouble = AcceptTrouble::default();
+                log::debug!("Running accept thread");
+                while !inside_close_trigger.load(Relaxed) {
+                    let sock = match server.accept() {
+                        Ok((sock, _)) => sock,
+                        // SO_RCVTIMEO on the listener ends an accept without a connection.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                IoErrorKind::WouldBlock
+                                    | IoErrorKind::TimedOut
+                                    | IoErrorKind::Interrupted
+                            ) =>
+                        {
+                            continue
+                        }
+                        Err(e) => {
+                            trouble.failed("cannot accept a connection", &e);
+                            continue;
+                        }
+                    };
+                    if inside_close_trigger.load(Relaxed) {
                         break;
                     }
+                    let slot = match ConnectionSlot::take(&inside_live, options.max_connections) {
+                        Some(slot) => slot,
+                        None => {
+                            trouble.refused(options.max_connections);
+                            refuse_connection(sock, &options);
+                            continue;
+                        }
+                    };
+                    use util::RefinedTcpStream;
+                    let pair = match ssl {
+                        None => RefinedTcpStream::new(sock),
+                        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                        Some(ref ssl) => {
+                            // trying to apply SSL over the connection
+                            // if an error occurs, we just close the socket and resume listening
+                            let sock = match ssl.accept(sock) {
+                                Ok(s) => s,
+                                Err(_) => continue,
+                            };
+
+                            RefinedTcpStream::new(sock)
+                        }
+                        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                        Some(ref _ssl) => unreachable!(),
+                    };
+                    let (read_closable, write_closable) = match pair {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            trouble.failed("cannot duplicate a connection's socket", &e);
+                            continue;
+                        }
+                    };
+                    let client =
+                        ClientConnection::new(write_closable, read_closable, options.clone());
+                    let messages = inside_messages.clone();
+                    let spawned = thread::Builder::new()
+                        .name("http-conn".into())
+                        .stack_size(CONNECTION_STACK_BYTES)
+                        .spawn(move || {
+                            let _slot = slot;
+                            // One request in flight per connection (upstream did this for
+                            // HTTPS only): the next request is read once this one is answered,
+                            // so requests waiting for an answer never outnumber connections.
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                if receiver.recv().is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    match spawned {
+                        Ok(_) => trouble.ok(),
+                        // The closure (connection and slot) was dropped: the socket is closed.
+                        Err(e) => trouble.failed("cannot start a connection thread", &e),
+                    }
                 }
-            }
-            log::debug!("Terminating accept thread");
-        });
+                log::debug!("Terminating accept thread");
+            })?;
 
         // result
         Ok(Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            live,
         })
     }
 
@@ -371,9 +533,10 @@ impl Server {
     }
 
     /// Returns the number of clients currently connected to the server.
+    ///
+    /// PATCH: implemented (upstream: `unimplemented!()`).
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.live.load(SeqCst)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
@@ -423,7 +586,12 @@ impl Drop for Server {
         self.close.store(true, Relaxed);
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
-            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
+            // PATCH (#5): bounded (upstream's plain connect waited minutes for a SYN to be
+            // answered when the listen queue was full). The accept thread also sees the flag
+            // after its next accept or SO_RCVTIMEO wake-up; nothing here waits for it.
+            ListenAddr::IP(addr) => {
+                TcpStream::connect_timeout(addr, Duration::from_millis(100)).map(Connection::from)
+            }
             #[cfg(unix)]
             ListenAddr::Unix(addr) => {
                 // TODO: use connect_addr when its stabilized.

@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -96,7 +98,24 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        self.sender.send(()).ok();
+    }
+}
+
+/// PATCH (#7): chunked_transfer's decoder reports EOF in the middle of a chunk's data as the
+/// end of the body (`Ok(0)`), so a truncated body looked complete. This makes it an error.
+struct StrictChunked<R: Read>(Decoder<R>);
+
+impl<R: Read> Read for StrictChunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.0.remaining_chunks_size().is_some_and(|r| r > 0) {
+            return Err(IoError::new(
+                ErrorKind::UnexpectedEof,
+                "the chunked request body ended in the middle of a chunk",
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -135,6 +154,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    close_connection: Option<Arc<AtomicBool>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -212,13 +232,18 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (mut data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            if let Some(flag) = close_connection {
+                data_reader = data_reader.closing(flag);
+            }
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // PATCH (#7): a body cut by EOF inside a chunk is an error, not the end of the body.
+        Box::new(FusedReader::new(StrictChunked(Decoder::new(source_data))))
+            as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -435,7 +460,7 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            sender.send(()).ok();
         }
         res
     }
@@ -491,7 +516,7 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                sender.send(()).ok();
             }
         }
     }

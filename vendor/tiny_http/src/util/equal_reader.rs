@@ -1,7 +1,13 @@
 use std::io::Read;
 use std::io::Result as IoResult;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+/// PATCH (synthesis-bridge, PATCHES.md #1): at most this many unread body bytes are drained
+/// when a request is dropped; past it the connection is closed instead of kept alive.
+pub const MAX_DRAIN_BYTES: usize = 64 * 1024;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
@@ -15,6 +21,8 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    /// Set when the unread rest of the body was not drained: the connection must close.
+    close_connection: Option<Arc<AtomicBool>>,
 }
 
 impl<R> EqualReader<R>
@@ -28,9 +36,16 @@ where
             reader,
             size,
             last_read_signal: tx,
+            close_connection: None,
         };
 
         (r, rx)
+    }
+
+    /// PATCH: the flag set when the drop gives up draining (the connection then closes).
+    pub fn closing(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.close_connection = Some(flag);
+        self
     }
 }
 
@@ -64,23 +79,32 @@ where
     R: Read,
 {
     fn drop(&mut self) {
-        let mut remaining_to_read = self.size;
-
-        while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
-
-            match self.reader.read(&mut buf) {
+        // PATCH: a fixed buffer (upstream allocated `vec![0; remaining]`, so a declared
+        // `Content-Length: 100000000000` aborted the process), and a bound: a body with more
+        // than MAX_DRAIN_BYTES left is not read at all, the connection is closed instead.
+        if self.size > MAX_DRAIN_BYTES {
+            if let Some(flag) = &self.close_connection {
+                flag.store(true, Ordering::SeqCst);
+            }
+            self.last_read_signal.send(Ok(())).ok();
+            return;
+        }
+        let mut buf = [0u8; 8 * 1024];
+        while self.size > 0 {
+            let want = self.size.min(buf.len());
+            match self.reader.read(&mut buf[..want]) {
                 Err(e) => {
+                    if let Some(flag) = &self.close_connection {
+                        flag.store(true, Ordering::SeqCst);
+                    }
                     self.last_read_signal.send(Err(e)).ok();
-                    break;
+                    return;
                 }
                 Ok(0) => {
                     self.last_read_signal.send(Ok(())).ok();
-                    break;
+                    return;
                 }
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
+                Ok(other) => self.size -= other,
             }
         }
     }
@@ -127,5 +151,38 @@ mod tests {
         let mut string = String::new();
         org_reader.read_to_string(&mut string).unwrap();
         assert_eq!(string, " world");
+    }
+
+    #[test]
+    fn huge_declared_length_is_not_drained_and_closes() {
+        use std::io::Cursor;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut org_reader = Cursor::new(b"abc".to_vec());
+        {
+            let (reader, _) = EqualReader::new(org_reader.by_ref(), 100_000_000_000);
+            drop(reader.closing(flag.clone()));
+        }
+        assert!(flag.load(Ordering::SeqCst));
+        assert_eq!(org_reader.position(), 0, "nothing read");
+    }
+
+    #[test]
+    fn small_rest_is_drained_and_keeps_the_connection() {
+        use std::io::Cursor;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = vec![b'x'; 20_000];
+        let mut org_reader = Cursor::new(body);
+        {
+            let (reader, _) = EqualReader::new(org_reader.by_ref(), 20_000);
+            drop(reader.closing(flag.clone()));
+        }
+        assert!(!flag.load(Ordering::SeqCst));
+        assert_eq!(org_reader.position(), 20_000);
     }
 }

@@ -114,8 +114,24 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let mut reader = match self.inner {
             SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
-            SequentialReaderInner::Empty => unreachable!(),
+            // PATCH (#6): the previous reader went away without handing the stream on (its
+            // thread panicked): an error for this request, not a panic of this thread.
+            SequentialReaderInner::Waiting(ref mut recv) => match recv.recv() {
+                Ok(reader) => reader,
+                Err(_) => {
+                    self.inner = SequentialReaderInner::Empty;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the previous request on this connection was abandoned",
+                    ));
+                }
+            },
+            SequentialReaderInner::Empty => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the previous request on this connection was abandoned",
+                ))
+            }
         };
 
         let result = reader.read(buf);
@@ -127,20 +143,27 @@ impl<R: Read + Send> Read for SequentialReader<R> {
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+            // PATCH (#6): a dropped predecessor counts as finished (no panic).
+            v.recv().ok();
         }
         self.trigger = None;
 
-        self.writer.lock().unwrap().write(buf)
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(buf)
     }
 
     fn flush(&mut self) -> IoResult<()> {
         if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+            v.recv().ok();
         }
         self.trigger = None;
 
-        self.writer.lock().unwrap().flush()
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush()
     }
 }
 
@@ -156,8 +179,9 @@ where
                 self.next.send(reader).ok();
             }
             SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
+                if let Ok(reader) = recv.recv() {
+                    self.next.send(reader).ok();
+                }
             }
             SequentialReaderInner::Empty => (),
         }
