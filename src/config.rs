@@ -91,6 +91,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "largest request body accepted (default 8388608)",
     ),
     (
+        "max_connections",
+        "N",
+        "open HTTP connections at most; beyond it a connection gets 503 and is closed (default: RLIMIT_NOFILE soft limit / 4, 16..8192)",
+    ),
+    (
         "max_queued_turns",
         "N",
         "turns waiting per session before 429 (default 8)",
@@ -195,6 +200,8 @@ pub struct Config {
     pub channel_name: String,
     pub permission_mode: String,
     pub max_body_bytes: usize,
+    /// None = derived from RLIMIT_NOFILE (`default_max_connections`).
+    pub max_connections: Option<usize>,
     pub max_queued_turns: usize,
     pub fallback_session_key: String,
     pub conversation_match: bool,
@@ -244,6 +251,7 @@ impl Default for Config {
             channel_name: "synthesis".into(),
             permission_mode: "default".into(),
             max_body_bytes: 8 << 20,
+            max_connections: None,
             max_queued_turns: 8,
             fallback_session_key: "default::default".into(),
             conversation_match: true,
@@ -263,6 +271,23 @@ impl Default for Config {
             setting_sources: None,
         }
     }
+}
+
+/// A quarter of the soft RLIMIT_NOFILE, within 16..8192: each HTTP connection holds two
+/// descriptors (tiny_http reads and writes through two), and the rest is left for claude
+/// processes' pipes, the channel hub and the state files.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    (soft / 4).clamp(16, 8192) as usize
 }
 
 /// Memory a claude process takes (observed 240–270 MB idle), for the default process cap.
@@ -422,6 +447,7 @@ impl Config {
                 self.permission_mode = value.to_string();
             }
             "max_body_bytes" => self.max_body_bytes = parse_num(value)?,
+            "max_connections" => self.max_connections = Some(parse_num(value)?),
             "max_queued_turns" => self.max_queued_turns = parse_num(value)?,
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
             "conversation_match" => self.conversation_match = parse_bool(value)?,
@@ -497,6 +523,9 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
         }
+        if self.max_connections == Some(0) {
+            return Err("max_connections must be at least 1".into());
+        }
         if self.max_processes == 0 || self.max_concurrent_turns == Some(0) {
             return Err("max_processes and max_concurrent_turns must be at least 1".into());
         }
@@ -514,6 +543,11 @@ impl Config {
 
     pub fn max_concurrent_turns(&self) -> usize {
         self.max_concurrent_turns.unwrap_or(self.max_processes)
+    }
+
+    /// Open HTTP connections at most (`max_connections`, else `default_max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(default_max_connections)
     }
 
     /// The `--help` text, generated from `FIELDS` so it cannot drift from `set`.
