@@ -135,6 +135,17 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            // PATCH (#1): once the previous request is done with the stream, close if it left
+            // body bytes unread (they would otherwise be parsed as the next request).
+            self.next_header_source
+                .wait_turn()
+                .map_err(ReadError::ReadIoError)?;
+            if self.close_flag.load(Ordering::SeqCst) {
+                return Err(ReadError::ReadIoError(IoError::new(
+                    ErrorKind::ConnectionAborted,
+                    "previous request body left unread",
+                )));
+            }
             let mut budget = self.limits.max_header_bytes;
             let (method, path, version) = {
                 let line = self

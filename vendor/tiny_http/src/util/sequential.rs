@@ -110,6 +110,26 @@ impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// PATCH (#1): waits until the previous reader has handed the stream on, without reading
+    /// from it (so the connection can look at what the previous request left behind first).
+    pub fn wait_turn(&mut self) -> IoResult<()> {
+        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
+            match recv.recv() {
+                Ok(reader) => self.inner = SequentialReaderInner::MyTurn(reader),
+                Err(_) => {
+                    self.inner = SequentialReaderInner::Empty;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the previous request on this connection was abandoned",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let mut reader = match self.inner {
