@@ -46,6 +46,7 @@ pub fn run(args: &[String]) -> u8 {
         }
     };
     crate::logging::init(None);
+    http::completions::tune_allocator();
     match serve(config) {
         Ok(()) => 0,
         Err(message) => {

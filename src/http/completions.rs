@@ -44,7 +44,7 @@ static PARSING: Permits = Permits::new(PARSE_PERMITS);
 
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // Declared first, dropped last: once the body and its parsed form are gone.
-    let mut trim = TrimOnDrop(false);
+    let mut trim = TrimOnDrop::default();
     let content_type = request
         .headers()
         .iter()
@@ -64,7 +64,9 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(body) => body,
         Err(error) => return respond_error(request, &error),
     };
-    trim.0 = body.len() >= TRIM_AFTER_BYTES;
+    if body.len() >= TRIM_AFTER_BYTES {
+        trim.arm();
+    }
     let containers = count_json_containers(&body);
     if containers > MAX_JSON_CONTAINERS {
         let message = format!(
@@ -269,16 +271,47 @@ impl Drop for Permit<'_> {
     }
 }
 
-/// When `.0` is set, hands freed heap memory back to the OS on drop (glibc keeps it in
-/// per-thread arenas otherwise, so RSS stayed at its peak after a burst of large bodies).
+/// Makes glibc give large freed blocks back at once: without fixed thresholds it raises its
+/// mmap threshold to the largest block freed (an 8 MB body), after which such blocks and the
+/// top of each thread's heap stay resident after a burst (`malloc_trim` does not shrink the
+/// top of a thread's heap). Called once at start-up.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before the threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
+}
+
+/// Large bodies being handled now; the last one to finish trims.
+static LARGE_BODIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Once armed, hands freed heap memory back to the OS on drop, when it is the last large body
+/// in flight (glibc keeps freed memory in per-thread arenas otherwise, so RSS stayed near its
+/// peak after a burst of large bodies; trimming while others still hold theirs would miss
+/// them).
+#[derive(Default)]
 struct TrimOnDrop(bool);
+
+impl TrimOnDrop {
+    fn arm(&mut self) {
+        if !self.0 {
+            self.0 = true;
+            LARGE_BODIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
 
 impl Drop for TrimOnDrop {
     fn drop(&mut self) {
-        #[cfg(target_env = "gnu")]
-        if self.0 {
+        if self.0 && LARGE_BODIES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
-            unsafe { libc::malloc_trim(0) };
+            unsafe {
+                libc::malloc_trim(0)
+            };
+            log::debug!("http: freed memory handed back after large request bodies");
         }
     }
 }
