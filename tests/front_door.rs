@@ -509,20 +509,6 @@ fn d9_large_bodies_are_refused_or_parsed_within_bounds_and_memory_comes_back() {
         let now = rss_kib(pid)?;
         (now <= baseline * 2).then_some(now)
     });
-    if std::env::var("FD_SMAPS").is_ok() {
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-        let mut current = String::new();
-        for line in smaps.lines() {
-            if line.contains('-') && !line.starts_with(|c: char| c.is_ascii_uppercase()) {
-                current = line.to_string();
-            } else if let Some(rss) = line.strip_prefix("Rss:") {
-                let kb: u64 = rss.trim().trim_end_matches(" kB").trim().parse().unwrap();
-                if kb > 500 {
-                    eprintln!("{kb:>8} {current}");
-                }
-            }
-        }
-    }
     eprintln!(
         "front_door: RSS baseline {baseline} KiB, right after the bursts {peak_after} KiB, settled {settled:?} KiB"
     );
