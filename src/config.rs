@@ -96,6 +96,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "largest request body accepted (default 8388608)",
     ),
     (
+        "max_connections",
+        "N",
+        "open HTTP connections at most; beyond it a connection gets 503 and is closed (default: RLIMIT_NOFILE soft limit / 4, 16..8192)",
+    ),
+    (
         "max_queued_turns",
         "N",
         "turns waiting per session before 429 (default 8)",
@@ -193,6 +198,8 @@ const MAX_PROCESSES: usize = 1024;
 /// `max_queued_turns` above this is refused: each session's queue is allocated at its full
 /// capacity.
 const MAX_QUEUED_TURNS: usize = 10_000;
+/// Most open HTTP connections `max_connections` may allow (each costs a thread and a descriptor).
+const MAX_CONNECTIONS: usize = 1_000_000;
 const MIN_BODY_BYTES: usize = 1024;
 const MAX_BODY_BYTES: usize = 1 << 30;
 
@@ -216,6 +223,8 @@ pub struct Config {
     pub channel_name: String,
     pub permission_mode: String,
     pub max_body_bytes: usize,
+    /// None = derived from RLIMIT_NOFILE (`default_max_connections`).
+    pub max_connections: Option<usize>,
     pub max_queued_turns: usize,
     pub fallback_session_key: String,
     pub conversation_match: bool,
@@ -266,6 +275,7 @@ impl Default for Config {
             channel_name: "synthesis".into(),
             permission_mode: "default".into(),
             max_body_bytes: 8 << 20,
+            max_connections: None,
             max_queued_turns: 8,
             fallback_session_key: "default::default".into(),
             conversation_match: true,
@@ -285,6 +295,23 @@ impl Default for Config {
             setting_sources: None,
         }
     }
+}
+
+/// A quarter of the soft RLIMIT_NOFILE, within 16..8192: each HTTP connection holds two
+/// descriptors (tiny_http reads and writes through two), and the rest is left for claude
+/// processes' pipes, the channel hub and the state files.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    (soft / 4).clamp(16, 8192) as usize
 }
 
 /// Memory a claude process takes (observed 240–270 MB idle), for the default process cap.
@@ -449,6 +476,9 @@ impl Config {
             "max_body_bytes" => {
                 self.max_body_bytes = parse_count(value, MIN_BODY_BYTES, MAX_BODY_BYTES)?
             }
+            "max_connections" => {
+                self.max_connections = Some(parse_count(value, 1, MAX_CONNECTIONS)?)
+            }
             "max_queued_turns" => self.max_queued_turns = parse_count(value, 1, MAX_QUEUED_TURNS)?,
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
             "conversation_match" => self.conversation_match = parse_bool(value)?,
@@ -610,6 +640,11 @@ impl Config {
 
     pub fn max_concurrent_turns(&self) -> usize {
         self.max_concurrent_turns.unwrap_or(self.max_processes)
+    }
+
+    /// Open HTTP connections at most (`max_connections`, else `default_max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(default_max_connections)
     }
 
     /// The `--help` text, generated from `FIELDS` so it cannot drift from `set`.

@@ -30,6 +30,8 @@ use crate::session::worker::agent_port::ClaudeFactory;
 const CONTINUATIONS_REMEMBERED: usize = 100_000;
 /// How long a write to an HTTP client may block (a client that stopped reading).
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a whole non-streamed response (a large `/v1/sessions` page) may take to write.
+const CLIENT_WRITE_DEADLINE: Duration = Duration::from_secs(60);
 /// SIGTERM → SIGKILL grace for one claude process (it exits in ~0.1 s on SIGTERM).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -49,6 +51,7 @@ pub fn run(args: &[String]) -> u8 {
     if let Some(warning) = config.api_key_file_warning() {
         log::warn!("{warning}");
     }
+    http::completions::tune_allocator();
     match serve(config) {
         Ok(()) => 0,
         Err(message) => {
@@ -107,6 +110,10 @@ fn serve(config: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot set socket options on the HTTP listener: {e}"))?;
     let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
+    let max_connections = config.max_connections();
+    let http_server = http::server(http_listener, max_connections)
+        .map_err(|e| format!("cannot serve HTTP on {http_addr}: {e}"))?;
+    log::info!("http: at most {max_connections} connections (max_connections)");
 
     let token = format!(
         "{}{}",
@@ -174,10 +181,10 @@ fn serve(config: Config) -> Result<(), String> {
         strip_openclaw_context: config.strip_openclaw_context,
         queue_timeout: config.queue_timeout,
         system_prompt: config.system_prompt,
+        write_deadline: CLIENT_WRITE_DEADLINE,
     });
     let http_thread =
-        http::spawn_acceptor(http_listener, ctx, stop.clone(), config.client_read_timeout)
-            .map_err(|e| e.to_string())?;
+        http::spawn_acceptor(http_server, ctx, stop.clone()).map_err(|e| e.to_string())?;
 
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])

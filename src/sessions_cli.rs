@@ -116,7 +116,7 @@ fn fetch_live(authority: &str, api_key: Option<&str>) -> Result<Vec<Value>, Stri
         .unwrap_or_default();
     write!(
         stream,
-        "GET /v1/sessions HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}\r\n"
+        "GET /v1/sessions?limit=10000 HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut response = String::new();

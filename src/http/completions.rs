@@ -29,17 +29,29 @@ use crate::session::{SubmitError, identity};
 /// How often a request waiting for capacity (`queue_timeout`) looks again.
 const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Messages in one request at most (400 beyond).
+pub const MAX_MESSAGES: usize = 10_000;
+/// JSON objects and arrays in one body at most, counted before parsing (400 beyond): this
+/// bounds the parsed form (~0.7 KB per small object) whatever the body's shape.
+pub const MAX_JSON_CONTAINERS: usize = 50_000;
+/// Bodies parsed at once at most; the others wait up to `PARSE_WAIT`, then get 503.
+const PARSE_PERMITS: usize = 4;
+const PARSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After a body at least this large, freed memory is handed back to the OS.
+const TRIM_AFTER_BYTES: usize = 1 << 20;
+
+static PARSING: Permits = Permits::new(PARSE_PERMITS);
+
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
+    // Declared first, dropped last: once the body and its parsed form are gone.
+    let mut trim = TrimOnDrop::default();
     let content_type = request
         .headers()
         .iter()
         .find(|h| h.field.equiv("Content-Type"))
         .map(|h| h.value.to_string());
     if let Some(content_type) = content_type
-        && !content_type
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("application/json")
+        && !is_json_media_type(&content_type)
     {
         let message =
             format!("Content-Type is {content_type:?}; send the request body as application/json");
@@ -52,10 +64,39 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(body) => body,
         Err(error) => return respond_error(request, &error),
     };
+    if body.len() >= TRIM_AFTER_BYTES {
+        trim.arm();
+    }
+    let containers = count_json_containers(&body);
+    if containers > MAX_JSON_CONTAINERS {
+        let message = format!(
+            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
+        );
+        return respond_error(request, &ApiError::bad_request(message));
+    }
+    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
+        let message =
+            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
+        return respond_error(
+            request,
+            &ApiError::new(503, "busy_parsing", message).retry_after(1),
+        );
+    };
     let (chat, value) = match parse_chat_request(&body) {
         Ok(parsed) => parsed,
         Err(error) => return respond_error(request, &error),
     };
+    let message_count = value
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .map_or(0, Vec::len);
+    if message_count > MAX_MESSAGES {
+        drop((value, permit));
+        let message = format!(
+            "`messages` has {message_count} entries; the bridge accepts at most {MAX_MESSAGES} (the new turn and the history it continues)"
+        );
+        return respond_error(request, &ApiError::bad_request(message));
+    }
     let received = Instant::now();
     let headers: Vec<(String, String)> = request
         .headers()
@@ -113,7 +154,11 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         );
         return respond_error(request, &ApiError::new(413, "turn_too_large", message));
     }
+    // The parsed form is ~20x the body for many small messages: drop it now and keep only
+    // the body, parsed again in the rare case the history is needed.
+    drop((value, permit));
     let history: HistoryRenderer = Box::new(move || {
+        let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
         let messages = value.get("messages")?.as_array()?;
         render_history(messages, MAX_RESTORED_HISTORY_BYTES)
     });
@@ -155,6 +200,119 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         (&ctx.continuations, chain_before_reply, reply)
     {
         continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
+    }
+}
+
+/// `Content-Type` names exactly the media type `application/json` (parameters such as
+/// `; charset=utf-8` allowed; `application/jsonp` or `application/json-seq` are not JSON).
+pub fn is_json_media_type(value: &str) -> bool {
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    media_type.eq_ignore_ascii_case("application/json")
+}
+
+/// Objects and arrays in a JSON text, counted without parsing it (brackets inside strings
+/// are skipped). An upper bound on the work and memory a parse of it takes.
+pub fn count_json_containers(body: &[u8]) -> usize {
+    let (mut count, mut in_string, mut escaped) = (0, false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'{' || b == b'[' {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// A counting semaphore; a permit is released when its guard drops.
+struct Permits {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    const fn new(n: usize) -> Self {
+        Permits {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, wait: std::time::Duration) -> Option<Permit<'_>> {
+        let deadline = Instant::now() + wait;
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            free = self
+                .freed
+                .wait_timeout(free, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *free -= 1;
+        Some(Permit(self))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Makes glibc give large freed blocks back at once: without fixed thresholds it raises its
+/// mmap threshold to the largest block freed (an 8 MB body), after which such blocks and the
+/// top of each thread's heap stay resident after a burst (`malloc_trim` does not shrink the
+/// top of a thread's heap). Called once at start-up.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before the threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
+}
+
+/// Large bodies being handled now; the last one to finish trims.
+static LARGE_BODIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Once armed, hands freed heap memory back to the OS on drop, when it is the last large body
+/// in flight (glibc keeps freed memory in per-thread arenas otherwise, so RSS stayed near its
+/// peak after a burst of large bodies; trimming while others still hold theirs would miss
+/// them).
+#[derive(Default)]
+struct TrimOnDrop(bool);
+
+impl TrimOnDrop {
+    fn arm(&mut self) {
+        if !self.0 {
+            self.0 = true;
+            LARGE_BODIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        if self.0 && LARGE_BODIES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+            unsafe {
+                libc::malloc_trim(0)
+            };
+            log::debug!("http: freed memory handed back after large request bodies");
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! The north side: the OpenAI-compatible HTTP API (DESIGN.md §3).
 //!
-//! The acceptor thread `http` takes requests from tiny_http, checks the API key, answers the
-//! cheap routes itself (`/healthz`, `/v1/models`) and hands each completion request to a
-//! responder thread of its own (`completions`). It never blocks on a client or a session.
+//! tiny_http (vendored, vendor/tiny_http/PATCHES.md) accepts connections and reads request
+//! heads on threads of its own, within `max_connections`. The routing thread `http` only
+//! takes each request from tiny_http and starts a thread for it: `respond` for a completion,
+//! `http-respond` for every other route (API key check, 401/404/405/431 included). So no
+//! client, however slow to send or to read, holds the routing thread (docs/RELIABILITY.md,
+//! "Front door"). Every response is written under a deadline (`respond_bytes`).
 
 pub mod completions;
 pub mod openai;
@@ -10,12 +13,13 @@ pub mod openclaw;
 pub mod sse;
 
 use serde_json::json;
+use std::io::Read;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response, Server};
+use std::time::{Duration, Instant};
+use tiny_http::{Header, Method, Request, Response, Server, ServerOptions};
 
 use crate::hub::constant_time_eq;
 use crate::session::Registry;
@@ -35,72 +39,139 @@ pub struct HttpContext {
     /// At capacity, how long a request waits for a free process before 429 (zero: not at all).
     pub queue_timeout: Duration,
     pub system_prompt: crate::config::SystemPromptPolicy,
+    /// Longest a whole non-streamed response may take to write (a client that reads slowly
+    /// or not at all loses its response, not a thread forever).
+    pub write_deadline: Duration,
 }
 
 /// Responder threads mostly wait; their stacks stay small.
 const RESPONDER_STACK_BYTES: usize = 256 * 1024;
 
-/// Runs the acceptor until `stop` is set (it looks at least every 500 ms).
-///
-/// tiny_http accepts on a thread of its own, and the listener's `SO_RCVTIMEO` (see
-/// `tune_listener`) would also end that accept after `read_timeout` without a new connection.
-/// So the acceptor connects to its own listener (and closes at once) every half
-/// `read_timeout` when nothing else came. Should tiny_http's accept end anyway, a new `Server`
-/// is started on the same socket; the old one is kept (its connections may still be queued
-/// or sending requests) and still read.
+/// Largest request line plus headers (tiny_http answers 414/431 beyond, while reading them).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header lines in one request (431 beyond).
+const MAX_HEADERS: usize = 128;
+
+/// The tiny_http server of the bridge: bounded heads and connections, OpenAI-shaped errors.
+pub fn server(listener: TcpListener, max_connections: usize) -> std::io::Result<Server> {
+    let options = ServerOptions {
+        max_connections,
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_headers: MAX_HEADERS,
+        error_body: Some(front_door_error),
+        retry_after_secs: 1,
+    };
+    Server::from_listener_with(listener, None, &options).map_err(std::io::Error::other)
+}
+
+/// Bodies of the errors tiny_http answers itself, in OpenAI's shape.
+fn front_door_error(status: u16, message: &str) -> (String, Vec<u8>) {
+    let code = match status {
+        414 => "request_line_too_long",
+        431 => "headers_too_large",
+        503 => "too_many_connections",
+        _ => "invalid_request",
+    };
+    let body = ApiError::new(status, code, message).body().into_bytes();
+    ("application/json".into(), body)
+}
+
+/// Runs the routing thread `http` until `stop` is set (it looks at least every 200 ms).
+/// Returns with the thread started; the server is dropped (without waiting for anything)
+/// when the thread ends.
 pub fn spawn_acceptor(
-    listener: TcpListener,
+    server: Server,
     ctx: Arc<HttpContext>,
     stop: Arc<AtomicBool>,
-    read_timeout: Duration,
 ) -> std::io::Result<JoinHandle<()>> {
-    let serve = |listener: &TcpListener| {
-        listener
-            .try_clone()
-            .and_then(|l| Server::from_listener(l, None).map_err(std::io::Error::other))
-    };
-    let mut server = serve(&listener)?;
-    let mut old_servers: Vec<Server> = Vec::new();
-    let own = listener.local_addr()?;
-    let own = std::net::SocketAddr::new(
-        if own.ip().is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            own.ip()
-        },
-        own.port(),
-    );
-    let poke_every = (read_timeout / 2).max(Duration::from_millis(100));
+    // Requests whose thread could not be started are answered (503) and dropped here, so a
+    // slow client never holds the routing thread even then.
+    let (reaper_tx, reaper_rx) = crossbeam_channel::unbounded::<Request>();
+    let reaper_ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("http-reaper".into())
+        .stack_size(RESPONDER_STACK_BYTES)
+        .spawn(move || {
+            for request in reaper_rx {
+                let error = ApiError::new(
+                    503,
+                    "out_of_threads",
+                    "the bridge cannot start a thread for this request right now; retry in a second",
+                )
+                .retry_after(1);
+                respond_error_within(request, &error, reaper_ctx.write_deadline.min(Duration::from_secs(5)));
+            }
+        })?;
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
-            let mut last_poke = std::time::Instant::now();
+            let mut spawn_failures = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                if last_poke.elapsed() >= poke_every {
-                    let _ = std::net::TcpStream::connect_timeout(&own, Duration::from_millis(200));
-                    last_poke = std::time::Instant::now();
-                }
-                for old in &old_servers {
-                    while let Ok(Some(request)) = old.try_recv() {
-                        route(request, &ctx);
-                    }
-                }
-                match server.recv_timeout(Duration::from_millis(500).min(poke_every)) {
-                    Ok(Some(request)) => route(request, &ctx),
+                match server.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(request)) => dispatch(request, &ctx, &reaper_tx, &mut spawn_failures),
                     Ok(None) => {}
+                    // The patched tiny_http reports no accept errors here (it retries them).
                     Err(e) => {
-                        log::warn!("http: tiny_http stopped accepting ({e}); accepting again");
-                        match serve(&listener) {
-                            Ok(fresh) => old_servers.push(std::mem::replace(&mut server, fresh)),
-                            Err(e) => {
-                                log::error!("http: cannot accept on the listener: {e}");
-                                std::thread::sleep(Duration::from_millis(500));
-                            }
-                        }
+                        log::warn!("http: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
                     }
                 }
             }
+            log::debug!(
+                "http: routing stopped ({} connections open)",
+                server.num_connections()
+            );
         })
+}
+
+/// Starts the thread that answers `request`; if no thread can be started, the reaper answers.
+fn dispatch(
+    request: Request,
+    ctx: &Arc<HttpContext>,
+    reaper: &crossbeam_channel::Sender<Request>,
+    spawn_failures: &mut u64,
+) {
+    let completion = *request.method() == Method::Post
+        && request.url().split('?').next() == Some("/v1/chat/completions");
+    // The request travels through a channel so that it can be taken back if the spawn fails
+    // (std drops a closure it could not run).
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _ = tx.send(request);
+    let (inside, thread_ctx) = (rx.clone(), ctx.clone());
+    let spawned = std::thread::Builder::new()
+        .name(
+            if completion {
+                "respond"
+            } else {
+                "http-respond"
+            }
+            .into(),
+        )
+        .stack_size(RESPONDER_STACK_BYTES)
+        .spawn(move || {
+            if let Ok(request) = inside.try_recv() {
+                route(request, &thread_ctx);
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            if *spawn_failures > 0 {
+                log::warn!("http: responder threads start again after {spawn_failures} failures");
+                *spawn_failures = 0;
+            }
+        }
+        Err(e) => {
+            if *spawn_failures == 0 {
+                log::error!(
+                    "http: cannot start a responder thread ({e}); answering 503 until it works again (logged once)"
+                );
+            }
+            *spawn_failures += 1;
+            if let Ok(request) = rx.try_recv() {
+                let _ = reaper.send(request);
+            }
+        }
+    }
 }
 
 /// Socket options for every HTTP connection, set on the listener because Linux copies them
@@ -109,9 +180,9 @@ pub fn spawn_acceptor(
 ///   small write until the previous one is acknowledged, and the client's delayed ACK makes
 ///   that 40 ms per turn.
 /// - SO_RCVTIMEO (`read_timeout`): a client that sends nothing for that long (a slowloris, an
-///   idle keep-alive connection) gets a 408 and is closed, which also frees the tiny_http
-///   thread it held. (It also ends tiny_http's accept after that long without a connection;
-///   `spawn_acceptor` starts it again.)
+///   idle keep-alive connection) is closed, which also frees the tiny_http thread and the
+///   connection slot it held. (It also wakes tiny_http's accept after that long without a
+///   connection; the patched accept loop just accepts again.)
 /// - SO_SNDTIMEO (`write_timeout`): a client that stops reading fails our writes instead of
 ///   holding a responder thread forever.
 pub fn tune_listener(
@@ -156,11 +227,8 @@ pub fn tune_listener(
     )
 }
 
-/// Largest request line plus headers the bridge serves. tiny_http has already read them by the
-/// time the bridge sees the request (it enforces no limit itself: docs/RELIABILITY.md), so
-/// this refuses the request with a clear 431 rather than bounding the read.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
+/// Answers one request (on its own thread). The 431 check is a second line behind tiny_http's
+/// bound while reading the head (which counts CRLFs and separators a little differently).
 fn route(request: Request, ctx: &Arc<HttpContext>) {
     let header_bytes: usize = request.url().len()
         + request
@@ -205,28 +273,47 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 json!({"object": "list", "data": data}).to_string(),
             );
         }
-        ("/v1/chat/completions", Method::Post) => {
-            let ctx = ctx.clone();
-            let spawned = std::thread::Builder::new()
-                .name("respond".into())
-                .stack_size(RESPONDER_STACK_BYTES)
-                .spawn(move || completions::handle(request, ctx));
-            if let Err(e) = spawned {
-                log::error!("http: cannot start a responder thread: {e}");
-            }
-        }
+        ("/v1/chat/completions", Method::Post) => completions::handle(request, ctx.clone()),
         ("/metrics", Method::Get) => {
             let body = crate::metrics::expose(&ctx.registry.gauges());
-            let header =
-                Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
-                    .expect("static header");
-            let _ = request.respond(Response::from_string(body).with_header(header));
+            let deadline = ctx.write_deadline;
+            respond_bytes(
+                request,
+                200,
+                "text/plain; version=0.0.4",
+                body.into_bytes(),
+                None,
+                deadline,
+            );
         }
-        ("/v1/sessions", Method::Get) => respond_json(request, 200, sessions_json(ctx).to_string()),
+        ("/v1/sessions", Method::Get) => {
+            let query = request
+                .url()
+                .split_once('?')
+                .map_or("", |(_, q)| q)
+                .to_string();
+            match SessionsPage::from_query(&query) {
+                Ok(page) => respond_json_within(
+                    request,
+                    200,
+                    sessions_json(ctx, &page).to_string(),
+                    ctx.write_deadline,
+                ),
+                Err(message) => respond_error(request, &ApiError::bad_request(message)),
+            }
+        }
         ("/v1/debug/threads", Method::Get) => {
             let report = thread_report(&ctx.registry);
             log::info!("thread report requested:\n{report}");
-            let _ = request.respond(Response::from_string(report));
+            let deadline = ctx.write_deadline;
+            respond_bytes(
+                request,
+                200,
+                "text/plain; charset=utf-8",
+                report.into_bytes(),
+                None,
+                deadline,
+            );
         }
         (p, Method::Delete) if p.starts_with("/v1/sessions/") => {
             let key = percent_decode(&p["/v1/sessions/".len()..]);
@@ -256,34 +343,100 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
     }
 }
 
-/// `GET /v1/sessions`: the live sessions, then those only in the session map.
-fn sessions_json(ctx: &HttpContext) -> serde_json::Value {
+/// `GET /v1/sessions?limit=N&after=KEY`: one page of the sessions, sorted by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionsPage {
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+/// Rows in a `/v1/sessions` page unless `limit` says otherwise, and at most.
+pub const SESSIONS_PAGE_DEFAULT: usize = 1000;
+pub const SESSIONS_PAGE_MAX: usize = 10_000;
+
+impl SessionsPage {
+    pub fn from_query(query: &str) -> Result<Self, String> {
+        let mut page = SessionsPage {
+            limit: SESSIONS_PAGE_DEFAULT,
+            after: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(&value.replace('+', " "));
+            match name {
+                "limit" => {
+                    page.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=SESSIONS_PAGE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            format!("`limit` must be a whole number from 1 to {SESSIONS_PAGE_MAX}")
+                        })?
+                }
+                "after" => page.after = Some(value),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// One page of the sessions: live ones and those only in the session map, sorted by key,
+/// keys after `page.after`. `has_more` and `last_key` say how to ask for the next page.
+fn sessions_json(ctx: &HttpContext, page: &SessionsPage) -> serde_json::Value {
     let live = ctx.registry.snapshot();
-    let mut rows: Vec<serde_json::Value> = live
+    let stored = ctx.registry.store().all();
+    let mut keys: Vec<(&str, Option<usize>, Option<usize>)> =
+        Vec::with_capacity(live.len() + stored.len());
+    let live_index: std::collections::HashMap<&str, usize> = live
         .iter()
-        .map(|s| {
-            let uptime = s
-                .info
-                .process_started
-                .and_then(|t| t.elapsed().ok())
-                .map(|d| d.as_secs());
-            json!({
-                "key": s.key, "state": s.phase.name(), "pid": (s.pid != 0).then_some(s.pid),
-                "claude_session": s.info.claude_session, "workspace": s.info.workspace,
-                "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
-                "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
-            })
-        })
+        .enumerate()
+        .map(|(i, s)| (s.key.as_str(), i))
         .collect();
-    for (key, record) in ctx.registry.store().all() {
-        if !live.iter().any(|s| s.key == key) {
-            rows.push(json!({
-                "key": key, "state": "absent", "pid": null, "claude_session": record.claude_session,
-                "workspace": record.workspace, "turns": record.turns, "queued_turns": 0, "last_used": record.last_used,
-            }));
+    for (i, s) in live.iter().enumerate() {
+        keys.push((s.key.as_str(), Some(i), None));
+    }
+    for (i, (key, _)) in stored.iter().enumerate() {
+        if !live_index.contains_key(key.as_str()) {
+            keys.push((key.as_str(), None, Some(i)));
         }
     }
-    json!({"object": "list", "data": rows})
+    keys.retain(|(key, _, _)| page.after.as_deref().is_none_or(|after| *key > after));
+    let has_more = keys.len() > page.limit;
+    if has_more {
+        keys.select_nth_unstable_by(page.limit, |a, b| a.0.cmp(b.0));
+        keys.truncate(page.limit);
+    }
+    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let rows: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|(key, live_at, stored_at)| match (live_at, stored_at) {
+            (Some(i), _) => {
+                let s = &live[*i];
+                let uptime = s
+                    .info
+                    .process_started
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|d| d.as_secs());
+                json!({
+                    "key": s.key, "state": s.phase.name(), "pid": (s.pid != 0).then_some(s.pid),
+                    "claude_session": s.info.claude_session, "workspace": s.info.workspace,
+                    "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
+                    "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
+                })
+            }
+            (None, Some(i)) => {
+                let record = &stored[*i].1;
+                json!({
+                    "key": key, "state": "absent", "pid": null, "claude_session": record.claude_session,
+                    "workspace": record.workspace, "turns": record.turns, "queued_turns": 0, "last_used": record.last_used,
+                })
+            }
+            (None, None) => serde_json::Value::Null,
+        })
+        .collect();
+    let last_key = keys.last().map(|(key, _, _)| *key);
+    json!({"object": "list", "data": rows, "has_more": has_more, "last_key": last_key})
 }
 
 /// One line per session worker: what it is doing and for how long (also on SIGUSR1).
@@ -335,38 +488,102 @@ fn authorised(request: &Request, ctx: &HttpContext) -> bool {
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.as_bytes()))
+        .and_then(|h| bearer_token(h.value.as_str()))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes()))
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 7235 §2.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// How long a small response (an error, a short JSON object) may take to write.
+const SMALL_RESPONSE_DEADLINE: Duration = Duration::from_secs(10);
+
 pub fn respond_json(request: Request, status: u16, body: String) {
-    let header =
-        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header");
-    let response = Response::from_string(body)
-        .with_status_code(status)
-        .with_header(header);
+    respond_json_within(request, status, body, SMALL_RESPONSE_DEADLINE);
+}
+
+pub fn respond_json_within(request: Request, status: u16, body: String, deadline: Duration) {
+    respond_bytes(
+        request,
+        status,
+        "application/json",
+        body.into_bytes(),
+        None,
+        deadline,
+    );
+}
+
+pub fn respond_error(request: Request, error: &ApiError) {
+    respond_error_within(request, error, SMALL_RESPONSE_DEADLINE);
+}
+
+fn respond_error_within(request: Request, error: &ApiError, deadline: Duration) {
+    if error.status >= 500 {
+        log::warn!("http: {} {}", error.status, error.message);
+    }
+    let body = error.body().into_bytes();
+    respond_bytes(
+        request,
+        error.status,
+        "application/json",
+        body,
+        error.retry_after,
+        deadline,
+    );
+}
+
+/// Writes a whole response, giving up once `deadline` has passed (each write also fails
+/// after the socket's SO_SNDTIMEO): a client that never reads loses its response instead of
+/// holding a thread. The request (and its unread body, drained within tiny_http's bound) is
+/// dropped on the calling thread, never the routing thread.
+pub fn respond_bytes(
+    request: Request,
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+    retry_after: Option<u64>,
+    deadline: Duration,
+) {
+    let length = body.len();
+    let mut headers = vec![
+        Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
+            .expect("ASCII content type"),
+    ];
+    if let Some(seconds) = retry_after {
+        headers.push(
+            Header::from_bytes(&b"Retry-After"[..], seconds.to_string().as_bytes())
+                .expect("digits"),
+        );
+    }
+    let reader = DeadlineReader {
+        body: std::io::Cursor::new(body),
+        deadline: Instant::now() + deadline,
+    };
+    let response = Response::new(status.into(), headers, reader, Some(length), None);
     if let Err(e) = request.respond(response) {
         log::debug!("http: could not send a {status} response: {e}");
     }
 }
 
-pub fn respond_error(request: Request, error: &ApiError) {
-    if error.status >= 500 {
-        log::warn!("http: {} {}", error.status, error.message);
-    }
-    let mut response = Response::from_string(error.body())
-        .with_status_code(error.status)
-        .with_header(
-            Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                .expect("static header"),
-        );
-    if let Some(seconds) = error.retry_after {
-        response.add_header(
-            Header::from_bytes(&b"Retry-After"[..], seconds.to_string().as_bytes())
-                .expect("digits"),
-        );
-    }
-    if let Err(e) = request.respond(response) {
-        log::debug!("http: could not send a {} response: {e}", error.status);
+/// The body of a response, in pieces, until a deadline (then an error, which ends the write).
+struct DeadlineReader {
+    body: std::io::Cursor<Vec<u8>>,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read the response within the write deadline",
+            ));
+        }
+        let piece = buf.len().min(16 * 1024);
+        self.body.read(&mut buf[..piece])
     }
 }

@@ -19,7 +19,7 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         let kind = match status {
-            400 | 404 | 405 | 408 | 413 | 415 | 431 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 | 414 | 415 | 431 => "invalid_request_error",
             401 | 403 => "authentication_error",
             429 => "rate_limit_error",
             _ => "server_error",
@@ -31,6 +31,12 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// With a `Retry-After` header of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

@@ -56,6 +56,7 @@ pub struct BridgeBuilder {
     env: Vec<(String, String)>,
     dir: Option<TempDir>,
     marker: Option<String>,
+    nofile: Option<u64>,
 }
 
 impl Bridge {
@@ -66,6 +67,7 @@ impl Bridge {
             env: vec![],
             dir: None,
             marker: None,
+            nofile: None,
         }
     }
 
@@ -80,6 +82,7 @@ impl Bridge {
             env: vec![],
             dir: None,
             marker: None,
+            nofile: None,
         }
     }
 
@@ -150,6 +153,11 @@ impl BridgeBuilder {
         self.marker = Some(marker.into());
         self
     }
+    /// Starts the bridge with RLIMIT_NOFILE (soft and hard) lowered to `limit`.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
 
     pub fn start(self) -> Bridge {
         let dir = self.dir.unwrap_or_else(|| TempDir::new("bridge"));
@@ -185,6 +193,23 @@ impl BridgeBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap());
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command.spawn().expect("start synthesis-bridge");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -550,4 +575,34 @@ pub fn seed_claude_config(dir: &TempDir, api_key: &str) {
         serde_json::to_vec_pretty(&seed).unwrap(),
     )
     .unwrap();
+}
+
+// ---------------------------------------------------------------- front door helpers
+
+/// Resident set size of a process in KiB (VmRSS), None once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Opens up to `n` connections that send nothing (each connect bounded to 1 s; failures
+/// skipped), for connection floods.
+pub fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .collect()
+}
+
+/// Time a `GET /healthz` takes to be answered 200 on a fresh connection.
+pub fn healthz_latency(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let response = request(addr, "GET", "/healthz", &[], "");
+    assert_eq!(response.status, 200, "{}", response.text());
+    started.elapsed()
 }

@@ -1,0 +1,613 @@
+//! # Simple usage
+//!
+//! ## Creating the server
+//!
+//! The easiest way to create a server is to call `Server::http()`.
+//!
+//! The `http()` function returns an `IoResult<Server>` which will return an error
+//! in the case where the server creation fails (for example if the listening port is already
+//! occupied).
+//!
+//! ```no_run
+//! let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
+//! ```
+//!
+//! A newly-created `Server` will immediately start listening for incoming connections and HTTP
+//! requests.
+//!
+//! ## Receiving requests
+//!
+//! Calling `server.recv()` will block until the next request is available.
+//! This function returns an `IoResult<Request>`, so you need to handle the possible errors.
+//!
+//! ```no_run
+//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
+//!
+//! loop {
+//!     // blocks until the next request is received
+//!     let request = match server.recv() {
+//!         Ok(rq) => rq,
+//!         Err(e) => { println!("error: {}", e); break }
+//!     };
+//!
+//!     // do something with the request
+//!     // ...
+//! }
+//! ```
+//!
+//! In a real-case scenario, you will probably want to spawn multiple worker tasks and call
+//! `server.recv()` on all of them. Like this:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use std::thread;
+//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
+//! let server = Arc::new(server);
+//! let mut guards = Vec::with_capacity(4);
+//!
+//! for _ in (0 .. 4) {
+//!     let server = server.clone();
+//!
+//!     let guard = thread::spawn(move || {
+//!         loop {
+//!             let rq = server.recv().unwrap();
+//!
+//!             // ...
+//!         }
+//!     });
+//!
+//!     guards.push(guard);
+//! }
+//! ```
+//!
+//! If you don't want to block, you can call `server.try_recv()` instead.
+//!
+//! ## Handling requests
+//!
+//! The `Request` object returned by `server.recv()` contains informations about the client's request.
+//! The most useful methods are probably `request.method()` and `request.url()` which return
+//! the requested method (`GET`, `POST`, etc.) and url.
+//!
+//! To handle a request, you need to create a `Response` object. See the docs of this object for
+//! more infos. Here is an example of creating a `Response` from a file:
+//!
+//! ```no_run
+//! # use std::fs::File;
+//! # use std::path::Path;
+//! let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
+//! ```
+//!
+//! All that remains to do is call `request.respond()`:
+//!
+//! ```no_run
+//! # use std::fs::File;
+//! # use std::path::Path;
+//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
+//! # let request = server.recv().unwrap();
+//! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
+//! let _ = request.respond(response);
+//! ```
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![allow(clippy::match_like_matches_macro)]
+
+#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+use zeroize::Zeroizing;
+
+use std::error::Error;
+use std::io::Error as IoError;
+use std::io::ErrorKind as IoErrorKind;
+use std::io::Result as IoResult;
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use client::ClientConnection;
+use connection::Connection;
+use util::MessagesQueue;
+
+pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use request::{ReadWrite, Request};
+pub use response::{Response, ResponseBox};
+pub use test::TestRequest;
+
+mod client;
+mod common;
+mod connection;
+mod request;
+mod response;
+mod ssl;
+mod test;
+mod util;
+
+/// The main class of this library.
+///
+/// Destroying this object will immediately close the listening socket and the reading
+///  part of all the client's connections. Requests that have already been returned by
+///  the `recv()` function will not close and the responses will be transferred to the client.
+pub struct Server {
+    // should be false as long as the server exists
+    // when set to true, all the subtasks will close within a few hundreds ms
+    close: Arc<AtomicBool>,
+
+    // queue for messages received by child threads
+    messages: Arc<MessagesQueue<Message>>,
+
+    // result of TcpListener::local_addr()
+    listening_addr: ListenAddr,
+
+    // PATCH (#4): open connections (each connection thread holds one slot)
+    live: Arc<AtomicUsize>,
+}
+
+/// PATCH: bounds on what one client can make the server hold (PATCHES.md).
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Open connections at most; an accepted connection beyond it gets `error_body(503, …)`
+    /// (or an empty 503) and is closed at once.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes, at most (414 / 431 beyond).
+    pub max_header_bytes: usize,
+    /// Header lines at most (431 beyond).
+    pub max_headers: usize,
+    /// Content type and body of the errors the server answers itself (400, 414, 431, 503),
+    /// from the status and a message saying what went wrong. None: empty bodies.
+    pub error_body: Option<fn(u16, &str) -> (String, Vec<u8>)>,
+    /// `Retry-After` seconds on the 503 for a connection over `max_connections`.
+    pub retry_after_secs: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: usize::MAX,
+            max_header_bytes: 64 * 1024,
+            max_headers: 128,
+            error_body: None,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// Stack of a connection thread: it parses request heads, nothing deep.
+const CONNECTION_STACK_BYTES: usize = 128 * 1024;
+
+/// One open connection, counted while it lives (RAII: the count drops with it).
+struct ConnectionSlot {
+    live: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlot {
+    fn take(live: &Arc<AtomicUsize>, max: usize) -> Option<ConnectionSlot> {
+        live.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(ConnectionSlot { live: live.clone() })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Answers a connection over the cap with a short 503 and closes it. A fresh socket's send
+/// buffer is empty, so the small write does not block; the timeout is a second line.
+fn refuse_connection(sock: Connection, options: &ServerOptions) {
+    use std::io::Write;
+    let message = format!(
+        "the server has {} connections open (max_connections); retry in {}s",
+        options.max_connections, options.retry_after_secs
+    );
+    let (content_type, body) = match options.error_body {
+        Some(body) => body(503, &message),
+        None => (String::from("text/plain"), Vec::new()),
+    };
+    let mut bytes = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nRetry-After: {}\r\nConnection: close\r\n\r\n",
+        body.len(),
+        options.retry_after_secs
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    if let Connection::Tcp(mut tcp) = sock {
+        let _ = tcp.set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = tcp.write_all(&bytes);
+        let _ = tcp.shutdown(Shutdown::Write);
+    }
+}
+
+/// The accept loop's troubles: logged once per streak (not per failure), with a pause that
+/// doubles from 10 ms to 1 s while accepting keeps failing.
+#[derive(Default)]
+struct AcceptTrouble {
+    failures: u64,
+    pause: Duration,
+    refusing: bool,
+}
+
+impl AcceptTrouble {
+    fn failed(&mut self, what: &str, error: &IoError) {
+        if self.failures == 0 {
+            log::error!(
+                "http: {what}: {error}; pausing and retrying (logged once until it recovers)"
+            );
+        }
+        self.failures += 1;
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        thread::sleep(self.pause);
+    }
+
+    fn refused(&mut self, max: usize) {
+        if !self.refusing {
+            log::warn!("http: {max} connections open (max_connections): refusing new ones with 503 until some close (logged once)");
+            self.refusing = true;
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.failures > 0 {
+            log::warn!("http: accepting again after {} failures", self.failures);
+        }
+        if self.refusing {
+            log::info!("http: below max_connections again");
+        }
+        *self = AcceptTrouble::default();
+    }
+}
+
+enum Message {
+    Error(IoError),
+    NewRequest(Request),
+}
+
+impl From<IoError> for Message {
+    fn from(e: IoError) -> Message {
+        Message::Error(e)
+    }
+}
+
+impl From<Request> for Message {
+    fn from(rq: Request) -> Message {
+        Message::NewRequest(rq)
+    }
+}
+
+// this trait is to make sure that Server implements Share and Send
+#[doc(hidden)]
+#[allow(dead_code)]
+trait MustBeShareDummy: Sync + Send {}
+#[doc(hidden)]
+impl MustBeShareDummy for Server {}
+
+pub struct IncomingRequests<'a> {
+    server: &'a Server,
+}
+
+/// Represents the parameters required to create a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The addresses to try to listen to.
+    pub addr: ConfigListenAddr,
+
+    /// If `Some`, then the server will use SSL to encode the communications.
+    pub ssl: Option<SslConfig>,
+}
+
+/// Configuration of the server for SSL.
+#[derive(Debug, Clone)]
+pub struct SslConfig {
+    /// Contains the public certificate to send to clients.
+    pub certificate: Vec<u8>,
+    /// Contains the ultra-secret private key used to decode communications.
+    pub private_key: Vec<u8>,
+}
+
+impl Server {
+    /// Shortcut for a simple server on a specific address.
+    #[inline]
+    pub fn http<A>(addr: A) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        Server::new(ServerConfig {
+            addr: ConfigListenAddr::from_socket_addrs(addr)?,
+            ssl: None,
+        })
+    }
+
+    /// Shortcut for an HTTPS server on a specific address.
+    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+    #[inline]
+    pub fn https<A>(
+        addr: A,
+        config: SslConfig,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        Server::new(ServerConfig {
+            addr: ConfigListenAddr::from_socket_addrs(addr)?,
+            ssl: Some(config),
+        })
+    }
+
+    #[cfg(unix)]
+    #[inline]
+    /// Shortcut for a UNIX socket server at a specific path
+    pub fn http_unix(
+        path: &std::path::Path,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::new(ServerConfig {
+            addr: ConfigListenAddr::unix_from_path(path),
+            ssl: None,
+        })
+    }
+
+    /// Builds a new server that listens on the specified address.
+    pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let listener = config.addr.bind()?;
+        Self::from_listener(listener, config.ssl)
+    }
+
+    /// Builds a new server using the specified TCP listener.
+    ///
+    /// This is useful if you've constructed TcpListener using some less usual method
+    /// such as from systemd. For other cases, you probably want the `new()` function.
+    pub fn from_listener<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with(listener, ssl_config, &ServerOptions::default())
+    }
+
+    /// PATCH: `from_listener` with bounds (`ServerOptions`).
+    pub fn from_listener_with<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        options: &ServerOptions,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let listener = listener.into();
+        // building the "close" variable
+        let close_trigger = Arc::new(AtomicBool::new(false));
+
+        // building the TcpListener
+        let (server, local_addr) = {
+            let local_addr = listener.local_addr()?;
+            log::debug!("Server listening on {}", local_addr);
+            (listener, local_addr)
+        };
+
+        // building the SSL capabilities
+        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
+        compile_error!(
+            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
+        );
+        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+        type SslContext = ();
+        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+        type SslContext = crate::ssl::SslContextImpl;
+        let ssl: Option<SslContext> = {
+            match ssl_config {
+                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                Some(config) => Some(SslContext::from_pem(
+                    config.certificate,
+                    Zeroizing::new(config.private_key),
+                )?),
+                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                Some(_) => return Err(
+                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
+                        .into(),
+                ),
+                None => None,
+            }
+        };
+
+        // creating a task where server.accept() is continuously called
+        // and ClientConnection objects are pushed in the messages queue
+        let messages = MessagesQueue::with_capacity(8);
+        let options = options.clone();
+
+        let inside_close_trigger = close_trigger.clone();
+        let inside_messages = messages.clone();
+        // PATCH (#3, #4): one named accept thread that never gives up (upstream pushed the
+        // first accept error to the queue and ended, leaving a dead listener), a thread of its
+        // own per connection (upstream's pool panicked when a thread could not be spawned),
+        // and a cap on open connections held by an RAII slot in each connection's thread.
+        let live = Arc::new(AtomicUsize::new(0));
+        let inside_live = live.clone();
+        thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || {
+                let mut trouble = AcceptTrouble::default();
+                log::debug!("Running accept thread");
+                while !inside_close_trigger.load(Relaxed) {
+                    let sock = match server.accept() {
+                        Ok((sock, _)) => sock,
+                        // SO_RCVTIMEO on the listener ends an accept without a connection.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                IoErrorKind::WouldBlock
+                                    | IoErrorKind::TimedOut
+                                    | IoErrorKind::Interrupted
+                            ) =>
+                        {
+                            continue
+                        }
+                        Err(e) => {
+                            trouble.failed("cannot accept a connection", &e);
+                            continue;
+                        }
+                    };
+                    if inside_close_trigger.load(Relaxed) {
+                        break;
+                    }
+                    let slot = match ConnectionSlot::take(&inside_live, options.max_connections) {
+                        Some(slot) => slot,
+                        None => {
+                            trouble.refused(options.max_connections);
+                            refuse_connection(sock, &options);
+                            continue;
+                        }
+                    };
+                    use util::RefinedTcpStream;
+                    let pair = match ssl {
+                        None => RefinedTcpStream::new(sock),
+                        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                        Some(ref ssl) => {
+                            // trying to apply SSL over the connection
+                            // if an error occurs, we just close the socket and resume listening
+                            let sock = match ssl.accept(sock) {
+                                Ok(s) => s,
+                                Err(_) => continue,
+                            };
+
+                            RefinedTcpStream::new(sock)
+                        }
+                        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                        Some(ref _ssl) => unreachable!(),
+                    };
+                    let (read_closable, write_closable) = match pair {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            trouble.failed("cannot duplicate a connection's socket", &e);
+                            continue;
+                        }
+                    };
+                    let client =
+                        ClientConnection::new(write_closable, read_closable, options.clone());
+                    let messages = inside_messages.clone();
+                    let spawned = thread::Builder::new()
+                        .name("http-conn".into())
+                        .stack_size(CONNECTION_STACK_BYTES)
+                        .spawn(move || {
+                            let _slot = slot;
+                            // One request in flight per connection (upstream did this for
+                            // HTTPS only): the next request is read once this one is answered,
+                            // so requests waiting for an answer never outnumber connections.
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                if receiver.recv().is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    match spawned {
+                        Ok(_) => trouble.ok(),
+                        // The closure (connection and slot) was dropped: the socket is closed.
+                        Err(e) => trouble.failed("cannot start a connection thread", &e),
+                    }
+                }
+                log::debug!("Terminating accept thread");
+            })?;
+
+        // result
+        Ok(Server {
+            messages,
+            close: close_trigger,
+            listening_addr: local_addr,
+            live,
+        })
+    }
+
+    /// Returns an iterator for all the incoming requests.
+    ///
+    /// The iterator will return `None` if the server socket is shutdown.
+    #[inline]
+    pub fn incoming_requests(&self) -> IncomingRequests<'_> {
+        IncomingRequests { server: self }
+    }
+
+    /// Returns the address the server is listening to.
+    #[inline]
+    pub fn server_addr(&self) -> ListenAddr {
+        self.listening_addr.clone()
+    }
+
+    /// Returns the number of clients currently connected to the server.
+    ///
+    /// PATCH: implemented (upstream: `unimplemented!()`).
+    pub fn num_connections(&self) -> usize {
+        self.live.load(SeqCst)
+    }
+
+    /// Blocks until an HTTP request has been submitted and returns it.
+    pub fn recv(&self) -> IoResult<Request> {
+        match self.messages.pop() {
+            Some(Message::Error(err)) => Err(err),
+            Some(Message::NewRequest(rq)) => Ok(rq),
+            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+        }
+    }
+
+    /// Same as `recv()` but doesn't block longer than timeout
+    pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
+        match self.messages.pop_timeout(timeout) {
+            Some(Message::Error(err)) => Err(err),
+            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
+            None => Ok(None),
+        }
+    }
+
+    /// Same as `recv()` but doesn't block.
+    pub fn try_recv(&self) -> IoResult<Option<Request>> {
+        match self.messages.try_pop() {
+            Some(Message::Error(err)) => Err(err),
+            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
+            None => Ok(None),
+        }
+    }
+
+    /// Unblock thread stuck in recv() or incoming_requests().
+    /// If there are several such threads, only one is unblocked.
+    /// This method allows graceful shutdown of server.
+    pub fn unblock(&self) {
+        self.messages.unblock();
+    }
+}
+
+impl Iterator for IncomingRequests<'_> {
+    type Item = Request;
+    fn next(&mut self) -> Option<Request> {
+        self.server.recv().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.close.store(true, Relaxed);
+        // Connect briefly to ourselves to unblock the accept thread
+        let maybe_stream = match &self.listening_addr {
+            // PATCH (#5): bounded (upstream's plain connect waited minutes for a SYN to be
+            // answered when the listen queue was full). The accept thread also sees the flag
+            // after its next accept or SO_RCVTIMEO wake-up; nothing here waits for it.
+            ListenAddr::IP(addr) => {
+                TcpStream::connect_timeout(addr, Duration::from_millis(100)).map(Connection::from)
+            }
+            #[cfg(unix)]
+            ListenAddr::Unix(addr) => {
+                // TODO: use connect_addr when its stabilized.
+                let path = addr.as_pathname().unwrap();
+                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
+            }
+        };
+        if let Ok(stream) = maybe_stream {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+
+        #[cfg(unix)]
+        if let ListenAddr::Unix(addr) = &self.listening_addr {
+            if let Some(path) = addr.as_pathname() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
