@@ -26,9 +26,6 @@ use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure}
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
-/// How often a request waiting for capacity (`queue_timeout`) looks again.
-const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Messages in one request at most (400 beyond).
 pub const MAX_MESSAGES: usize = 10_000;
 /// JSON objects and arrays in one body at most, counted before parsing (400 beyond): this
@@ -170,15 +167,9 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         marked_retry,
         system_prompt,
     };
-    // At capacity, with `queue_timeout` set: wait (this request only) for a process to become
-    // free or idle, instead of answering 429 at once.
-    if !ctx.queue_timeout.is_zero() && !ctx.registry.has_room_for(&key.key) {
-        let deadline = Instant::now() + ctx.queue_timeout;
-        while Instant::now() < deadline && !ctx.registry.has_room_for(&key.key) {
-            std::thread::sleep(QUEUE_POLL);
-        }
-    }
-    let turn = match ctx.registry.submit(&key.key, new_turn) {
+    // At capacity, with `queue_timeout` set, this request waits for a process to become free
+    // or idle instead of answering 429 at once.
+    let turn = match ctx.registry.submit(&key.key, new_turn, ctx.queue_timeout) {
         Ok(turn) => turn,
         Err(error) => return respond_error(request, &submit_error(error)),
     };
@@ -194,7 +185,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     let reply = if chat.stream {
         stream(request, &ctx, &chat, &completion, turn, &key.key)
     } else {
-        respond_whole(request, &chat, &completion, turn)
+        respond_whole(request, &ctx, &chat, &completion, turn)
     };
     if let (Some(continuations), Some(chain), Some(reply)) =
         (&ctx.continuations, chain_before_reply, reply)
@@ -513,33 +504,86 @@ fn stream(
 /// Answers with one `chat.completion`; returns the reply text when the turn ended normally.
 fn respond_whole(
     request: Request,
+    ctx: &HttpContext,
     chat: &ChatRequest,
     completion: &Completion,
     turn: SubmittedTurn,
 ) -> Option<String> {
+    // Until the first heartbeat the status is still open (a quick failure gets its own
+    // status); after it, the 200 and a space every heartbeat tell whether the client is still
+    // there, so a client that left cancels the turn as a streaming one does. A failure after
+    // that point is the OpenAI error object as the body of the 200.
+    enum Answer {
+        NotStarted(Request),
+        Started(SseStream),
+    }
+    let mut answer = Answer::NotStarted(request);
     let mut text = String::new();
     let read_at = loop {
-        // No deadline of our own: the worker always ends a turn (turn_timeout at the latest).
-        match turn.events.recv() {
+        let event = turn.events.recv_timeout(ctx.heartbeat_interval);
+        let failure = match event {
             Ok(TurnEvent::Text { text: part, .. }) => {
                 if !text.is_empty() {
                     text.push_str("\n\n");
                 }
                 text.push_str(&part);
+                continue;
             }
             Ok(TurnEvent::Done(read_at)) => break read_at,
-            Ok(TurnEvent::Failed(failure)) => {
-                respond_error(request, &failure_error(&failure));
-                return None;
+            Ok(TurnEvent::Failed(failure)) => failure_error(&failure),
+            Err(RecvTimeoutError::Disconnected) => worker_vanished(),
+            Err(RecvTimeoutError::Timeout) => {
+                let written = match answer {
+                    Answer::NotStarted(request) => {
+                        SseStream::start_json(request).map(Answer::Started)
+                    }
+                    Answer::Started(mut stream) => {
+                        stream.raw(b" ").map(|()| Answer::Started(stream))
+                    }
+                };
+                match written {
+                    Ok(next) => {
+                        METRICS.heartbeats.inc();
+                        answer = next;
+                        continue;
+                    }
+                    Err(e) => {
+                        log::info!(
+                            "{}: client left while waiting for a non-streamed answer ({e}); cancelling the turn",
+                            turn.id
+                        );
+                        metrics::failed("client_gone");
+                        turn.cancel.cancel();
+                        return None;
+                    }
+                }
             }
-            Err(_) => {
-                respond_error(request, &worker_vanished());
+        };
+        match answer {
+            Answer::NotStarted(request) => respond_error(request, &failure),
+            Answer::Started(mut stream) => {
+                let _ = stream
+                    .raw(failure.body().as_bytes())
+                    .and_then(|()| stream.finish());
+            }
+        }
+        return None;
+    };
+    let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
+    match answer {
+        Answer::NotStarted(request) => {
+            super::respond_json_within(request, 200, body, ctx.write_deadline)
+        }
+        Answer::Started(mut stream) => {
+            if let Err(e) = stream.raw(body.as_bytes()).and_then(|()| stream.finish()) {
+                log::info!(
+                    "{}: client left before the answer was written ({e})",
+                    turn.id
+                );
                 return None;
             }
         }
-    };
-    let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
-    super::respond_json(request, 200, body);
+    }
     METRICS.bridge_outbound.record(read_at.elapsed());
     Some(text)
 }

@@ -4,6 +4,11 @@
 //! back every small event; so a streaming response takes the connection's writer
 //! (`Request::into_writer`) and writes the status line, headers and one HTTP chunk per event
 //! itself, flushing each. HTTP/1.0 clients get the same events unchunked, then a close.
+//!
+//! A non-streamed answer that takes longer than a heartbeat uses the same writer with
+//! `Content-Type: application/json` (`start_json`): it sends a space every heartbeat
+//! (leading whitespace is valid JSON), which is how a client that left is noticed, then the
+//! JSON body.
 
 use std::io::{self, Write};
 use tiny_http::{HTTPVersion, Request};
@@ -16,6 +21,16 @@ pub struct SseStream {
 impl SseStream {
     /// Sends `200 OK` and the event-stream headers; the connection is ours from here on.
     pub fn start(request: Request) -> io::Result<Self> {
+        Self::start_with(request, "text/event-stream")
+    }
+
+    /// Sends `200 OK` with `Content-Type: application/json` for a body written piece by piece
+    /// with `raw`.
+    pub fn start_json(request: Request) -> io::Result<Self> {
+        Self::start_with(request, "application/json")
+    }
+
+    fn start_with(request: Request, content_type: &str) -> io::Result<Self> {
         let chunked = *request.http_version() >= HTTPVersion(1, 1);
         let mut writer = request.into_writer();
         let framing = if chunked {
@@ -25,7 +40,7 @@ impl SseStream {
         };
         write!(
             writer,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"
         )?;
         writer.flush()?;
         Ok(SseStream { writer, chunked })
@@ -38,6 +53,18 @@ impl SseStream {
             write!(self.writer, "{len:x}\r\ndata: {data}\n\n\r\n")?;
         } else {
             write!(self.writer, "data: {data}\n\n")?;
+        }
+        self.writer.flush()
+    }
+
+    /// Sends `bytes` as they are (one chunk) and flushes them.
+    pub fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.chunked {
+            write!(self.writer, "{:x}\r\n", bytes.len())?;
+            self.writer.write_all(bytes)?;
+            self.writer.write_all(b"\r\n")?;
+        } else {
+            self.writer.write_all(bytes)?;
         }
         self.writer.flush()
     }

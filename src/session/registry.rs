@@ -41,6 +41,8 @@ const WORKER_STACK_BYTES: usize = 256 * 1024;
 const RETRY_AFTER_BUSY_SECS: u64 = 10;
 /// How long after a turn finished a resent copy of it still gets the finished result.
 const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// How often a request waiting for capacity (`queue_timeout`) tries again.
+const QUEUE_POLL: Duration = Duration::from_millis(50);
 /// Keys whose start failures are remembered for back-off (oldest forgotten first).
 const MAX_BACKOFF_ENTRIES: usize = 10_000;
 
@@ -170,10 +172,46 @@ impl Registry {
     /// `fingerprint` matches a turn of the session that is queued or running (or, for a request
     /// marked as a retry, finished within `RETRY_WINDOW`) is the client retrying it: it
     /// attaches to that turn instead.
-    pub fn submit(&self, key: &str, request: NewTurn) -> Result<SubmittedTurn, SubmitError> {
+    ///
+    /// At capacity, the request waits up to `queue_timeout` for a process to become free or
+    /// idle (looking again every `QUEUE_POLL`) before it gets `AtCapacity`.
+    pub fn submit(
+        &self,
+        key: &str,
+        mut request: NewTurn,
+        queue_timeout: Duration,
+    ) -> Result<SubmittedTurn, SubmitError> {
+        let deadline = Instant::now() + queue_timeout;
+        loop {
+            match self.try_submit(key, request) {
+                Ok(turn) => return Ok(turn),
+                Err((error @ SubmitError::AtCapacity { .. }, Some(back)))
+                    if Instant::now() < deadline =>
+                {
+                    drop(error);
+                    request = back;
+                    std::thread::sleep(QUEUE_POLL.min(deadline - Instant::now()));
+                }
+                Err((error, _)) => {
+                    if matches!(error, SubmitError::AtCapacity { .. }) {
+                        METRICS.turns_rejected_at_capacity.inc();
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// One admission attempt; an `AtCapacity` refusal gives the request back.
+    #[allow(clippy::result_large_err)] // the request is handed back to be tried again
+    fn try_submit(
+        &self,
+        key: &str,
+        request: NewTurn,
+    ) -> Result<SubmittedTurn, (SubmitError, Option<NewTurn>)> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(SubmitError::ShuttingDown);
+            return Err((SubmitError::ShuttingDown, None));
         }
         if let Some(fingerprint) = request.fingerprint
             && let Some(attached) = self.attach_retry(key, fingerprint, request.marked_retry)
@@ -185,7 +223,11 @@ impl Registry {
         let fresh = if lock(&inner.table).live.contains_key(key) {
             None
         } else {
-            Some(inner.start_worker(key).map_err(SubmitError::Internal)?)
+            Some(
+                inner
+                    .start_worker(key)
+                    .map_err(|e| (SubmitError::Internal(e), None))?,
+            )
         };
         let mut table = lock(&inner.table);
         if let Some(fresh) = fresh {
@@ -195,18 +237,21 @@ impl Registry {
         let status = &handle.status;
         if status.queued.load(Ordering::SeqCst) >= inner.limits.max_queued_turns {
             METRICS.turns_rejected_queue_full.inc();
-            return Err(SubmitError::QueueFull {
-                limit: inner.limits.max_queued_turns,
-            });
+            return Err((
+                SubmitError::QueueFull {
+                    limit: inner.limits.max_queued_turns,
+                },
+                None,
+            ));
         }
         let needs_process = !status.phase().has_usable_process();
         if needs_process && lock(&status.slot_grant).is_none() {
             let Some(grant) = inner.grant_locked(&table.live, key) else {
-                METRICS.turns_rejected_at_capacity.inc();
-                return Err(SubmitError::AtCapacity {
+                let error = SubmitError::AtCapacity {
                     max_processes: inner.limits.max_processes,
                     retry_after_secs: RETRY_AFTER_BUSY_SECS,
-                });
+                };
+                return Err((error, Some(request)));
             };
             *lock(&status.slot_grant) = Some(grant);
         }
@@ -237,9 +282,8 @@ impl Registry {
         };
         // Never full: the queue holds at most `max_queued_turns`, checked above.
         if handle.turns.try_send(turn).is_err() {
-            return Err(SubmitError::Internal(
-                "the session's worker is gone; retry".into(),
-            ));
+            let error = SubmitError::Internal("the session's worker is gone; retry".into());
+            return Err((error, None));
         }
         handle.waker.wake();
         Ok(SubmittedTurn {
@@ -276,21 +320,6 @@ impl Registry {
                 waker: handle.waker.clone(),
             },
         })
-    }
-
-    /// Whether a turn for `key` would be admitted now: its session has a process (or a slot
-    /// promised), a process slot is free, or an idle session could be stopped for it. (For
-    /// `queue_timeout`: a request that would get 429 waits for this instead.)
-    pub fn has_room_for(&self, key: &str) -> bool {
-        let table = lock(&self.inner.table);
-        let own = table.live.get(key).is_some_and(|h| {
-            h.status.phase().has_usable_process() || lock(&h.status.slot_grant).is_some()
-        });
-        own || self.inner.process_slots.used() < self.inner.limits.max_processes
-            || table
-                .live
-                .iter()
-                .any(|(k, h)| k != key && h.status.is_idle())
     }
 
     /// Hands an accepted channel link to the session whose live spawn it belongs to.
