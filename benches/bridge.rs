@@ -887,6 +887,26 @@ fn b3(problems: &Arc<Problems>, summary: &mut Summary) {
     channels.sort();
     let channel = channels.get(channels.len() / 2).copied().unwrap_or(0);
     bridge.stop(problems);
+    // After retirement: 256 conversations served, then every process idle-killed and every
+    // worker retired; what the bridge keeps per conversation (the session map, the
+    // conversation-matching memory).
+    let short_idle = Bridge::start(&["--idle-kill", "1s"], &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let retired_start = rss_kib(short_idle.pid());
+    warm_up(short_idle.http, 256, problems);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !children_named(short_idle.pid(), "sim-agent").is_empty()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Finished connections' threads end within a second; measure after that.
+    std::thread::sleep(Duration::from_millis(1500));
+    let retired = rss_kib(short_idle.pid());
+    let retired_threads = std::fs::read_dir(format!("/proc/{}/task", short_idle.pid()))
+        .map_or(0, |d| d.count());
+    short_idle.stop(problems);
+    let per_retired = (retired as f64 - retired_start as f64) / 256.0;
     let node = node_baseline_rss();
     let per_session = (with_256 as f64 - with_64 as f64) / 192.0;
     println!("| what | RSS |");
@@ -898,6 +918,9 @@ fn b3(problems: &Arc<Problems>, summary: &mut Summary) {
         with_256
     );
     println!("| growth per idle session (64 → 256) | {per_session:.1} KiB |");
+    println!(
+        "| after 256 sessions were idle-killed and retired | {retired} KiB (from {retired_start}; {per_retired:.1} KiB per retired session; {retired_threads} threads) |"
+    );
     println!(
         "| one `synthesis-bridge channel` process (median of {}) | {} KiB |",
         channels.len(),
@@ -934,6 +957,12 @@ fn b3(problems: &Arc<Problems>, summary: &mut Summary) {
         format!("{per_session:.1} KiB"),
         "-".into(),
         "≤ 64 KiB",
+    );
+    summary.add(
+        "B3 per session after idle kill and retirement",
+        format!("{per_retired:.1} KiB ({retired_threads} threads left)"),
+        "-".into(),
+        "-",
     );
     summary.add(
         "B3 one channel process",
