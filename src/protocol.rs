@@ -1,5 +1,5 @@
 //! The bridge ⇄ channel wire protocol: JSON text frames over the loopback WebSocket
-//! (DESIGN.md §4), shared by both ends so they cannot drift apart.
+//! (docs/ARCHITECTURE.md §7), shared by both ends so they cannot drift apart.
 //!
 //! Every frame is an object with a `"type"` tag. Frames only ever gain fields; a field's
 //! meaning never changes. Unknown fields are ignored on read so an older bridge can talk

@@ -1,7 +1,7 @@
 //! One `claude` process: how it is started (flags, environment, the MCP config it reads),
 //! its terminal (PTY + parsed screen, start-up dialogs), and how it is stopped.
 //!
-//! This module knows Claude Code's command line and screens (DESIGN.md §5) and nothing about
+//! This module knows Claude Code's command line and screens (docs/ARCHITECTURE.md §9) and nothing about
 //! sessions, turns or HTTP. The session worker owns an `Agent` and decides when to use it.
 
 pub mod pty;
@@ -54,7 +54,7 @@ pub struct Launch<'a> {
 
 impl AgentLauncher {
     /// claude's flags. `--dangerously-load-development-channels` and `--allowedTools` are
-    /// variadic: each must be followed by another `--flag` or end the list (DESIGN.md §5).
+    /// variadic: each must be followed by another `--flag` or end the list (docs/ARCHITECTURE.md §9.2).
     /// Never `--channels` as well: with both, the channel is skipped.
     pub fn args(&self, launch: &Launch) -> Vec<OsString> {
         let mut args: Vec<OsString> = self.prefix_args.clone();
@@ -194,7 +194,7 @@ const RECENT_OUTPUT_BYTES: usize = 4 * 1024;
 const MAX_PROJECT_DIR_NAME: usize = 200;
 
 /// Claude's project directory name for a working directory: every non-alphanumeric
-/// character becomes `-` (DESIGN.md §5).
+/// character becomes `-` (docs/ARCHITECTURE.md §9.3).
 pub fn project_dir_name(cwd: &Path) -> String {
     cwd.to_string_lossy()
         .chars()

@@ -1,4 +1,4 @@
-//! The channel server's WebSocket link to the bridge (DESIGN.md §4): dial with a timeout,
+//! The channel server's WebSocket link to the bridge (docs/ARCHITECTURE.md §7): dial with a timeout,
 //! then a non-blocking socket that the poll loop in `mod.rs` reads whenever it is readable.
 //!
 //! Owns the socket and nothing else. It must never block without a bound: the dial has a

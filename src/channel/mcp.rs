@@ -1,7 +1,7 @@
 //! The MCP side of the channel server as pure functions: one JSON-RPC message in, the
 //! messages to write and the frames to forward out.
 //!
-//! This file owns the channel contract with Claude Code (DESIGN.md §5): the legacy revision
+//! This file owns the channel contract with Claude Code (docs/ARCHITECTURE.md §8, §9.5): the legacy revision
 //! negotiation (`server/discover` → -32601, then `initialize`), the `claude/channel`
 //! capability, the `reply` tool, and the shape of `notifications/claude/channel`. It must
 //! never do I/O (no stdin, stdout, sockets or clocks), so every rule here is unit-tested

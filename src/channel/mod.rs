@@ -1,5 +1,5 @@
 //! `synthesis-bridge channel`: the MCP stdio server each `claude` spawns (named in the MCP
-//! config the bridge writes). It relays between Claude and the bridge (DESIGN.md §4, §5):
+//! config the bridge writes). It relays between Claude and the bridge (docs/ARCHITECTURE.md §7, §8):
 //! turns from the bridge's WebSocket become `notifications/claude/channel` on stdout, and
 //! Claude's `reply` tool calls become `reply` frames on the WebSocket.
 //!

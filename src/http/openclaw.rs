@@ -1,4 +1,4 @@
-//! OpenClaw's own conventions inside otherwise ordinary OpenAI requests (DESIGN.md §7):
+//! OpenClaw's own conventions inside otherwise ordinary OpenAI requests (docs/ARCHITECTURE.md §10):
 //! the temporary internal-context message it appends to every call, the `Runtime:` line of
 //! a session's first message, the `[Tue 2026-11-24 10:14 UTC] ` prefix on user messages, and
 //! the extra messages a retry adds (`<turn_aborted>`, "Continue the current task…", the

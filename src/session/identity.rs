@@ -1,4 +1,4 @@
-//! Which conversation a request belongs to: the session key (DESIGN.md §3).
+//! Which conversation a request belongs to: the session key (docs/ARCHITECTURE.md §6.2).
 //!
 //! Resolution order, first found wins:
 //! 1. header `X-Session-Key` (or `x-openclaw-session-key`), used as is;

@@ -1,5 +1,5 @@
 //! The persisted session map: key → which Claude conversation it is, so a conversation
-//! survives a bridge restart (DESIGN.md §6).
+//! survives a bridge restart (docs/ARCHITECTURE.md §11).
 //!
 //! One JSON file, `<state_dir>/sessions.json`, written atomically (temp file, fsync, rename,
 //! fsync of the directory), so a crash leaves either the old map or the new one. A file that

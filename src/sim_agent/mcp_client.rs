@@ -1,5 +1,5 @@
 //! The client side of MCP over stdio, as Claude Code does it for a channel server
-//! (DESIGN.md §5): start the server named in `--mcp-config`, `server/discover` (expecting
+//! (docs/ARCHITECTURE.md §8, §9.5): start the server named in `--mcp-config`, `server/discover` (expecting
 //! -32601), `initialize` with a legacy revision, check the channel capability, then
 //! `notifications/initialized` and `tools/list`.
 //!

@@ -1,6 +1,6 @@
 //! `synthesis-bridge sim-agent`: a stand-in for the real `claude`, run by the bridge in a
 //! pseudo-terminal with claude's own flags, so `serve --demo` and the tests drive the bridge's
-//! real spawn, PTY, screen and channel code without Claude. It behaves as DESIGN.md §5 says
+//! real spawn, PTY, screen and channel code without Claude. It behaves as docs/ARCHITECTURE.md §9 says
 //! Claude Code does: session files and the new-vs-resume rules, the dev-channels dialog,
 //! the MCP client handshake with the channel server, `<channel>` turns answered through the
 //! `reply` tool, Stop hooks, clean exit on SIGTERM/SIGHUP/EOF.
@@ -77,7 +77,7 @@ pub fn run(argv: Vec<String>) -> u8 {
         return EXIT_NOT_A_TERMINAL;
     }
 
-    // Which session, and whether that is allowed (DESIGN.md §5, "New vs existing session").
+    // Which session, and whether that is allowed (docs/ARCHITECTURE.md §9.3).
     let (session, resume) = match (&args.session_id, &args.resume) {
         (Some(id), _) => (id.clone(), false),
         (None, Some(id)) => (id.clone(), true),
