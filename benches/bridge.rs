@@ -903,8 +903,8 @@ fn b3(problems: &Arc<Problems>, summary: &mut Summary) {
     // Finished connections' threads end within a second; measure after that.
     std::thread::sleep(Duration::from_millis(1500));
     let retired = rss_kib(short_idle.pid());
-    let retired_threads = std::fs::read_dir(format!("/proc/{}/task", short_idle.pid()))
-        .map_or(0, |d| d.count());
+    let retired_threads =
+        std::fs::read_dir(format!("/proc/{}/task", short_idle.pid())).map_or(0, |d| d.count());
     short_idle.stop(problems);
     let per_retired = (retired as f64 - retired_start as f64) / 256.0;
     let node = node_baseline_rss();

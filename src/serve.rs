@@ -48,6 +48,7 @@ pub fn run(args: &[String]) -> u8 {
         }
     };
     crate::logging::init(None);
+    install_panic_policy();
     if let Some(warning) = config.api_key_file_warning() {
         log::warn!("{warning}");
     }
@@ -305,4 +306,37 @@ fn spawn_sweeper(
             }
         })?;
     Ok((stop_tx, thread))
+}
+
+/// Threads of which the bridge has exactly one: if one of them panics, the bridge cannot do
+/// its job any more (no HTTP, no channel hub, no idle kills, no clean shutdown).
+const SINGLETON_THREADS: [&str; 7] = [
+    "main",
+    "http",
+    "http-accept",
+    "http-reaper",
+    "ws-accept",
+    "sweeper",
+    "signals",
+];
+
+/// The panic policy (docs/ARCHITECTURE.md §4): a panic in a thread that serves one session or
+/// one request (`session:<key>`, `respond`, `http-conn`, `ws-handshake`, ...) stays there:
+/// its owner releases what it held by unwinding and the bridge serves on. A panic in a
+/// singleton thread ends the bridge with status 70 (EX_SOFTWARE), so a service manager
+/// restarts it: never a half-alive process whose HTTP or hub is gone. Its children get
+/// SIGTERM from `PR_SET_PDEATHSIG`.
+fn install_panic_policy() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("");
+        if SINGLETON_THREADS.contains(&name) {
+            log::error!(
+                "thread {name:?} panicked: the bridge cannot serve without it; exiting with status 70 so the service manager restarts it"
+            );
+            std::process::exit(70);
+        }
+    }));
 }

@@ -199,12 +199,15 @@ impl Continuations {
     }
 
     pub fn lookup(&self, hash: u64) -> Option<String> {
-        self.inner.lock().unwrap().0.get(&hash).cloned()
+        crate::session::shared::lock(&self.inner)
+            .0
+            .get(&hash)
+            .cloned()
     }
 
     /// Records that a request whose history hashes to `hash` continues `key`.
     pub fn remember(&self, hash: u64, key: &str) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = crate::session::shared::lock(&self.inner);
         let (map, order) = &mut *inner;
         if map.insert(hash, key.to_string()).is_none() {
             order.push_back(hash);

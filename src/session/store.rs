@@ -38,6 +38,9 @@ struct FileFormat {
 pub struct SessionStore {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Held across a write (serialised snapshot → temp file → fsync → rename), so writes
+    /// happen one at a time and in order; `inner` is never held across that I/O.
+    writing: Mutex<()>,
 }
 
 struct Inner {
@@ -78,12 +81,16 @@ impl SessionStore {
                 dirty: false,
                 last_error: None,
             }),
+            writing: Mutex::new(()),
         };
         (store, warning)
     }
 
     pub fn get(&self, key: &str) -> Option<SessionRecord> {
-        self.inner.lock().unwrap().sessions.get(key).cloned()
+        crate::session::shared::lock(&self.inner)
+            .sessions
+            .get(key)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<(String, SessionRecord)> {
@@ -97,7 +104,7 @@ impl SessionStore {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().sessions.len()
+        crate::session::shared::lock(&self.inner).sessions.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,7 +113,7 @@ impl SessionStore {
 
     /// Records `key`'s Claude uuid and workspace and writes the map now.
     pub fn put(&self, key: &str, claude_session: &str, workspace: &Path) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = crate::session::shared::lock(&self.inner);
         let now = unix_now();
         let record = inner
             .sessions
@@ -122,12 +129,13 @@ impl SessionStore {
         record.workspace = workspace.to_path_buf();
         record.last_used = now;
         inner.dirty = true;
-        self.write_locked(&mut inner);
+        drop(inner);
+        self.write_snapshot();
     }
 
     /// Counts a finished turn (written by the next `flush_if_dirty`).
     pub fn note_turn(&self, key: &str) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = crate::session::shared::lock(&self.inner);
         if let Some(record) = inner.sessions.get_mut(key) {
             record.turns += 1;
             record.last_used = unix_now();
@@ -136,33 +144,42 @@ impl SessionStore {
     }
 
     pub fn flush_if_dirty(&self) {
-        let mut inner = self.inner.lock().unwrap();
-        if inner.dirty {
-            self.write_locked(&mut inner);
-        }
+        self.write_snapshot();
     }
 
     /// The last write error, if the last write failed.
     pub fn last_error(&self) -> Option<String> {
-        self.inner.lock().unwrap().last_error.clone()
+        crate::session::shared::lock(&self.inner).last_error.clone()
     }
 
-    fn write_locked(&self, inner: &mut Inner) {
-        let file = FileFormat {
-            version: 1,
-            sessions: inner.sessions.clone(),
+    /// Writes the map if it changed since the last write: a snapshot is serialised under the
+    /// data lock, and written, fsynced and renamed outside it (a slow disk delays only other
+    /// writers, never a lookup).
+    fn write_snapshot(&self) {
+        let _one_writer = crate::session::shared::lock(&self.writing);
+        let bytes = {
+            let mut inner = crate::session::shared::lock(&self.inner);
+            if !inner.dirty {
+                return;
+            }
+            inner.dirty = false;
+            let file = FileFormat {
+                version: 1,
+                sessions: inner.sessions.clone(),
+            };
+            serde_json::to_vec_pretty(&file).expect("map serialises")
         };
-        match write_atomically(
-            &self.path,
-            &serde_json::to_vec_pretty(&file).expect("map serialises"),
-        ) {
+        let result = write_atomically(&self.path, &bytes);
+        let mut inner = crate::session::shared::lock(&self.inner);
+        match result {
             Ok(()) => {
-                inner.dirty = false;
                 if inner.last_error.take().is_some() {
                     log::info!("session map {} written again", self.path.display());
                 }
             }
             Err(e) => {
+                // Written again by the next flush.
+                inner.dirty = true;
                 let message = format!(
                     "cannot write the session map {}: {e}; the previous file is kept",
                     self.path.display()

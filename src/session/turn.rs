@@ -187,7 +187,7 @@ impl TurnOutput {
     pub fn subscribe(&self) -> (Receiver<TurnEvent>, Arc<AtomicBool>) {
         let (tx, rx) = unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
-        let mut state = self.inner.lock().unwrap();
+        let mut state = crate::session::shared::lock(&self.inner);
         for event in &state.events {
             let _ = tx.send(event.clone());
         }
@@ -203,7 +203,7 @@ impl TurnOutput {
 
     /// Records an event and sends it to every subscriber still listening.
     pub fn emit(&self, event: TurnEvent) {
-        let mut state = self.inner.lock().unwrap();
+        let mut state = crate::session::shared::lock(&self.inner);
         match &event {
             TurnEvent::Done(_) => state.ended = Some((Instant::now(), true)),
             TurnEvent::Failed(_) => state.ended = Some((Instant::now(), false)),
@@ -220,7 +220,7 @@ impl TurnOutput {
 
     /// Since when nobody listens any more (every subscriber cancelled); None while someone does.
     pub fn abandoned_since(&self) -> Option<Instant> {
-        let mut state = self.inner.lock().unwrap();
+        let mut state = crate::session::shared::lock(&self.inner);
         let listening = state
             .subscribers
             .iter()
@@ -239,14 +239,14 @@ impl TurnOutput {
         if self.fingerprint != Some(fingerprint) {
             return false;
         }
-        match self.inner.lock().unwrap().ended {
+        match crate::session::shared::lock(&self.inner).ended {
             None => true,
             Some((at, succeeded)) => finished_too && succeeded && at.elapsed() < window,
         }
     }
 
     pub fn has_ended(&self) -> bool {
-        self.inner.lock().unwrap().ended.is_some()
+        crate::session::shared::lock(&self.inner).ended.is_some()
     }
 }
 
