@@ -235,6 +235,9 @@ pub struct Worker {
     running_prompt: Option<u64>,
     /// The last turn ended without claude reporting its end.
     previous_end_unreported: bool,
+    /// The phase last entered: the transition log's "from" (while `take_phase` has taken the
+    /// phase apart, `phase` reads `Idle`).
+    entered: PhaseName,
 }
 
 impl Worker {
@@ -268,6 +271,7 @@ impl Worker {
             wanted_prompt: None,
             running_prompt: None,
             previous_end_unreported: false,
+            entered: PhaseName::Idle,
         }
     }
 
@@ -322,7 +326,8 @@ impl Worker {
 
     /// The one place the phase changes: logs the transition and publishes it.
     fn enter(&mut self, next: Phase, why: &str) {
-        let (from, to) = (self.phase.name(), next.name());
+        let (from, to) = (self.entered, next.name());
+        self.entered = to;
         if from != to {
             log::debug!(
                 "session {:?}: {} -> {} ({why})",

@@ -1,1 +1,1039 @@
-//! placeholder
+//! Unit tests of the session worker's state machine, driven through a real `Registry` with an
+//! in-process fake agent (`FakeFactory` / `FakeProcess`) and a fake channel link over a Unix
+//! socket pair: every transition, eviction, panics in each phase, late turn ends,
+//! cancellation and retirement, without starting a single process.
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::WorkerSettings;
+use super::agent_port::{AgentFactory, AgentProcess};
+use crate::agent::Launch;
+use crate::link::ChannelLink;
+use crate::protocol::{BridgeFrame, ChannelFrame};
+use crate::session::registry::{Limits, NewTurn, Registry, SubmitError, SubmittedTurn};
+use crate::session::shared::{PhaseName, SlotPool};
+use crate::session::store::SessionStore;
+use crate::session::turn::{FailureKind, TurnEvent, TurnFailure};
+use crate::session::workspace::WorkspaceMode;
+
+/// Longest any single expected event may take.
+const EVENT_WAIT: Duration = Duration::from_secs(5);
+/// How long a test watches for something that must not happen.
+const QUIET: Duration = Duration::from_millis(300);
+
+// ---------------------------------------------------------------------------------------------
+// The fake agent process
+// ---------------------------------------------------------------------------------------------
+
+/// The test's handle on one fake process: what it should do, and what happened to it.
+#[derive(Default)]
+struct FakeControl {
+    exited: AtomicBool,
+    stopped: AtomicBool,
+    dropped: AtomicBool,
+    idle: AtomicBool,
+    interrupts: AtomicUsize,
+    panic_on_screen: AtomicBool,
+    panic_on_readable: AtomicBool,
+    panic_says_idle: AtomicBool,
+}
+
+/// One spawn, as the fake factory reports it.
+struct Spawned {
+    key: String,
+    spawn_id: String,
+    control: Arc<FakeControl>,
+    /// Writing here makes the process's fd readable (terminal output or exit).
+    poke: UnixStream,
+}
+
+impl Spawned {
+    /// The terminal shows something new.
+    fn poke(&self) {
+        (&self.poke).write_all(&[1]).expect("poke the fake process");
+    }
+
+    /// The process exits.
+    fn exit(&self) {
+        self.control.exited.store(true, Ordering::SeqCst);
+        self.poke();
+    }
+}
+
+struct FakeProcess {
+    pid: u32,
+    control: Arc<FakeControl>,
+    readable: UnixStream,
+}
+
+impl AgentProcess for FakeProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn fds(&self) -> Vec<RawFd> {
+        vec![self.readable.as_raw_fd()]
+    }
+
+    fn on_readable(&mut self) -> Option<String> {
+        let mut buf = [0u8; 64];
+        loop {
+            match (&self.readable).read(&mut buf) {
+                Ok(n) if n > 0 => continue,
+                // The test dropped its end: like a closed terminal, the process is gone.
+                Ok(_) => return Some("terminal closed".into()),
+                Err(_) => break,
+            }
+        }
+        if self.control.panic_on_readable.load(Ordering::SeqCst) {
+            panic!("fake agent: panic in on_readable (test)");
+        }
+        self.control
+            .exited
+            .load(Ordering::SeqCst)
+            .then(|| "exit status 1".to_string())
+    }
+
+    fn answer_startup_screen(&mut self) -> Result<(), String> {
+        if self.control.panic_on_screen.load(Ordering::SeqCst) {
+            panic!("fake agent: panic in answer_startup_screen (test)");
+        }
+        Ok(())
+    }
+
+    fn interrupt(&mut self) -> io::Result<()> {
+        self.control.interrupts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn says_idle(&self) -> bool {
+        if self.control.panic_says_idle.load(Ordering::SeqCst) {
+            panic!("fake agent: panic in says_idle (test)");
+        }
+        self.control.idle.load(Ordering::SeqCst)
+    }
+
+    fn wait_exit(&mut self, _limit: Duration) -> Option<String> {
+        self.control
+            .exited
+            .load(Ordering::SeqCst)
+            .then(|| "exit status 1".to_string())
+    }
+
+    fn screen_tail(&self, _lines: usize) -> String {
+        "fake screen".into()
+    }
+
+    fn started(&mut self) {}
+
+    fn stop(self: Box<Self>, _grace: Duration) -> Result<String, String> {
+        self.control.stopped.store(true, Ordering::SeqCst);
+        Ok("stopped".into())
+    }
+}
+
+impl Drop for FakeProcess {
+    fn drop(&mut self) {
+        self.control.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+struct FakeFactory {
+    spawns: Sender<Spawned>,
+    next_pid: AtomicUsize,
+}
+
+impl AgentFactory for FakeFactory {
+    fn spawn(&self, launch: &Launch) -> io::Result<Box<dyn AgentProcess>> {
+        let (readable, poke) = UnixStream::pair()?;
+        readable.set_nonblocking(true)?;
+        let control = Arc::new(FakeControl::default());
+        let _ = self.spawns.send(Spawned {
+            key: launch.session_key.to_string(),
+            spawn_id: launch.spawn_id.to_string(),
+            control: control.clone(),
+            poke,
+        });
+        Ok(Box::new(FakeProcess {
+            pid: 10_000 + self.next_pid.fetch_add(1, Ordering::SeqCst) as u32,
+            control,
+            readable,
+        }))
+    }
+
+    fn transcript_exists(&self, _workspace: &Path, _conversation: &str) -> bool {
+        false
+    }
+
+    fn transcript_mentions_turn(&self, _: &Path, _: &str, _turn_id: &str) -> bool {
+        true
+    }
+
+    fn program(&self) -> String {
+        "fake-claude".into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake channel
+// ---------------------------------------------------------------------------------------------
+
+/// The worker's end of a fake channel: JSON lines over a Unix socket.
+struct FakeLink {
+    stream: UnixStream,
+    pending: Vec<u8>,
+}
+
+impl ChannelLink for FakeLink {
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    fn read_frames(&mut self, into: &mut Vec<ChannelFrame>) -> Result<(), String> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => return Err("the peer closed the connection".into()),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("the connection failed: {e}")),
+            }
+        }
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            match serde_json::from_slice::<ChannelFrame>(&line) {
+                Ok(frame) => into.push(frame),
+                Err(e) => return Err(format!("bad frame: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, frame: &BridgeFrame) -> Result<(), String> {
+        self.stream
+            .set_nonblocking(false)
+            .map_err(|e| e.to_string())?;
+        let result = (&self.stream)
+            .write_all(format!("{}\n", frame.to_json()).as_bytes())
+            .map_err(|e| e.to_string());
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        result
+    }
+
+    fn close(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// What the fake channel server does with a turn frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// Replies `echo: <content>` as the final reply at once.
+    Echo,
+    /// Says nothing (the test replies by hand, or never).
+    Silent,
+    /// Replies final, but naming another turn id.
+    WrongTurn,
+    /// Closes the connection (the channel server died).
+    Close,
+}
+
+/// The channel server's end: a reader thread applies the script; the test can also write.
+struct ChannelEnd {
+    writer: UnixStream,
+    script: Arc<Mutex<Script>>,
+    /// Every turn frame the worker sent: (turn id, content).
+    turns: Receiver<(String, String)>,
+}
+
+impl ChannelEnd {
+    fn set_script(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+
+    fn reply(&self, turn: &str, text: &str, is_final: bool) {
+        let frame = ChannelFrame::Reply {
+            turn: turn.into(),
+            text: text.into(),
+            is_final,
+        };
+        (&self.writer)
+            .write_all(format!("{}\n", frame.to_json()).as_bytes())
+            .expect("write a reply");
+    }
+
+    /// The next turn frame the worker sent.
+    fn next_turn(&self) -> (String, String) {
+        self.turns
+            .recv_timeout(EVENT_WAIT)
+            .expect("the worker sent no turn frame")
+    }
+
+    fn close(self) {
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn fake_channel() -> (FakeLink, ChannelEnd) {
+    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+    ours.set_nonblocking(true).expect("nonblocking");
+    let script = Arc::new(Mutex::new(Script::Silent));
+    let (turns_tx, turns_rx) = unbounded();
+    let writer = theirs.try_clone().expect("clone");
+    let reader_script = script.clone();
+    std::thread::Builder::new()
+        .name("fake-channel".into())
+        .spawn(move || {
+            // Ends when the worker closes or drops its end (EOF) or after a bounded idle time.
+            theirs
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("read timeout");
+            let mut out = theirs.try_clone().expect("clone");
+            let mut lines = BufReader::new(theirs);
+            let mut line = String::new();
+            while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
+                let frame: BridgeFrame = serde_json::from_str(&line).expect("a bridge frame");
+                line.clear();
+                let BridgeFrame::Turn { id, content, .. } = frame;
+                let script = *reader_script.lock().unwrap();
+                let answer = |turn: &str, text: String| {
+                    ChannelFrame::Reply {
+                        turn: turn.into(),
+                        text,
+                        is_final: true,
+                    }
+                    .to_json()
+                        + "\n"
+                };
+                match script {
+                    Script::Echo => {
+                        let _ = out.write_all(answer(&id, format!("echo: {content}")).as_bytes());
+                    }
+                    Script::Silent => {}
+                    Script::WrongTurn => {
+                        let _ = out.write_all(answer("turn-0", "not yours".into()).as_bytes());
+                    }
+                    Script::Close => {
+                        let _ = out.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+                let _ = turns_tx.send((id, content));
+            }
+        })
+        .expect("spawn the fake channel");
+    (
+        FakeLink {
+            stream: ours,
+            pending: Vec::new(),
+        },
+        ChannelEnd {
+            writer,
+            script,
+            turns: turns_rx,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness: a real registry over the fakes
+// ---------------------------------------------------------------------------------------------
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sb-worker-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Options {
+    max_processes: usize,
+    max_concurrent_turns: usize,
+    max_queued_turns: usize,
+    ready_timeout: Duration,
+    turn_timeout: Duration,
+    retry_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_processes: 4,
+            max_concurrent_turns: 4,
+            max_queued_turns: 4,
+            ready_timeout: Duration::from_secs(10),
+            turn_timeout: Duration::from_secs(30),
+            retry_grace: Duration::from_millis(50),
+        }
+    }
+}
+
+struct Harness {
+    registry: Registry,
+    spawns: Receiver<Spawned>,
+    _dir: TempDir,
+}
+
+impl Harness {
+    fn new(options: Options) -> Self {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let dir = TempDir::new();
+        let (store, error) = SessionStore::open(&dir.0);
+        assert!(error.is_none(), "{error:?}");
+        let (spawns_tx, spawns) = unbounded();
+        let settings = WorkerSettings {
+            agents: Box::new(FakeFactory {
+                spawns: spawns_tx,
+                next_pid: AtomicUsize::new(0),
+            }),
+            workspace: dir.0.join("workspace"),
+            workspace_mode: WorkspaceMode::Shared,
+            state_dir: dir.0.clone(),
+            ready_timeout: options.ready_timeout,
+            turn_timeout: options.turn_timeout,
+            stop_grace: Duration::from_millis(100),
+            store,
+            turn_slots: SlotPool::new(options.max_concurrent_turns),
+            retry_grace: options.retry_grace,
+            delivery_timeout: Duration::from_secs(10),
+        };
+        let limits = Limits {
+            max_processes: options.max_processes,
+            max_queued_turns: options.max_queued_turns,
+            max_concurrent_turns: options.max_concurrent_turns,
+        };
+        Harness {
+            registry: Registry::new(settings, limits),
+            spawns,
+            _dir: dir,
+        }
+    }
+
+    fn submit(&self, key: &str, content: &str) -> SubmittedTurn {
+        self.try_submit(key, content).expect("turn admitted")
+    }
+
+    fn try_submit(&self, key: &str, content: &str) -> Result<SubmittedTurn, SubmitError> {
+        self.registry.submit(
+            key,
+            NewTurn {
+                content: content.into(),
+                received: Instant::now(),
+                history: None,
+                fingerprint: None,
+                marked_retry: false,
+                system_prompt: None,
+            },
+        )
+    }
+
+    fn next_spawn(&self) -> Spawned {
+        self.spawns
+            .recv_timeout(EVENT_WAIT)
+            .expect("no process was spawned")
+    }
+
+    fn no_spawn(&self) {
+        if let Ok(s) = self.spawns.recv_timeout(QUIET) {
+            panic!("unexpected spawn for {:?}", s.key);
+        }
+    }
+
+    /// The hub: hands a fake channel to the spawn (once the worker published it).
+    fn attach(&self, spawned: &Spawned, script: Script) -> ChannelEnd {
+        let (link, end) = fake_channel();
+        end.set_script(script);
+        let mut link: Box<dyn ChannelLink> = Box::new(link);
+        let deadline = Instant::now() + EVENT_WAIT;
+        loop {
+            match self.registry.attach(&spawned.key, &spawned.spawn_id, link) {
+                Ok(()) => return end,
+                Err((back, why)) => {
+                    assert!(Instant::now() < deadline, "attach never accepted: {why}");
+                    link = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+
+    /// Submits a turn to a session without a process and connects its new process.
+    fn start(
+        &self,
+        key: &str,
+        content: &str,
+        script: Script,
+    ) -> (SubmittedTurn, Spawned, ChannelEnd) {
+        let turn = self.submit(key, content);
+        let spawned = self.next_spawn();
+        assert_eq!(spawned.key, key);
+        let end = self.attach(&spawned, script);
+        (turn, spawned, end)
+    }
+
+    fn turn_end(&self, spawned: &Spawned, turn: Option<&str>) {
+        self.registry
+            .turn_end(
+                &spawned.key,
+                &spawned.spawn_id,
+                turn.map(String::from),
+                None,
+            )
+            .expect("turn end delivered");
+    }
+
+    fn phase(&self, key: &str) -> Option<PhaseName> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .find(|r| r.key == key)
+            .map(|r| r.phase)
+    }
+
+    fn wait_phase(&self, key: &str, phase: PhaseName) {
+        wait_until(&format!("{key} in phase {}", phase.name()), || {
+            self.phase(key) == Some(phase)
+        });
+    }
+
+    fn processes(&self) -> usize {
+        self.registry.gauges().processes
+    }
+
+    /// A whole turn on a session that is `Ready` with an echoing channel, ended by the hook.
+    fn echo_turn(&self, key: &str, spawned: &Spawned, end: &ChannelEnd, content: &str) {
+        end.set_script(Script::Echo);
+        let turn = self.submit(key, content);
+        assert_eq!(expect_done(&turn), format!("echo: {content}"));
+        self.turn_end(spawned, Some(&turn.id));
+        self.wait_phase(key, PhaseName::Ready);
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.registry.shutdown(Duration::from_millis(200));
+    }
+}
+
+/// Waits for `condition`, re-checking every 2 ms for at most `EVENT_WAIT`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENT_WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn next_event(turn: &SubmittedTurn) -> TurnEvent {
+    turn.events
+        .recv_timeout(EVENT_WAIT)
+        .unwrap_or_else(|e| panic!("no event for {}: {e}", turn.id))
+}
+
+/// The final text of a turn that must succeed.
+fn expect_done(turn: &SubmittedTurn) -> String {
+    let mut last = None;
+    loop {
+        match next_event(turn) {
+            TurnEvent::Text { text, is_final } => {
+                if is_final {
+                    last = Some(text);
+                }
+            }
+            TurnEvent::Done(_) => return last.expect("a final reply before Done"),
+            TurnEvent::Failed(f) => panic!("turn {} failed: {f:?}", turn.id),
+        }
+    }
+}
+
+fn expect_failed(turn: &SubmittedTurn) -> TurnFailure {
+    loop {
+        match next_event(turn) {
+            TurnEvent::Text { .. } => {}
+            TurnEvent::Done(_) => panic!("turn {} succeeded; a failure was expected", turn.id),
+            TurnEvent::Failed(f) => return f,
+        }
+    }
+}
+
+fn expect_quiet(turn: &SubmittedTurn) {
+    if let Ok(event) = turn.events.recv_timeout(QUIET) {
+        panic!("turn {} got {event:?}; nothing was expected", turn.id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transitions
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_turn_goes_idle_starting_busy_draining_ready_and_the_next_reuses_the_process() {
+    let h = Harness::new(Options::default());
+    let turn = h.submit("a", "hello");
+    let spawned = h.next_spawn();
+    h.wait_phase("a", PhaseName::Starting);
+    assert_eq!(h.processes(), 1);
+    let end = h.attach(&spawned, Script::Silent);
+    let (id, content) = end.next_turn();
+    assert_eq!((id.as_str(), content.as_str()), (turn.id.as_str(), "hello"));
+    h.wait_phase("a", PhaseName::Busy);
+    end.reply(&turn.id, "working", false);
+    assert_eq!(
+        next_event(&turn),
+        TurnEvent::Text {
+            text: "working".into(),
+            is_final: false
+        }
+    );
+    end.reply(&turn.id, "done", true);
+    assert_eq!(expect_done(&turn), "done");
+    h.wait_phase("a", PhaseName::Draining);
+    h.turn_end(&spawned, Some(&turn.id));
+    h.wait_phase("a", PhaseName::Ready);
+
+    // Ready -> Busy on the same process.
+    end.set_script(Script::Echo);
+    let second = h.submit("a", "again");
+    assert_eq!(expect_done(&second), "echo: again");
+    h.no_spawn();
+    assert_eq!(h.processes(), 1);
+    assert!(!spawned.control.stopped.load(Ordering::SeqCst));
+}
+
+#[test]
+fn a_turn_end_without_a_reply_ends_the_turn_with_the_hooks_text_and_goes_ready() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    h.registry
+        .turn_end(
+            "a",
+            &spawned.spawn_id,
+            Some(turn.id.clone()),
+            Some("from the hook".into()),
+        )
+        .unwrap();
+    assert_eq!(expect_done(&turn), "from the hook");
+    h.wait_phase("a", PhaseName::Ready);
+}
+
+#[test]
+fn draining_ends_when_the_agent_says_it_is_idle() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, _end) = h.start("a", "hi", Script::Echo);
+    assert_eq!(expect_done(&turn), "echo: hi");
+    h.wait_phase("a", PhaseName::Draining);
+    spawned.control.idle.store(true, Ordering::SeqCst);
+    h.wait_phase("a", PhaseName::Ready);
+}
+
+#[test]
+fn the_agent_exiting_mid_turn_fails_the_turn_as_agent_died_and_the_next_turn_restarts_it() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    spawned.exit();
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::AgentDied, "{failure:?}");
+    assert!(failure.message.contains("exit status 1"), "{failure:?}");
+    wait_until("the process slot released", || h.processes() == 0);
+
+    let (again, respawned, _end) = h.start("a", "back", Script::Echo);
+    assert_eq!(expect_done(&again), "echo: back");
+    assert_ne!(respawned.spawn_id, spawned.spawn_id);
+}
+
+#[test]
+fn a_channel_that_never_connects_fails_the_turn_at_ready_timeout() {
+    let h = Harness::new(Options {
+        ready_timeout: Duration::from_millis(200),
+        ..Options::default()
+    });
+    let turn = h.submit("a", "hi");
+    let spawned = h.next_spawn();
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::AgentUnavailable, "{failure:?}");
+    assert!(failure.message.contains("ready_timeout"), "{failure:?}");
+    assert!(spawned.control.stopped.load(Ordering::SeqCst));
+    wait_until("the process slot released", || h.processes() == 0);
+}
+
+#[test]
+fn the_agent_exiting_during_start_up_fails_the_turn_as_unavailable() {
+    let h = Harness::new(Options::default());
+    let turn = h.submit("a", "hi");
+    let spawned = h.next_spawn();
+    h.wait_phase("a", PhaseName::Starting);
+    spawned.exit();
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::AgentUnavailable, "{failure:?}");
+    wait_until("the process slot released", || h.processes() == 0);
+}
+
+#[test]
+fn a_channel_closed_while_idle_stops_the_process_and_the_worker_retires() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, end) = h.start("a", "hi", Script::Echo);
+    assert_eq!(expect_done(&turn), "echo: hi");
+    h.turn_end(&spawned, Some(&turn.id));
+    h.wait_phase("a", PhaseName::Ready);
+    end.close();
+    wait_until("the process stopped", || {
+        spawned.control.stopped.load(Ordering::SeqCst)
+    });
+    wait_until("the worker retired", || h.registry.live_sessions() == 0);
+    assert_eq!(h.processes(), 0);
+}
+
+#[test]
+fn a_channel_closed_mid_turn_fails_the_turn_as_agent_died() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, _end) = h.start("a", "hi", Script::Close);
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::AgentDied, "{failure:?}");
+    wait_until("the process stopped", || {
+        spawned.control.stopped.load(Ordering::SeqCst)
+    });
+    wait_until("the process slot released", || h.processes() == 0);
+}
+
+#[test]
+fn a_reply_for_another_turn_is_dropped() {
+    let h = Harness::new(Options::default());
+    let (turn, _spawned, end) = h.start("a", "hi", Script::WrongTurn);
+    end.next_turn();
+    expect_quiet(&turn);
+    end.reply(&turn.id, "mine", true);
+    assert_eq!(expect_done(&turn), "mine");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eviction
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn at_max_processes_a_new_session_stops_an_idle_one_and_takes_its_slot() {
+    let h = Harness::new(Options {
+        max_processes: 1,
+        ..Options::default()
+    });
+    let (turn, a, _end_a) = h.start("a", "hi", Script::Echo);
+    assert_eq!(expect_done(&turn), "echo: hi");
+    h.turn_end(&a, Some(&turn.id));
+    h.wait_phase("a", PhaseName::Ready);
+
+    let (turn_b, b, _end_b) = h.start("b", "me too", Script::Echo);
+    assert_eq!(expect_done(&turn_b), "echo: me too");
+    assert!(
+        a.control.stopped.load(Ordering::SeqCst),
+        "a was not stopped"
+    );
+    assert!(!b.control.stopped.load(Ordering::SeqCst));
+    assert_eq!(h.processes(), 1);
+}
+
+#[test]
+fn at_max_processes_with_nothing_idle_a_new_session_gets_at_capacity() {
+    let h = Harness::new(Options {
+        max_processes: 1,
+        ..Options::default()
+    });
+    let (_turn, _a, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    match h.try_submit("b", "no room") {
+        Err(SubmitError::AtCapacity { max_processes, .. }) => assert_eq!(max_processes, 1),
+        other => panic!("expected AtCapacity, got {:?}", other.map(|t| t.id)),
+    }
+}
+
+#[test]
+fn two_new_sessions_at_capacity_evict_two_distinct_idle_sessions() {
+    let h = Harness::new(Options {
+        max_processes: 2,
+        ..Options::default()
+    });
+    let mut idle = Vec::new();
+    for key in ["a", "b"] {
+        let (turn, spawned, end) = h.start(key, "hi", Script::Echo);
+        assert_eq!(expect_done(&turn), "echo: hi");
+        h.turn_end(&spawned, Some(&turn.id));
+        h.wait_phase(key, PhaseName::Ready);
+        idle.push((spawned, end));
+    }
+    // Both admitted before either worker runs: each must claim a different victim.
+    let c = h.submit("c", "c");
+    let d = h.submit("d", "d");
+    let mut new = Vec::new();
+    for _ in 0..2 {
+        let spawned = h.next_spawn();
+        let end = h.attach(&spawned, Script::Echo);
+        new.push((spawned, end));
+    }
+    assert_eq!(expect_done(&c), "echo: c");
+    assert_eq!(expect_done(&d), "echo: d");
+    for (spawned, _) in &idle {
+        assert!(
+            spawned.control.stopped.load(Ordering::SeqCst),
+            "{} was not stopped",
+            spawned.key
+        );
+    }
+    assert_eq!(h.processes(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics
+// ---------------------------------------------------------------------------------------------
+
+/// After a worker of "a" panicked: slots released, another session can run a turn (with
+/// max_concurrent_turns = 1), and "a" starts again on its next turn.
+fn after_a_panic_everything_recovers(h: &Harness, a: &Spawned) {
+    wait_until("the panicked worker left", || {
+        h.registry.live_sessions() == 0
+    });
+    assert_eq!(h.processes(), 0);
+    assert!(a.control.dropped.load(Ordering::SeqCst));
+    let (other, b, _end_b) = h.start("b", "other", Script::Echo);
+    assert_eq!(expect_done(&other), "echo: other");
+    h.turn_end(&b, Some(&other.id));
+    h.wait_phase("b", PhaseName::Ready);
+    let (again, a2, _end_a) = h.start("a", "again", Script::Echo);
+    assert_eq!(expect_done(&again), "echo: again");
+    assert_ne!(a2.spawn_id, a.spawn_id);
+}
+
+fn panic_options() -> Options {
+    Options {
+        max_processes: 1,
+        max_concurrent_turns: 1,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn a_panic_while_starting_fails_the_turn_and_releases_every_slot() {
+    let h = Harness::new(panic_options());
+    let turn = h.submit("a", "hi");
+    let a = h.next_spawn();
+    h.wait_phase("a", PhaseName::Starting);
+    a.control.panic_on_screen.store(true, Ordering::SeqCst);
+    a.poke();
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::AgentDied, "{failure:?}");
+    after_a_panic_everything_recovers(&h, &a);
+}
+
+#[test]
+fn a_panic_while_busy_fails_the_turn_and_releases_every_slot() {
+    let h = Harness::new(panic_options());
+    let (turn, a, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    a.control.panic_on_readable.store(true, Ordering::SeqCst);
+    a.poke();
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::AgentDied, "{failure:?}");
+    after_a_panic_everything_recovers(&h, &a);
+}
+
+#[test]
+fn a_panic_while_draining_releases_every_slot() {
+    let h = Harness::new(panic_options());
+    let (turn, a, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    a.control.panic_says_idle.store(true, Ordering::SeqCst);
+    end.reply(&turn.id, "answer", true);
+    // The turn was answered before the panic: it keeps its answer.
+    assert_eq!(expect_done(&turn), "answer");
+    after_a_panic_everything_recovers(&h, &a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Late turn ends
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_turn_end_naming_an_earlier_turn_is_not_credited_to_the_current_one() {
+    let h = Harness::new(Options::default());
+    let (first, a, end) = h.start("a", "one", Script::Echo);
+    assert_eq!(expect_done(&first), "echo: one");
+    h.turn_end(&a, Some(&first.id));
+    h.wait_phase("a", PhaseName::Ready);
+
+    end.set_script(Script::Silent);
+    let second = h.submit("a", "two");
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    h.turn_end(&a, Some(&first.id));
+    expect_quiet(&second);
+    assert_eq!(h.phase("a"), Some(PhaseName::Busy));
+    end.reply(&second.id, "two's answer", true);
+    assert_eq!(expect_done(&second), "two's answer");
+}
+
+#[test]
+fn an_anonymous_turn_end_after_an_unreported_turn_is_not_credited_to_the_next_one() {
+    // The previous turn never reports its end: the worker gives up after PREVIOUS_TURN_WAIT.
+    let h = Harness::new(Options::default());
+    let (first, a, end) = h.start("a", "one", Script::Echo);
+    assert_eq!(expect_done(&first), "echo: one");
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Draining);
+    end.set_script(Script::Silent);
+    let second = h.submit("a", "two");
+    let (id, _) = end
+        .turns
+        .recv_timeout(super::PREVIOUS_TURN_WAIT + EVENT_WAIT)
+        .expect("the second turn went out after the drain wait");
+    assert_eq!(id, second.id);
+    h.wait_phase("a", PhaseName::Busy);
+    // The first turn's late, anonymous report: dropped.
+    h.turn_end(&a, None);
+    expect_quiet(&second);
+    assert_eq!(h.phase("a"), Some(PhaseName::Busy));
+    // The next anonymous report is the second turn's own.
+    h.turn_end(&a, None);
+    let failure_or_done = next_event(&second);
+    assert!(
+        matches!(&failure_or_done, TurnEvent::Text { is_final: true, .. }),
+        "{failure_or_done:?}"
+    );
+    assert!(matches!(next_event(&second), TurnEvent::Done(_)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_turn_cancelled_in_the_queue_is_skipped_and_the_next_turn_works() {
+    let h = Harness::new(Options::default());
+    let (first, a, end) = h.start("a", "one", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    let queued = h.submit("a", "two");
+    queued.cancel.cancel();
+    end.reply(&first.id, "one done", true);
+    assert_eq!(expect_done(&first), "one done");
+    h.turn_end(&a, Some(&first.id));
+    let failure = expect_failed(&queued);
+    assert_eq!(failure.kind, FailureKind::Cancelled, "{failure:?}");
+    h.wait_phase("a", PhaseName::Ready);
+    h.echo_turn("a", &a, &end, "three");
+}
+
+#[test]
+fn a_turn_cancelled_while_waiting_for_a_turn_slot_is_skipped() {
+    let h = Harness::new(Options {
+        max_concurrent_turns: 1,
+        ..Options::default()
+    });
+    let (first, a, end) = h.start("a", "one", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    let waiting = h.submit("b", "two");
+    wait_until("b waiting for a turn slot", || {
+        h.registry
+            .snapshot()
+            .iter()
+            .any(|r| r.key == "b" && r.step == "waiting for a max_concurrent_turns slot")
+    });
+    waiting.cancel.cancel();
+    let failure = expect_failed(&waiting);
+    assert_eq!(failure.kind, FailureKind::Cancelled, "{failure:?}");
+    end.reply(&first.id, "one done", true);
+    assert_eq!(expect_done(&first), "one done");
+    h.turn_end(&a, Some(&first.id));
+    let (third, _b, _end_b) = h.start("b", "three", Script::Echo);
+    assert_eq!(expect_done(&third), "echo: three");
+}
+
+#[test]
+fn a_turn_cancelled_while_starting_is_interrupted_once_started_and_the_next_turn_works() {
+    let h = Harness::new(Options::default());
+    let turn = h.submit("a", "hi");
+    let a = h.next_spawn();
+    h.wait_phase("a", PhaseName::Starting);
+    turn.cancel.cancel();
+    let end = h.attach(&a, Script::Silent);
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::Cancelled, "{failure:?}");
+    // Esc runs no Stop hook: the drain ends when claude says it is idle.
+    a.control.idle.store(true, Ordering::SeqCst);
+    h.wait_phase("a", PhaseName::Ready);
+    h.echo_turn("a", &a, &end, "next");
+}
+
+#[test]
+fn a_turn_cancelled_while_busy_interrupts_claude_and_the_next_turn_works() {
+    let h = Harness::new(Options::default());
+    let (turn, a, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    turn.cancel.cancel();
+    let failure = expect_failed(&turn);
+    assert_eq!(failure.kind, FailureKind::Cancelled, "{failure:?}");
+    assert_eq!(a.control.interrupts.load(Ordering::SeqCst), 1);
+    h.wait_phase("a", PhaseName::Draining);
+    a.control.idle.store(true, Ordering::SeqCst);
+    h.wait_phase("a", PhaseName::Ready);
+    h.echo_turn("a", &a, &end, "next");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retirement
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn stopping_an_idle_session_stops_its_process_and_the_worker_retires() {
+    let h = Harness::new(Options::default());
+    let (turn, a, _end) = h.start("a", "hi", Script::Echo);
+    assert_eq!(expect_done(&turn), "echo: hi");
+    h.turn_end(&a, Some(&turn.id));
+    h.wait_phase("a", PhaseName::Ready);
+    assert_eq!(h.registry.live_sessions(), 1);
+    h.registry.stop_session("a").expect("stop an idle session");
+    wait_until("the worker retired", || h.registry.live_sessions() == 0);
+    assert!(a.control.stopped.load(Ordering::SeqCst));
+    assert_eq!(h.processes(), 0);
+    // The conversation resumes on the next turn, in a new worker.
+    let (again, _a2, _end) = h.start("a", "back", Script::Echo);
+    assert_eq!(expect_done(&again), "echo: back");
+}
+
+#[test]
+fn stopping_a_busy_session_is_refused() {
+    let h = Harness::new(Options::default());
+    let (_turn, _a, end) = h.start("a", "hi", Script::Silent);
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Busy);
+    assert!(h.registry.stop_session("a").is_err());
+}
