@@ -447,6 +447,7 @@ impl Harness {
                 marked_retry: false,
                 system_prompt: None,
             },
+            Duration::ZERO,
         )
     }
 
