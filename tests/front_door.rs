@@ -93,6 +93,14 @@ fn worst_healthz(addr: SocketAddr, n: usize) -> Duration {
     (0..n).map(|_| healthz_latency(addr)).max().unwrap()
 }
 
+/// The tests that measure time or memory, or load the machine, run one at a time (the test
+/// harness runs a file's tests in parallel): a latency bound measured while a sibling parses
+/// 16 large bodies on the same 2 cores measures the sibling, not the bridge.
+fn measured_alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn d1_a_huge_declared_body_is_not_drained_and_the_bridge_lives() {
     let bridge = Bridge::demo().start();
@@ -272,6 +280,7 @@ fn max_connections_refuses_the_excess_with_a_503_and_recovers() {
 
 #[test]
 fn d2_out_of_file_descriptors_the_listener_survives_and_sigterm_is_prompt() {
+    let _alone = measured_alone();
     // 128 descriptors, and no connection cap to protect them: accept hits EMFILE.
     let mut bridge = Bridge::demo()
         .nofile(128)
@@ -323,6 +332,7 @@ fn d2_out_of_file_descriptors_the_listener_survives_and_sigterm_is_prompt() {
 
 #[test]
 fn d3_healthz_stays_fast_while_clients_trickle_bodies() {
+    let _alone = measured_alone();
     let bridge = Bridge::demo().arg("--api-key", "k").start();
     let addr = bridge.http;
     // The same route (no key needed), over the drain bound and under it, and a 401 route.
@@ -367,6 +377,7 @@ fn seed_sessions(state: &std::path::Path, n: usize) {
 
 #[test]
 fn d10_sessions_page_and_an_unread_listing_does_not_stall_healthz() {
+    let _alone = measured_alone();
     let dir = TempDir::new("d10");
     seed_sessions(&dir.path().join("state"), 200_000);
     let bridge = Bridge::demo().dir(dir).start();
@@ -472,6 +483,7 @@ fn burst(addr: SocketAddr, body: &Arc<String>, n: usize) -> Vec<u16> {
 
 #[test]
 fn d9_large_bodies_are_refused_or_parsed_within_bounds_and_memory_comes_back() {
+    let _alone = measured_alone();
     let bridge = Bridge::demo().start();
     let addr = bridge.http;
     let pid = bridge.child.as_ref().unwrap().id();
