@@ -98,7 +98,9 @@ fn worst_healthz(addr: SocketAddr, n: usize) -> Duration {
 /// 16 large bodies on the same 2 cores measures the sibling, not the bridge.
 fn measured_alone() -> std::sync::MutexGuard<'static, ()> {
     static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ALONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[test]
