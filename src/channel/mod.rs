@@ -294,6 +294,13 @@ impl Server {
                 log::info!("turn {id} ({} bytes) → claude", content.len());
                 self.emit(&message)
             }
+            BridgeFrame::PermissionVerdict {
+                request_id,
+                behavior,
+            } => {
+                log::info!("permission {request_id}: {behavior} → claude");
+                self.emit(&mcp::permission_verdict(&request_id, &behavior))
+            }
         }
     }
 
