@@ -145,6 +145,9 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         return respond_error(request, &ApiError::bad_request(message));
     }
     let answers = classify_answers(&parts);
+    if let Err(message) = check_answers(&ctx, &key.key, &answers) {
+        return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
+    }
     let content = parts.join("\n\n");
     if content.len() > MAX_TURN_BYTES {
         let message = format!(
@@ -183,17 +186,29 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         key.source,
         chat.stream
     );
-    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
-    let completion = Completion::new(&model);
-    let reply = if chat.stream {
-        stream(request, &ctx, &chat, &completion, turn, &key.key)
-    } else {
-        respond_whole(request, &ctx, &chat, &completion, turn)
-    };
+    let reply = respond_turn(request, &ctx, &chat, turn, &key.key);
     if let (Some(continuations), Some(chain), Some(reply)) =
         (&ctx.continuations, chain_before_reply, reply)
     {
         continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
+    }
+}
+
+/// Answers `request` with the turn's events, streamed or whole as `chat` asks; returns the
+/// whole reply text when the turn ended normally (or was suspended with a question).
+pub fn respond_turn(
+    request: Request,
+    ctx: &HttpContext,
+    chat: &ChatRequest,
+    turn: SubmittedTurn,
+    key: &str,
+) -> Option<String> {
+    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
+    let completion = Completion::new(&model);
+    if chat.stream {
+        stream(request, ctx, chat, &completion, turn, key)
+    } else {
+        respond_whole(request, ctx, chat, &completion, turn)
     }
 }
 
@@ -206,6 +221,35 @@ pub fn classify_answers(parts: &[String]) -> Vec<Answer> {
         .map(|p| openclaw::strip_timestamp(p).trim())
         .collect();
     parse_verdicts(&text.join("\n")).unwrap_or_default()
+}
+
+/// Answers naming a question the session does not have open are refused before the
+/// response starts, so a stream gets a real 400 (the worker checks again when it takes the
+/// turn). A session with no open question takes `yes abcde` as an ordinary message.
+fn check_answers(ctx: &HttpContext, key: &str, answers: &[Answer]) -> Result<(), String> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let open: Vec<String> = ctx
+        .registry
+        .snapshot()
+        .into_iter()
+        .find(|s| s.key == key)
+        .map(|s| s.info.pending.into_iter().map(|p| p.id).collect())
+        .unwrap_or_default();
+    let unknown: Vec<&str> = answers
+        .iter()
+        .map(Answer::id)
+        .filter(|id| !open.iter().any(|o| o == id))
+        .collect();
+    if open.is_empty() || unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "no open question has the id {}; open: {}. Answer `yes <id>` or `no <id>` with one of those",
+        unknown.join(", "),
+        open.join(", ")
+    ))
 }
 
 /// The machine-readable form of a suspended turn's questions, added to the chunk (or
@@ -385,7 +429,7 @@ fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("\n\n"))
 }
 
-fn submit_error(error: SubmitError) -> ApiError {
+pub fn submit_error(error: SubmitError) -> ApiError {
     match error {
         SubmitError::QueueFull { limit } => ApiError::new(
             429,

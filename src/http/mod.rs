@@ -10,6 +10,7 @@
 pub mod completions;
 pub mod openai;
 pub mod openclaw;
+pub mod permissions;
 pub mod sse;
 
 use serde_json::json;
@@ -315,6 +316,12 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 deadline,
             );
         }
+        (p, Method::Post) if p.starts_with("/v1/sessions/") && p.contains("/permissions/") => {
+            let rest = &p["/v1/sessions/".len()..];
+            let (key, id) = rest.rsplit_once("/permissions/").unwrap_or((rest, ""));
+            let (key, id) = (percent_decode(key), percent_decode(id));
+            permissions::handle(request, ctx.clone(), key, id)
+        }
         (p, Method::Delete) if p.starts_with("/v1/sessions/") => {
             let key = percent_decode(&p["/v1/sessions/".len()..]);
             match ctx.registry.stop_session(&key) {
@@ -423,6 +430,7 @@ fn sessions_json(ctx: &HttpContext, page: &SessionsPage) -> serde_json::Value {
                     "claude_session": s.info.claude_session, "workspace": s.info.workspace,
                     "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
                     "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
+                    "pending": s.info.pending,
                 })
             }
             (None, Some(i)) => {
