@@ -385,6 +385,9 @@ fn a_client_without_a_session_id_continues_the_session_by_resending_the_question
     let events = post(json!([first]));
     let question = streamed_text(&events);
     let id = question_ids(&events).pop().expect("a question");
+    // The responder records the conversation's chain just after the response's last byte;
+    // a person answers seconds later, this test at once (nothing observable to wait for).
+    std::thread::sleep(Duration::from_millis(300));
     let events = post(json!([
         first,
         {"role": "assistant", "content": question},
@@ -396,4 +399,32 @@ fn a_client_without_a_session_id_continues_the_session_by_resending_the_question
         "{rest}\n{}",
         bridge.log()
     );
+}
+
+#[test]
+fn a_prompt_claude_does_not_relay_fails_the_turn_instead_of_stalling() {
+    // Like a Claude Code without the tengu_harbor_permissions flag: the prompt stays on its
+    // terminal and nothing reaches the channel.
+    let bridge = Bridge::demo()
+        .env("SYNTHESIS_SIM_NO_PERMISSION_RELAY", "1")
+        .start();
+    let started = Instant::now();
+    let response = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Session-Key", "p"), ("Content-Type", "application/json")],
+        &chat_body("go [sim:ask=Bash]", false),
+    );
+    let waited = started.elapsed();
+    assert_eq!(response.status, 409);
+    let body = response.text();
+    assert!(
+        body.contains("permission_relay_off") && body.contains("tengu_harbor_permissions"),
+        "{body}"
+    );
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    // The session is usable again.
+    let (_, events) = stream_chat(bridge.http, "p", "after");
+    assert_eq!(streamed_text(&events), "after");
 }

@@ -233,7 +233,12 @@ fn a_bash_permission_question_reaches_the_chat_yes_runs_it_and_no_does_not() {
         !workspace.join("proof.txt").exists(),
         "not before the answer"
     );
+    let answered = std::time::Instant::now();
     let (response, events) = stream_chat(bridge.http, "perm-yes", &format!("yes {id}"));
+    eprintln!(
+        "yes {id}: the rest of the turn took {:?}",
+        answered.elapsed()
+    );
     assert_eq!(response.status, 200);
     let rest = streamed_text(&events);
     assert!(
@@ -276,4 +281,41 @@ fn a_bash_permission_question_reaches_the_chat_yes_runs_it_and_no_does_not() {
     {
         eprintln!("channel: {line}");
     }
+}
+
+#[test]
+fn without_the_relay_flag_a_permission_prompt_fails_the_turn_instead_of_stalling() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-unrelayed");
+    seed_claude_config(&dir, FAKE_KEY); // tengu_harbor only: Claude does not relay prompts
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    let bridge = start(&claude, &api, dir, &marker);
+    let started = std::time::Instant::now();
+    let (response, events) = stream_chat(
+        bridge.http,
+        "unrelayed",
+        "RUN_BASH: echo relayed > stalled.txt",
+    );
+    let waited = started.elapsed();
+    assert_eq!(response.status, 200);
+    let error = stream_error(&events).unwrap_or_else(|| {
+        panic!(
+            "no error: {}\nlog:\n{}",
+            streamed_text(&events),
+            bridge.log()
+        )
+    });
+    assert_eq!(error["code"], "permission_relay_off", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("tengu_harbor_permissions"),
+        "{error}"
+    );
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    assert!(!workspace.join("stalled.txt").exists());
+    eprintln!("unrelayed prompt failed the turn after {waited:?}");
 }

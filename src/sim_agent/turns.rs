@@ -340,7 +340,11 @@ impl Conversation<'_> {
             "description": format!("a simulated {tool} call"),
             "input_preview": json!({"command": command}).to_string(),
         });
-        if let Some(mcp) = self.mcp.as_mut()
+        // `SYNTHESIS_SIM_NO_PERMISSION_RELAY=1`: like a Claude without the feature flag, the
+        // prompt stays on the terminal only.
+        let relay = std::env::var_os("SYNTHESIS_SIM_NO_PERMISSION_RELAY").is_none();
+        if relay
+            && let Some(mcp) = self.mcp.as_mut()
             && let Err(e) = mcp.notify("notifications/claude/channel/permission_request", params)
         {
             self.screen.line(&format!("  ⎿  Error: {e}"));

@@ -20,6 +20,9 @@
 //! - No answer within the timeout: the questions are denied, claude finishes its turn
 //!   unseen, and the session's next turn starts with a line saying so.
 //! - Replies claude sends while suspended are held and delivered to the resuming request.
+//! - Never a silent stall: a permission prompt on claude's terminal that claude did not relay
+//!   to the channel (Claude Code relays only with the `tengu_harbor_permissions` feature flag)
+//!   fails the turn after `UNRELAYED_PROMPT_GRACE`, naming what to do.
 
 use std::time::Instant;
 
@@ -30,6 +33,15 @@ use crate::protocol::BridgeFrame;
 use crate::session::pending::{Answer, Pending, PendingKind, PermissionRelay, new_id};
 use crate::session::shared::TurnSlot;
 use crate::session::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
+
+/// How long a permission prompt may show on claude's terminal, while busy, without the
+/// channel relaying it (claude sends the request together with the prompt) before the turn
+/// fails instead of stalling.
+pub(super) const UNRELAYED_PROMPT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// The text of every Claude Code permission prompt (2.1.331).
+const PERMISSION_PROMPT_TEXT: &str = "Do you want to proceed?";
+/// Screen lines searched for it.
+const PROMPT_LINES: usize = 30;
 
 /// The Claude side of a turn that has no client while it waits for answers.
 pub(super) struct SuspendedTurn {
@@ -62,6 +74,7 @@ impl Worker {
             input_preview,
         };
         let policy = self.settings.permission_relay;
+        self.prompt_seen = None;
         match (&mut self.phase, policy) {
             (Phase::Busy { .. }, PermissionRelay::Chat) => {
                 METRICS.permission_questions.inc();
@@ -106,6 +119,46 @@ impl Worker {
                 self.send_verdicts(&[(request_id, false)]);
             }
         }
+    }
+
+    /// Busy, the terminal changed: notes when a permission prompt appears (and forgets it
+    /// once it is gone).
+    pub(super) fn watch_for_unrelayed_prompt(&mut self) {
+        let Some(agent) = self.phase.agent() else {
+            return;
+        };
+        let shown = agent
+            .process
+            .screen_tail(PROMPT_LINES)
+            .contains(PERMISSION_PROMPT_TEXT);
+        self.prompt_seen = match (shown, self.prompt_seen) {
+            (true, None) => Some(Instant::now()),
+            (true, seen) => seen,
+            (false, _) => None,
+        };
+    }
+
+    /// Busy: true (and the turn failed) when a permission prompt has shown for
+    /// `UNRELAYED_PROMPT_GRACE` without its request reaching the bridge.
+    pub(super) fn check_unrelayed_prompt(&mut self) -> bool {
+        if self
+            .prompt_seen
+            .is_none_or(|seen| seen.elapsed() < UNRELAYED_PROMPT_GRACE)
+        {
+            return false;
+        }
+        let screen = self.screen_tail();
+        log::warn!(
+            "session {:?}: claude shows a permission prompt that was not relayed to the channel",
+            self.key
+        );
+        self.interrupt_turn(TurnFailure::new(
+            FailureKind::PermissionBlocked,
+            format!(
+                "Claude is asking for a tool permission on its terminal and did not relay the question to the bridge (Claude Code relays it only when its tengu_harbor_permissions feature flag is on; `synthesis-bridge doctor` checks it), so nobody can answer; the turn was interrupted. Allow the tool in the workspace's permissions.allow, or choose a permission_mode that does not ask. Last screen lines:\n{screen}"
+            ),
+        ));
+        true
     }
 
     /// Busy → Suspended with the first question `kind`.
