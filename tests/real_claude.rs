@@ -175,13 +175,9 @@ fn a_bash_permission_question_reaches_the_chat_yes_runs_it_and_no_does_not() {
     let api = FakeAnthropic::start();
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let dir = TempDir::new("real-permission");
+    // The seed caches tengu_harbor_permissions too: Claude 2.1.331 relays permission prompts
+    // to a channel only with it (docs/ARCHITECTURE.md "Permission relay").
     seed_claude_config(&dir, FAKE_KEY);
-    // Claude 2.1.331 relays permission prompts to a channel only with this flag as well as
-    // tengu_harbor (docs/ARCHITECTURE.md "Permission relay").
-    let state_file = dir.path().join("home/.claude/.claude.json");
-    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
-    state["cachedGrowthBookFeatures"]["tengu_harbor_permissions"] = true.into();
-    std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
     let channel_log = dir.path().join("channel.log");
     let bridge = Bridge::real(&claude)
@@ -289,7 +285,12 @@ fn without_the_relay_flag_a_permission_prompt_fails_the_turn_instead_of_stalling
     let api = FakeAnthropic::start();
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let dir = TempDir::new("real-unrelayed");
-    seed_claude_config(&dir, FAKE_KEY); // tengu_harbor only: Claude does not relay prompts
+    seed_claude_config(&dir, FAKE_KEY);
+    // Without tengu_harbor_permissions Claude keeps the prompt on its terminal.
+    let state_file = dir.path().join("home/.claude/.claude.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["cachedGrowthBookFeatures"]["tengu_harbor_permissions"] = false.into();
+    std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
     let bridge = start(&claude, &api, dir, &marker);
     let started = std::time::Instant::now();
