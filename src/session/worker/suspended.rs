@@ -259,46 +259,24 @@ impl Worker {
             self.waiting = Some(turn);
             return false;
         };
-        let Phase::Suspended {
-            agent,
-            turn: mut suspended,
-        } = self.take_phase()
-        else {
-            unreachable!("checked above");
-        };
+        // The verdicts go out first, with the phase untouched (a failure stops the process).
+        let mut answered: Vec<&str> = Vec::new();
         let mut verdicts = Vec::new();
         for answer in &turn.answers {
-            let Some(index) = suspended.pending.iter().position(|p| p.id == answer.id()) else {
-                continue; // answered twice in one message
-            };
-            let question = suspended.pending.remove(index);
-            match (question.kind, answer) {
-                (PendingKind::Permission { request_id, .. }, Answer::Verdict { allow, .. }) => {
-                    if *allow {
-                        METRICS.permission_allowed.inc();
-                    } else {
-                        METRICS.permission_denied.inc();
-                    }
-                    verdicts.push((request_id, *allow));
-                }
+            if answered.contains(&answer.id()) {
+                continue; // answered twice in one message: the first answer counts
+            }
+            answered.push(answer.id());
+            let question = suspended.pending.iter().find(|p| p.id == answer.id());
+            match (question.map(|q| &q.kind), answer) {
+                (
+                    Some(PendingKind::Permission { request_id, .. }),
+                    Answer::Verdict { allow, .. },
+                ) => verdicts.push((request_id.clone(), *allow)),
+                (None, _) => unreachable!("unknown ids were refused above"),
             }
         }
-        log::info!(
-            "session {:?} {}: resumed by {} ({} answer(s), {} question(s) still open)",
-            self.key,
-            suspended.claude_id,
-            turn.id,
-            verdicts.len(),
-            suspended.pending.len()
-        );
-        self.phase = Phase::Suspended {
-            agent,
-            turn: SuspendedTurn {
-                pending: Vec::new(),
-                held: Vec::new(),
-                ..suspended
-            },
-        };
+        let answered: Vec<String> = answered.into_iter().map(String::from).collect();
         if !self.send_verdicts(&verdicts) {
             self.fail(
                 &turn,
@@ -309,17 +287,37 @@ impl Worker {
             );
             return true;
         }
-        let Phase::Suspended { agent, turn: shell } = self.take_phase() else {
+        for (_, allow) in &verdicts {
+            if *allow {
+                METRICS.permission_allowed.inc();
+            } else {
+                METRICS.permission_denied.inc();
+            }
+        }
+        let Phase::Suspended {
+            agent,
+            turn: mut suspended,
+        } = self.take_phase()
+        else {
             unreachable!("send_verdicts keeps the phase unless it fails");
         };
+        suspended.pending.retain(|p| !answered.contains(&p.id));
+        log::info!(
+            "session {:?} {}: resumed by {} ({} answer(s), {} question(s) still open)",
+            self.key,
+            suspended.claude_id,
+            turn.id,
+            verdicts.len(),
+            suspended.pending.len()
+        );
         let active = ActiveTurn {
             turn,
             _slot: TurnSlot(slot),
             deadline: Instant::now() + self.settings.turn_timeout,
-            delivery: shell.delivery,
-            replied: shell.replied,
-            anonymous_end_ok: shell.anonymous_end_ok,
-            claude_id: shell.claude_id,
+            delivery: suspended.delivery,
+            replied: suspended.replied,
+            anonymous_end_ok: suspended.anonymous_end_ok,
+            claude_id: suspended.claude_id,
             warm: true,
             started: Instant::now(),
         };
