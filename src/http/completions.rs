@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::Request;
 
+use super::answers::{check_answers, classify_answers, question_chunk, with_pending};
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
 use super::sse::SseStream;
@@ -20,7 +21,7 @@ use super::{HttpContext, respond_error};
 use crate::config::SystemPromptPolicy;
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
-use crate::session::pending::{Answer, Pending, parse_verdicts, question_text};
+use crate::session::pending::{Pending, question_text};
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
@@ -210,52 +211,6 @@ pub fn respond_turn(
     } else {
         respond_whole(request, ctx, chat, &completion, turn)
     }
-}
-
-/// The answers to a suspended turn's questions in the new turn, when it holds nothing else
-/// (session/pending.rs): a person's `yes kqwfz` (OpenClaw's timestamp prefix allowed).
-/// Empty for an ordinary turn.
-pub fn classify_answers(parts: &[String]) -> Vec<Answer> {
-    let text: Vec<&str> = parts
-        .iter()
-        .map(|p| openclaw::strip_timestamp(p).trim())
-        .collect();
-    parse_verdicts(&text.join("\n")).unwrap_or_default()
-}
-
-/// Answers naming a question the session does not have open are refused before the
-/// response starts, so a stream gets a real 400 (the worker checks again when it takes the
-/// turn). A session with no open question takes `yes abcde` as an ordinary message.
-fn check_answers(ctx: &HttpContext, key: &str, answers: &[Answer]) -> Result<(), String> {
-    if answers.is_empty() {
-        return Ok(());
-    }
-    let open: Vec<String> = ctx
-        .registry
-        .snapshot()
-        .into_iter()
-        .find(|s| s.key == key)
-        .map(|s| s.info.pending.into_iter().map(|p| p.id).collect())
-        .unwrap_or_default();
-    let unknown: Vec<&str> = answers
-        .iter()
-        .map(Answer::id)
-        .filter(|id| !open.iter().any(|o| o == id))
-        .collect();
-    if open.is_empty() || unknown.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "no open question has the id {}; open: {}. Answer `yes <id>` or `no <id>` with one of those",
-        unknown.join(", "),
-        open.join(", ")
-    ))
-}
-
-/// The machine-readable form of a suspended turn's questions, added to the chunk (or
-/// message) that carries their text.
-pub fn pending_json(pending: &[Pending]) -> serde_json::Value {
-    serde_json::to_value(pending).expect("pending questions always serialise")
 }
 
 /// `Content-Type` names exactly the media type `application/json` (parameters such as
@@ -537,11 +492,7 @@ fn stream(
                         format!("\n\n{text}")
                     };
                     reply.push_str(&content);
-                    let chunk = completion.chunk(json!({"content": content}), None);
-                    let mut chunk: serde_json::Value =
-                        serde_json::from_str(&chunk).expect("chunks are JSON");
-                    chunk["synthesis_pending"] = pending_json(&pending);
-                    sse.event(&chunk.to_string())?;
+                    sse.event(&question_chunk(completion, &content, &pending))?;
                     sse.event(&completion.chunk(json!({}), Some("stop")))?;
                     if chat.include_usage {
                         sse.event(
@@ -671,9 +622,7 @@ fn respond_whole(
     };
     let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
     if let Some(pending) = suspended {
-        let mut value: serde_json::Value = serde_json::from_str(&body).expect("bodies are JSON");
-        value["choices"][0]["message"]["synthesis_pending"] = pending_json(&pending);
-        body = value.to_string();
+        body = with_pending(body, &pending);
     }
     match answer {
         Answer::NotStarted(request) => {
@@ -691,36 +640,4 @@ fn respond_whole(
     }
     METRICS.bridge_outbound.record(read_at.elapsed());
     Some(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_turn_of_nothing_but_verdicts_carries_answers_and_anything_else_none() {
-        let parts = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            classify_answers(&parts(&["[Tue 2026-11-24 10:14 UTC] yes kqwfz"])),
-            vec![Answer::Verdict {
-                id: "kqwfz".into(),
-                allow: true
-            }]
-        );
-        assert_eq!(
-            classify_answers(&parts(&["no abcde", "y fghjk"])),
-            vec![
-                Answer::Verdict {
-                    id: "abcde".into(),
-                    allow: false
-                },
-                Answer::Verdict {
-                    id: "fghjk".into(),
-                    allow: true
-                }
-            ]
-        );
-        assert!(classify_answers(&parts(&["yes kqwfz", "and run lint too"])).is_empty());
-        assert!(classify_answers(&parts(&["hello"])).is_empty());
-    }
 }

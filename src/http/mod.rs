@@ -7,6 +7,7 @@
 //! client, however slow to send or to read, holds the routing thread (docs/RELIABILITY.md,
 //! "Front door"). Every response is written under a deadline (`respond_bytes`).
 
+pub mod answers;
 pub mod completions;
 pub mod openai;
 pub mod openclaw;

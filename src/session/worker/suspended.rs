@@ -176,17 +176,16 @@ impl Worker {
             turn.turn.id,
             pending[0].id
         );
-        turn.turn.output.emit(TurnEvent::Suspended(pending.clone()));
         let suspended = SuspendedTurn {
             claude_id: turn.claude_id,
             delivery: turn.delivery,
             replied: turn.replied,
             anonymous_end_ok: turn.anonymous_end_ok,
-            pending,
+            pending: pending.clone(),
             deadline: Instant::now() + self.settings.permission_timeout,
             held: Vec::new(),
         };
-        // The request's `Turn` (its response has ended) and its turn slot are dropped here.
+        // Published (with its questions, for `/v1/sessions`) before the client sees them.
         self.enter(
             Phase::Suspended {
                 agent,
@@ -194,6 +193,8 @@ impl Worker {
             },
             "waiting for an answer",
         );
+        turn.turn.output.emit(TurnEvent::Suspended(pending));
+        // The request's `Turn` (its response has ended) and its turn slot are dropped here.
     }
 
     /// Suspended: the session's next turn. True unless it went back to waiting for a slot.
@@ -323,10 +324,7 @@ impl Worker {
         };
         if !suspended.pending.is_empty() {
             // Questions still open: this request is suspended again and shows them.
-            active
-                .turn
-                .output
-                .emit(TurnEvent::Suspended(suspended.pending.clone()));
+            let open = suspended.pending.clone();
             let again = SuspendedTurn {
                 claude_id: active.claude_id,
                 delivery: active.delivery,
@@ -340,6 +338,7 @@ impl Worker {
                 Phase::Suspended { agent, turn: again },
                 "questions still open",
             );
+            active.turn.output.emit(TurnEvent::Suspended(open));
             return true;
         }
         self.status.set_step("waiting for claude's reply");
