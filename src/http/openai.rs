@@ -122,6 +122,12 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
             .get("role")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::bad_request(format!("messages[{i}] needs a string `role`")))?;
+        if !KNOWN_ROLES.contains(&role) {
+            return Err(ApiError::bad_request(format!(
+                "messages[{i}].role is {role:?}; use one of {}",
+                KNOWN_ROLES.join(", ")
+            )));
+        }
         roles.push(role);
     }
     let start = new_turn_start(messages);
@@ -143,6 +149,16 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
     }
     Ok(parts)
 }
+
+/// The message roles of OpenAI's chat API.
+pub const KNOWN_ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Index of the first message of the new turn: the one after the last `assistant`/`tool`
 /// message (0 when there is none). Everything before it is the conversation's history.
