@@ -43,42 +43,9 @@ static PARSING: Permits = Permits::new(PARSE_PERMITS);
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // Declared first, dropped last: once the body and its parsed form are gone.
     let mut trim = TrimOnDrop::default();
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.to_string());
-    if let Some(content_type) = content_type
-        && !is_json_media_type(&content_type)
-    {
-        let message =
-            format!("Content-Type is {content_type:?}; send the request body as application/json");
-        return respond_error(
-            request,
-            &ApiError::new(415, "unsupported_media_type", message),
-        );
-    }
-    let body = match read_body(&mut request, ctx.max_body_bytes) {
-        Ok(body) => body,
+    let (body, permit) = match read_json_request(&mut request, &ctx, &mut trim) {
+        Ok(read) => read,
         Err(error) => return respond_error(request, &error),
-    };
-    if body.len() >= TRIM_AFTER_BYTES {
-        trim.arm();
-    }
-    let containers = count_json_containers(&body);
-    if containers > MAX_JSON_CONTAINERS {
-        let message = format!(
-            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
-        );
-        return respond_error(request, &ApiError::bad_request(message));
-    }
-    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
-        let message =
-            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
-        return respond_error(
-            request,
-            &ApiError::new(503, "busy_parsing", message).retry_after(1),
-        );
     };
     let (chat, value) = match parse_chat_request(&body) {
         Ok(parsed) => parsed,
@@ -251,6 +218,45 @@ pub fn lower_case_headers(request: &Request) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The body of a JSON request, read and bounded (415 for another content type, 413 over
+/// `max_body_bytes`, 400 over `MAX_JSON_CONTAINERS`), with a parse permit (503 after
+/// `PARSE_WAIT` without one). `trim` is armed for a large body.
+pub(super) fn read_json_request(
+    request: &mut Request,
+    ctx: &HttpContext,
+    trim: &mut TrimOnDrop,
+) -> Result<(Vec<u8>, Permit<'static>), ApiError> {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.to_string());
+    if let Some(content_type) = content_type
+        && !is_json_media_type(&content_type)
+    {
+        let message =
+            format!("Content-Type is {content_type:?}; send the request body as application/json");
+        return Err(ApiError::new(415, "unsupported_media_type", message));
+    }
+    let body = read_body(request, ctx.max_body_bytes)?;
+    if body.len() >= TRIM_AFTER_BYTES {
+        trim.arm();
+    }
+    let containers = count_json_containers(&body);
+    if containers > MAX_JSON_CONTAINERS {
+        let message = format!(
+            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
+        );
+        return Err(ApiError::bad_request(message));
+    }
+    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
+        let message =
+            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
+        return Err(ApiError::new(503, "busy_parsing", message).retry_after(1));
+    };
+    Ok((body, permit))
+}
+
 /// `Content-Type` names exactly the media type `application/json` (parameters such as
 /// `; charset=utf-8` allowed; `application/jsonp` or `application/json-seq` are not JSON).
 pub fn is_json_media_type(value: &str) -> bool {
@@ -286,7 +292,7 @@ struct Permits {
     freed: std::sync::Condvar,
 }
 
-struct Permit<'a>(&'a Permits);
+pub(super) struct Permit<'a>(&'a Permits);
 
 impl Permits {
     const fn new(n: usize) -> Self {
@@ -340,7 +346,7 @@ static LARGE_BODIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// peak after a burst of large bodies; trimming while others still hold theirs would miss
 /// them).
 #[derive(Default)]
-struct TrimOnDrop(bool);
+pub(super) struct TrimOnDrop(bool);
 
 impl TrimOnDrop {
     fn arm(&mut self) {
@@ -367,7 +373,7 @@ impl Drop for TrimOnDrop {
 /// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
 /// 15 bytes: `respond:agent:m…`. The responder learns its session key only after reading the
 /// request, after it was spawned as `respond`.
-fn name_this_thread(name: &str) {
+pub(super) fn name_this_thread(name: &str) {
     let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
     bytes.push(0);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
@@ -407,7 +413,7 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The client's system prompt: its system and developer messages, joined.
-fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
+pub(super) fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
     let parts: Vec<String> = messages
         .iter()
         .filter(|m| {

@@ -85,6 +85,13 @@ impl SseStream {
         self.writer.flush()
     }
 
+    /// Sends `event: <name>\ndata: <data>\n\n` (the Responses API names its events) and
+    /// flushes it.
+    pub fn named_event(&mut self, name: &str, data: &str) -> io::Result<()> {
+        let text = format!("event: {name}\ndata: {data}\n\n");
+        self.raw(text.as_bytes())
+    }
+
     /// Sends `bytes` as they are (one chunk) and flushes them.
     pub fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.chunked {

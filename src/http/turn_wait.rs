@@ -38,7 +38,7 @@ pub fn wait_turn(
     let mut text = String::new();
     let gone = |e: io::Error| {
         log::info!(
-            "{}: client left while waiting for the reply ({e}); cancelling the turn",
+            "{}: client left while waiting for a non-streamed answer or a streamed reply ({e}); cancelling the turn",
             turn.id
         );
         metrics::failed("client_gone");
