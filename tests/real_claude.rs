@@ -223,3 +223,77 @@ fn an_edited_turn_forks_with_exactly_the_context_of_its_branch_point() {
         "nothing after the branch point: {context}"
     );
 }
+
+/// A Claude Code fact the bridge may build on later (docs/ARCHITECTURE.md §6.2): `--resume
+/// <uuid> --fork-session --resume-session-at <assistant message uuid>` starts a copy of the
+/// conversation cut at that message. Checked in `--print` mode: the model request of the
+/// forked turn holds the first exchange and the new message, not the later turns. (The
+/// bridge forks with the restored history instead; see the test above.)
+#[test]
+fn claude_code_can_fork_a_conversation_at_an_earlier_message() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let dir = TempDir::new("real-claude-fork-flags");
+    seed_claude_config(&dir, FAKE_KEY);
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    let home = dir.path().join("home");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&claude)
+            .args(args)
+            .current_dir(&workspace)
+            .env("HOME", &home)
+            .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
+            .env("ANTHROPIC_BASE_URL", format!("http://{}", api.addr))
+            .env("ANTHROPIC_API_KEY", FAKE_KEY)
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let session = uuid::Uuid::new_v4().to_string();
+    run(&["-p", "apple one", "--session-id", &session]);
+    run(&["-p", "banana two", "--resume", &session]);
+    run(&["-p", "cherry three", "--resume", &session]);
+    let transcript = std::fs::read_dir(home.join(".claude/projects"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(format!("{session}.jsonl")))
+        .find(|p| p.exists())
+        .expect("the transcript");
+    let first_reply = std::fs::read_to_string(transcript)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "assistant")
+        .and_then(|v| v["uuid"].as_str().map(String::from))
+        .expect("an assistant message");
+    let before = api.requests().len();
+    run(&[
+        "-p",
+        "banana EDITED",
+        "--resume",
+        &session,
+        "--fork-session",
+        "--resume-session-at",
+        &first_reply,
+    ]);
+    let forked: Vec<String> = api.requests()[before..].iter().map(all_text).collect();
+    assert!(
+        forked
+            .iter()
+            .any(|t| t.contains("apple one") && t.contains("banana EDITED")),
+        "{forked:?}"
+    );
+    assert!(
+        forked
+            .iter()
+            .all(|t| !t.contains("banana two") && !t.contains("cherry three")),
+        "{forked:?}"
+    );
+}
