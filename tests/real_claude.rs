@@ -224,7 +224,7 @@ fn an_edited_turn_forks_with_exactly_the_context_of_its_branch_point() {
     );
 }
 
-/// A Claude Code fact the bridge may build on later (docs/ARCHITECTURE.md §6.2): `--resume
+/// A Claude Code fact the bridge may build on later (docs/HTTP_API.md §6.2): `--resume
 /// <uuid> --fork-session --resume-session-at <assistant message uuid>` starts a copy of the
 /// conversation cut at that message. Checked in `--print` mode: the model request of the
 /// forked turn holds the first exchange and the new message, not the later turns. (The

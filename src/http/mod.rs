@@ -1,4 +1,4 @@
-//! The north side: the OpenAI-compatible HTTP API (docs/ARCHITECTURE.md §6).
+//! The north side: the OpenAI-compatible HTTP API (docs/HTTP_API.md).
 //!
 //! tiny_http (vendored, vendor/tiny_http/PATCHES.md) accepts connections and reads request
 //! heads on threads of its own, within `max_connections`. The routing thread `http` only

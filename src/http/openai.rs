@@ -110,7 +110,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
     ))
 }
 
-/// The new turn is every message after the last `assistant`/`tool` message (docs/ARCHITECTURE.md §6.3):
+/// The new turn is every message after the last `assistant`/`tool` message (docs/HTTP_API.md §6.3):
 /// OpenClaw appends an internal-context user message after the real user text, so the last
 /// message alone is not the turn. Returns the text of each user message (the caller joins
 /// them with a blank line); system and developer messages are not part of the turn. Never

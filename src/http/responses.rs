@@ -1,5 +1,5 @@
 //! `POST /v1/responses`: OpenAI's Responses API on the same sessions as chat completions
-//! (docs/ARCHITECTURE.md §6.6).
+//! (docs/HTTP_API.md §6.6).
 //!
 //! The request's `input` (a string, or message items with text content parts) and
 //! `instructions` become chat-style messages, so the new turn, the session key (headers,

@@ -1,17 +1,19 @@
-//! Which conversation a request belongs to: the session key (docs/ARCHITECTURE.md §6.2).
+//! Which conversation a request belongs to: the session key (docs/HTTP_API.md §6.2).
 //!
-//! Resolution order, first found wins:
+//! Resolution order, first found wins, among the sources `session_key_sources` enables
+//! (`KEY_SOURCES`; by default all but `user`, which OpenAI defines as an end-user id):
 //! 1. header `X-Session-Key` (or `x-openclaw-session-key`), used as is;
 //! 2. headers `X-Agent-Id` + `X-Chat-Id` → `agent::chat`;
 //! 3. OpenClaw's affinity headers `x-session-affinity`, then `session_id`, then body
 //!    `prompt_cache_key`, each with a trailing `:<count>` removed (OpenClaw bumps that count
 //!    at each compaction of the same conversation);
-//! 4. body `user`, then body `metadata.session_key`;
+//! 4. body `user` (when enabled), then body `metadata.session_key`;
 //! 5. the `session=` value of OpenClaw's `Runtime:` line in the first user message;
-//! 6. conversation continuation (`conversation_match`, on by default), for clients that send
-//!    no id at all: a request whose history (every message before its new turn) hashes to
-//!    the chain a finished turn left behind continues that session; any other request starts
-//!    a new one (`conv-<uuid>`), as a stateless OpenAI client expects;
+//! 6. conversation matching (`conversation_match`, on by default), for clients that send no
+//!    id at all: an identical request body within `retry_grace` is a retry of that request's
+//!    session; else the conversation tree (`Continuations`): a history equal to a session's
+//!    latest unclaimed point continues it, one equal to an earlier point forks, any other
+//!    starts a new conversation (`conv-<uuid>`);
 //! 7. with `conversation_match` off, the configured fallback key (one shared conversation).
 //!
 //! Keys are opaque text. This module never turns a key into a path; whoever does must
@@ -285,8 +287,7 @@ pub enum Claim {
     Unknown,
 }
 
-/// The conversation tree of the sessions found by history matching (docs/ARCHITECTURE.md
-/// §6.2): every finished turn leaves a history point (the chain hash of the messages the
+/// The conversation tree of the sessions found by history matching (docs/HTTP_API.md §6.2): every finished turn leaves a history point (the chain hash of the messages the
 /// client will send back, reply included). A request continues the session whose *latest*
 /// point its history equals, each point claimed by one request at most; a history equal to an
 /// earlier point (an edit, a regenerate, a second branch) forks. Bounded: beyond `capacity`
@@ -741,5 +742,68 @@ mod tests {
         }
         assert_eq!(c.lookup(0), None);
         assert_eq!(c.lookup(2).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn the_tree_continues_each_latest_point_once_and_forks_from_earlier_ones() {
+        let c = Continuations::new(100);
+        // Two sessions with the same history point.
+        c.remember(10, "s1");
+        c.remember(10, "s2");
+        assert_eq!(
+            c.claim(10),
+            Claim::Continue("s1".into()),
+            "the older one first"
+        );
+        assert_eq!(c.claim(10), Claim::Continue("s2".into()));
+        assert_eq!(
+            c.claim(10),
+            Claim::Fork { from: "s1".into() },
+            "both claimed"
+        );
+        // A failed turn gives its claim back.
+        c.release("s2", 10);
+        assert_eq!(c.claim(10), Claim::Continue("s2".into()));
+        // s1 moves on: its old point is an earlier one now.
+        c.remember(11, "s1");
+        c.release("s1", 10);
+        assert_eq!(c.lookup(11).as_deref(), Some("s1"));
+        assert!(matches!(c.claim(10), Claim::Fork { .. }));
+        assert_eq!(c.claim(99), Claim::Unknown);
+    }
+
+    #[test]
+    fn identical_requests_are_retries_while_running_and_within_the_grace() {
+        let c = Continuations::new(10);
+        let grace = Duration::from_secs(60);
+        let note = c.note_request(7, "k", grace);
+        assert_eq!(c.retry_of(7, grace).as_deref(), Some("k"), "running");
+        drop(note);
+        assert_eq!(
+            c.retry_of(7, grace).as_deref(),
+            Some("k"),
+            "within the grace"
+        );
+        assert_eq!(c.retry_of(7, Duration::ZERO), None, "after it");
+        assert_eq!(c.retry_of(8, grace), None);
+        let body = json!({"messages": [{"role": "user", "content": "x"}]});
+        let hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, b"same".iter().copied());
+        let _n = c.note_request(hash, "conv-a", grace);
+        let k = resolve_with(
+            &[],
+            &body,
+            "d",
+            Some(Matching {
+                continuations: &c,
+                body_hash: hash,
+                retry_grace: grace,
+            }),
+            DEFAULT_KEY_SOURCES,
+        )
+        .unwrap();
+        assert_eq!(
+            (k.key.as_str(), k.source),
+            ("conv-a", "identical-request-retry")
+        );
     }
 }
