@@ -106,10 +106,13 @@ impl ResponseIds {
         Some(Previous::Fork(history))
     }
 
-    fn release(&self, key: &str) {
-        crate::session::shared::lock(&self.inner)
-            .claimed
-            .remove(key);
+    /// Gives back a claim on `key` taken when continuing from `from`, unless the session has
+    /// moved on since (`record` ends the claim; a later request may hold a new one).
+    fn release(&self, key: &str, from: &str) {
+        let mut store = crate::session::shared::lock(&self.inner);
+        if store.latest.get(key).map(String::as_str) == Some(from) {
+            store.claimed.remove(key);
+        }
     }
 
     fn record(&self, id: &str, key: &str, parent: Option<String>, user: &str, reply: &str) {
@@ -144,12 +147,13 @@ impl ResponseIds {
     }
 }
 
-/// Releases a `previous_response_id` claim when the request ends without recording.
-struct Claimed<'a>(&'a ResponseIds, String);
+/// Releases a `previous_response_id` claim (session key, the id continued) when the request
+/// ends without recording a new response.
+struct Claimed<'a>(&'a ResponseIds, String, String);
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
-        self.0.release(&self.1);
+        self.0.release(&self.1, &self.2);
     }
 }
 
@@ -326,7 +330,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     let key = match &req.previous {
         Some(previous) => match ctx.responses.follow(previous) {
             Some(Previous::Continue(key)) => {
-                claim = Some(Claimed(&ctx.responses, key.clone()));
+                claim = Some(Claimed(&ctx.responses, key.clone(), previous.clone()));
                 identity::SessionKey {
                     key,
                     source: "previous_response_id",
@@ -717,7 +721,18 @@ mod tests {
             Some(Previous::Fork(h)) => assert_eq!(h.len(), 4),
             _ => panic!("expected a fork"),
         }
-        ids.release("k");
+        ids.release("k", "r2");
+        assert!(
+            matches!(ids.follow("r2"), Some(Previous::Continue(_))),
+            "released"
+        );
+        ids.record("r3", "k", Some("r2".into()), "u3", "a3");
+        ids.release("k", "r2");
+        assert!(matches!(ids.follow("r3"), Some(Previous::Continue(_))));
+        assert!(
+            matches!(ids.follow("r3"), Some(Previous::Fork(_))),
+            "a stale release does not free a newer claim"
+        );
         match ids.follow("r1") {
             Some(Previous::Fork(h)) => {
                 assert_eq!(
