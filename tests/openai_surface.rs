@@ -91,6 +91,42 @@ fn identical_histories_continue_in_different_sessions() {
     assert_eq!(turns_of(&bridge, &session_of(&y)), 2);
 }
 
+/// Problem 1 with the default `retry_grace`: the second identical first request counts as a
+/// retry of the first (same reply, same session); the second continuation then forks, so Y's
+/// Claude never sees X's private message.
+#[test]
+fn identical_first_requests_within_the_grace_share_a_turn_then_fork_apart() {
+    let bridge = Bridge::demo().start();
+    let first = chat(json!([{"role": "user", "content": "hi T"}]));
+    let x = post(&bridge, &[], &first);
+    let y = post(&bridge, &[], &first);
+    let reply = content(&x);
+    assert_eq!(session_of(&x), session_of(&y));
+    assert_eq!(
+        turns_of(&bridge, &session_of(&x)),
+        1,
+        "Claude saw the turn once"
+    );
+    let next = |text: &str| {
+        chat(json!([
+            {"role": "user", "content": "hi T"},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": text},
+        ]))
+    };
+    let x2 = post(&bridge, &[], &next("X2 private to X"));
+    let y2 = post(&bridge, &[], &next("Y2 private to Y"));
+    assert_eq!(session_of(&x2), session_of(&x));
+    assert_ne!(session_of(&y2), session_of(&x2));
+    let seen = content(&y2);
+    assert!(
+        seen.contains("User: hi T") && seen.ends_with("Y2 private to Y"),
+        "{seen}"
+    );
+    assert!(!seen.contains("X2"), "{seen}");
+    assert_eq!(turns_of(&bridge, &session_of(&x)), 2);
+}
+
 /// Problem 2: an edited (or regenerated) turn forks a new conversation from that point; the
 /// old session is left as it was.
 #[test]
