@@ -118,6 +118,12 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
 pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
     let mut roles = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
+        if !m.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "messages[{i}] must be an object with `role` and `content`, got {}",
+                json_kind(m)
+            )));
+        }
         let role = m
             .get("role")
             .and_then(Value::as_str)
@@ -148,6 +154,18 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(parts)
+}
+
+/// "a string", "an array", … for error messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// The message roles of OpenAI's chat API.
@@ -361,6 +379,18 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("messages[0]")
+        );
+        assert!(
+            turn(json!(["hi"]))
+                .unwrap_err()
+                .message
+                .contains("messages[0] must be an object")
+        );
+        assert!(
+            turn(json!([{"role": "bogus", "content": "x"}]))
+                .unwrap_err()
+                .message
+                .contains("messages[0].role is \"bogus\"")
         );
         assert!(
             turn(json!([{"role": "user", "content": 5}]))
