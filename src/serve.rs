@@ -186,6 +186,7 @@ fn serve(config: Config) -> Result<(), String> {
         session_key_sources: config.session_key_sources.clone(),
         retry_grace: config.retry_grace,
         responses: Default::default(),
+        recent_errors: Default::default(),
     });
     http::cors::configure(config.cors_origins.clone());
     let http_thread =

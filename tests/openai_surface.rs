@@ -442,7 +442,14 @@ fn clients_get_short_errors_and_malformed_shapes_are_named() {
     assert!(!message.contains("private words"), "{message}");
     assert!(!message.contains("screen"), "{message}");
     assert!(message.contains("last_error"), "{message}");
-    // The operator still has the screen lines (the session retired, so the log has them).
+    // The operator still has the screen lines: in the log, and in /v1/sessions' last_error
+    // (the session retired after the death, so its row is the stored one).
     let log = bridge.log();
     assert!(log.contains("Last screen lines") && log.contains("my private words"));
+    let row = sessions(&bridge)
+        .into_iter()
+        .find(|s| s["key"] == "dies")
+        .unwrap();
+    let last_error = row["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("Last screen lines"), "{row}");
 }

@@ -498,8 +498,9 @@ fn stream(
         let sse = std::cell::RefCell::new(&mut sse);
         let sent = std::cell::RefCell::new(&mut sent);
         wait_turn(
+            ctx,
+            key,
             &turn,
-            ctx.heartbeat_interval,
             |piece| {
                 if buffered {
                     return Ok(());
@@ -617,7 +618,7 @@ pub(super) fn whole_reply(
     turn: &SubmittedTurn,
     answer: &mut Answer,
 ) -> Result<String, Option<ApiError>> {
-    let text = match wait_turn(turn, ctx.heartbeat_interval, |_| Ok(()), || answer.beat()) {
+    let text = match wait_turn(ctx, key, turn, |_| Ok(()), || answer.beat()) {
         Waited::Done { text, read_at } => {
             METRICS.bridge_outbound.record(read_at.elapsed());
             text

@@ -52,6 +52,8 @@ pub struct HttpContext {
     pub retry_grace: Duration,
     /// `/v1/responses` ids → their sessions (for `previous_response_id`).
     pub responses: responses::ResponseIds,
+    /// Each session's last turn failure in full, for `/v1/sessions` after it retired.
+    pub recent_errors: turn_wait::RecentErrors,
 }
 
 /// Responder threads mostly wait; their stacks stay small.
@@ -471,6 +473,7 @@ fn sessions_json(ctx: &HttpContext, page: &SessionsPage) -> serde_json::Value {
                 json!({
                     "key": key, "state": "absent", "pid": null, "claude_session": record.claude_session,
                     "workspace": record.workspace, "turns": record.turns, "queued_turns": 0, "last_used": record.last_used,
+                    "last_error": ctx.recent_errors.get(key),
                 })
             }
             (None, None) => serde_json::Value::Null,

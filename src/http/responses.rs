@@ -604,8 +604,9 @@ fn stream(
     let buffered = format.is_json();
     let events = std::cell::RefCell::new(events);
     let waited = wait_turn(
+        ctx,
+        key,
         &turn,
-        ctx.heartbeat_interval,
         |piece| {
             if buffered {
                 return Ok(());

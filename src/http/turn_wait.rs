@@ -5,9 +5,11 @@
 //! (screen lines stay in the log and in `/v1/sessions`' `last_error`).
 
 use crossbeam_channel::RecvTimeoutError;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use super::HttpContext;
 use super::openai::ApiError;
@@ -26,12 +28,14 @@ pub enum Waited {
     Gone,
 }
 
-/// Waits for `turn` to end. `on_text` gets each reply piece as sent to the client (a blank
-/// line before every piece but the first); `on_beat` runs every `heartbeat` without an event.
-/// An error from either cancels the turn.
+/// Waits for `turn` of session `key` to end. `on_text` gets each reply piece as sent to the
+/// client (a blank line before every piece but the first); `on_beat` runs every
+/// `heartbeat_interval` without an event. An error from either cancels the turn. A failure's
+/// whole message is kept for `/v1/sessions` (`RecentErrors`); the client gets the short one.
 pub fn wait_turn(
+    ctx: &HttpContext,
+    key: &str,
     turn: &SubmittedTurn,
-    heartbeat: Duration,
     mut on_text: impl FnMut(&str) -> io::Result<()>,
     mut on_beat: impl FnMut() -> io::Result<()>,
 ) -> Waited {
@@ -46,7 +50,7 @@ pub fn wait_turn(
         Waited::Gone
     };
     loop {
-        match turn.events.recv_timeout(heartbeat) {
+        match turn.events.recv_timeout(ctx.heartbeat_interval) {
             Ok(TurnEvent::Text { text: part, .. }) => {
                 let piece = if text.is_empty() {
                     part
@@ -60,7 +64,8 @@ pub fn wait_turn(
             }
             Ok(TurnEvent::Done(read_at)) => return Waited::Done { text, read_at },
             Ok(TurnEvent::Failed(failure)) => {
-                log::warn!("{}: failed: {}", turn.id, failure.message);
+                log::warn!("session {key:?} {}: failed: {}", turn.id, failure.message);
+                ctx.recent_errors.note(key, &failure.message);
                 return Waited::Failed(failure_error(&failure));
             }
             Err(RecvTimeoutError::Disconnected) => return Waited::Failed(worker_vanished()),
@@ -103,7 +108,7 @@ pub fn check_format(
         .registry
         .submit(key, repair, ctx.queue_timeout)
         .map_err(|e| Some(super::completions::submit_error(e)))?;
-    match wait_turn(&turn, ctx.heartbeat_interval, |_| Ok(()), &mut on_beat) {
+    match wait_turn(ctx, key, &turn, |_| Ok(()), &mut on_beat) {
         Waited::Done { text, .. } => format.check(&text).map_err(|second| {
             Some(ApiError::new(
                 502,
@@ -156,6 +161,38 @@ pub fn client_message(message: &str) -> String {
         short.push_str(" (details in the bridge log and in GET /v1/sessions `last_error`)");
     }
     short
+}
+
+/// The whole message of each session's last failed turn (screen lines included), for
+/// `/v1/sessions`' `last_error` once the session has retired. Bounded; oldest forgotten first.
+#[derive(Default)]
+pub struct RecentErrors {
+    inner: Mutex<(HashMap<String, String>, VecDeque<String>)>,
+}
+
+/// Sessions whose last failure is kept at most.
+const RECENT_ERRORS: usize = 1000;
+
+impl RecentErrors {
+    pub fn note(&self, key: &str, message: &str) {
+        let mut inner = crate::session::shared::lock(&self.inner);
+        let (map, order) = &mut *inner;
+        if map.insert(key.to_string(), message.to_string()).is_none() {
+            order.push_back(key.to_string());
+        }
+        while order.len() > RECENT_ERRORS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        crate::session::shared::lock(&self.inner)
+            .0
+            .get(key)
+            .cloned()
+    }
 }
 
 pub fn worker_vanished() -> ApiError {
