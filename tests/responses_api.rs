@@ -198,3 +198,28 @@ fn json_format_and_errors() {
     let get = request(bridge.http, "GET", "/v1/responses", &[], "");
     assert_eq!(get.status, 405);
 }
+
+#[test]
+fn a_stateless_client_sending_the_whole_input_continues_its_session() {
+    let bridge = Bridge::demo().start();
+    let first = respond(
+        &bridge,
+        &json!({"input": [{"role": "user", "content": "first"}]}),
+    );
+    let key = first.headers["x-session-key"].clone();
+    let reply = output_text(&first.json());
+    let second = respond(
+        &bridge,
+        &json!({"input": [
+            {"role": "user", "content": "first"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": reply}]},
+            {"role": "user", "content": "second"},
+        ]}),
+    );
+    assert_eq!(second.headers["x-session-key"], key, "matched by history");
+    assert_eq!(
+        output_text(&second.json()),
+        "second",
+        "only the new turn reaches Claude"
+    );
+}
