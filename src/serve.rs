@@ -183,7 +183,12 @@ fn serve(config: Config) -> Result<(), String> {
         queue_timeout: config.queue_timeout,
         system_prompt: config.system_prompt,
         write_deadline: CLIENT_WRITE_DEADLINE,
+        session_key_sources: config.session_key_sources.clone(),
+        retry_grace: config.retry_grace,
+        responses: Default::default(),
+        recent_errors: Default::default(),
     });
+    http::cors::configure(config.cors_origins.clone());
     let http_thread =
         http::spawn_acceptor(http_server, ctx, stop.clone()).map_err(|e| e.to_string())?;
 

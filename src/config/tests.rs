@@ -251,3 +251,44 @@ fn api_key_file_gives_the_key_from_its_first_line() {
     assert!(missing.contains("cannot read it"), "{missing}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn session_key_sources_and_cors_origins_parse_and_name_bad_values() {
+    let c = run(&[], &[]).unwrap();
+    assert!(!c.session_key_sources.iter().any(|s| s == "user"));
+    assert!(
+        c.session_key_sources
+            .iter()
+            .any(|s| s == "prompt_cache_key")
+    );
+    assert!(c.cors_origins.is_empty());
+    let c = run(
+        &[
+            "--session-key-sources",
+            "x-session-key, user",
+            "--cors-origins",
+            "https://a.example/,http://localhost:3000",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.session_key_sources, vec!["x-session-key", "user"]);
+    assert_eq!(
+        c.cors_origins,
+        vec!["https://a.example", "http://localhost:3000"]
+    );
+    let e = run(&["--session-key-sources", "cookie"], &[]).unwrap_err();
+    assert!(
+        e.contains("--session-key-sources") && e.contains("cookie"),
+        "{e}"
+    );
+    let e = run(&[], &[("SYNTHESIS_CORS_ORIGINS", "example.com")]).unwrap_err();
+    assert!(
+        e.contains("SYNTHESIS_CORS_ORIGINS") && e.contains("scheme"),
+        "{e}"
+    );
+    assert_eq!(
+        run(&["--cors-origins", "*"], &[]).unwrap().cors_origins,
+        vec!["*"]
+    );
+}

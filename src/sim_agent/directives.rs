@@ -6,7 +6,7 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first` or `drop_all`. Later items win
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`, `drop_all` or `json_next`. Later items win
 //! for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -29,6 +29,8 @@ pub struct Directives {
     /// First send a reply for a turn that is not running (`turn-0`), as a confused or late
     /// Claude might: the bridge must drop it.
     pub stray: bool,
+    /// The next turn replies with this turn's last line starting with `{` (see turns.rs).
+    pub json_next: bool,
 }
 
 /// Largest `progress` honoured (a typo must not turn into a million tool calls).
@@ -90,6 +92,7 @@ impl Directives {
             ("no_final", None) => self.no_final = true,
             ("hang", None) => self.hang = true,
             ("stray", None) => self.stray = true,
+            ("json_next", None) => self.json_next = true,
             // Acted on when the notification arrives (see turns.rs), not part of the plan.
             ("drop_first" | "drop_all", None) => {}
             _ => return Err(format!("unknown directive `{item}`")),
