@@ -208,6 +208,10 @@ fn serve(config: Config) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
+    // Armed once the SIGTERM handler is in place, so the parent's death is a clean shutdown.
+    if let Some(parent) = config.parent_pid {
+        exit_with_parent(parent)?;
+    }
 
     log::info!(
         "serving http://{http_addr}/v1 (agent: {}), channel hub ws://{ws_addr}, workspace {}, state {}",
@@ -237,6 +241,39 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = hub_thread.join();
     let _ = sweeper_thread.join();
     log::info!("stopped");
+    Ok(())
+}
+
+/// `parent_pid`: the kernel sends this process SIGTERM (handled like a `kill`: the usual
+/// graceful shutdown) when its parent exits, however it exits: the OpenClaw plugin's gateway
+/// killed with SIGKILL leaves no bridge behind. `parent` must be the actual parent: if it is
+/// not (it has already exited and the bridge was reparented, or it names another process),
+/// the bridge refuses to run unwatched.
+fn exit_with_parent(parent: u32) -> Result<(), String> {
+    // SAFETY: plain system calls with integer arguments.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(format!(
+            "parent_pid: cannot arm the parent-death signal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // Checked after arming: a parent that dies from here on sends the signal.
+    let actual = unsafe { libc::getppid() } as u32;
+    if actual != parent {
+        return Err(format!(
+            "parent_pid {parent} is not this process's parent (that is {actual}): the parent has already exited, or parent_pid names another process; not serving without it"
+        ));
+    }
+    log::info!("parent_pid {parent}: the bridge stops when that process exits");
     Ok(())
 }
 

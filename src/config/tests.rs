@@ -251,3 +251,22 @@ fn api_key_file_gives_the_key_from_its_first_line() {
     assert!(missing.contains("cannot read it"), "{missing}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn parent_pid_takes_a_process_id_above_1() {
+    assert_eq!(run(&[], &[]).unwrap().parent_pid, None);
+    assert_eq!(
+        run(&["--parent-pid", "4242"], &[]).unwrap().parent_pid,
+        Some(4242)
+    );
+    assert_eq!(
+        run(&[], &[("SYNTHESIS_PARENT_PID", "77")])
+            .unwrap()
+            .parent_pid,
+        Some(77)
+    );
+    for bad in ["0", "1", "-3", "abc", ""] {
+        let err = run(&["--parent-pid", bad], &[]).unwrap_err();
+        assert!(err.contains("parent-pid"), "{bad}: {err}");
+    }
+}

@@ -1,0 +1,100 @@
+// OpenClaw plugin entry for synthesis-bridge: registers the `synthesis-bridge` service (runs
+// `synthesis-bridge serve` for as long as the gateway runs, see bridge-process.js) and the
+// `synthesis` model provider (model `claude-code`, OpenAI-compatible, pointing at that bridge).
+// Plain JavaScript, no build step and no dependencies: OpenClaw loads this file as it is.
+//
+// How the provider reaches the bridge (observed with OpenClaw 2026.9.6):
+// - the model row is static, in openclaw.plugin.json's `modelCatalog` (so `openclaw config set
+//   agents.defaults.model synthesis/claude-code` and `openclaw models list` know it in any
+//   process, gateway running or not);
+// - the credential is the env var SYNTHESIS_BRIDGE_OPENCLAW_KEY (declared in the manifest's
+//   `setup.providers`), which the service sets in the gateway process to the key it generated;
+// - `prepareRuntimeAuth` runs before each model call and swaps in the live base URL (the
+//   bridge's port is picked at start) and key.
+// OpenClaw may load this module more than once in one process (one instance per registry
+// generation), so the running bridge is kept on `globalThis`, not in a module variable.
+
+import path from "node:path";
+import { BridgeProcess, findBinary, serveArgs, writeApiKey } from "./bridge-process.js";
+
+const PLUGIN_ID = "synthesis-bridge";
+/** The provider; its one model row (`claude-code`, openai-completions, the compat flags of
+ * docs/OPENCLAW.md) is in openclaw.plugin.json's `modelCatalog`. */
+const PROVIDER_ID = "synthesis";
+/** The provider's credential as OpenClaw looks it up (the service sets it in the gateway). */
+const KEY_ENV = "SYNTHESIS_BRIDGE_OPENCLAW_KEY";
+const LOCAL_KEY_MARKER = "synthesis-bridge-local";
+const SHARED = Symbol.for("synthesis-bridge.openclaw-plugin");
+
+/** Process-wide: the bridge the service started, and its API key. */
+function shared() {
+  globalThis[SHARED] ??= { bridge: null, apiKey: null };
+  return globalThis[SHARED];
+}
+
+export default {
+  id: PLUGIN_ID,
+  name: "synthesis-bridge",
+  description:
+    "Runs synthesis-bridge with the gateway and registers it as the `synthesis` provider (Claude Code as an OpenAI-compatible model)",
+  register(api) {
+    const config = api.pluginConfig ?? {};
+
+    api.registerProvider({
+      id: PROVIDER_ID,
+      label: "Claude Code (synthesis-bridge)",
+      docsPath: "/providers/models",
+      envVars: [KEY_ENV],
+      auth: [],
+      // No user credential: the key is generated at each start. This marker makes OpenClaw
+      // count the provider as signed in; prepareRuntimeAuth swaps in the real key.
+      resolveSyntheticAuth: () => ({ apiKey: LOCAL_KEY_MARKER, source: "synthesis-bridge plugin", mode: "api-key" }),
+      prepareRuntimeAuth: async () => {
+        const { bridge, apiKey } = shared();
+        if (!bridge) {
+          throw new Error(
+            "synthesis-bridge is not running in this process: model synthesis/claude-code is served by the gateway's synthesis-bridge service; send the turn through the gateway (not `openclaw agent --local`) and check `openclaw plugins inspect synthesis-bridge --runtime`",
+          );
+        }
+        const endpoint = await bridge.ready();
+        return { apiKey, baseUrl: endpoint.baseUrl };
+      },
+    });
+
+    if (api.registrationMode !== "full") return;
+
+    api.registerService({
+      id: PLUGIN_ID,
+      async start(ctx) {
+        const logger = ctx.logger ?? api.logger;
+        const state = shared();
+        if (state.bridge) await state.bridge.stop();
+        const binary = findBinary(config.binary);
+        const stateDir = path.resolve(config.stateDir ?? path.join(ctx.stateDir, "synthesis-bridge"));
+        const key = writeApiKey(stateDir);
+        const bridge = new BridgeProcess({
+          binary,
+          args: serveArgs(config, { stateDir, apiKeyFile: key.file, parentPid: process.pid }),
+          port: config.port ?? 0,
+          logger,
+        });
+        state.bridge = bridge;
+        state.apiKey = key.key;
+        process.env[KEY_ENV] = key.key;
+        try {
+          const endpoint = await bridge.start();
+          logger.info?.(`synthesis-bridge: provider ${PROVIDER_ID} at ${endpoint.baseUrl}`);
+        } catch (error) {
+          if (state.bridge === bridge) state.bridge = null;
+          throw error;
+        }
+      },
+      async stop() {
+        const state = shared();
+        const running = state.bridge;
+        state.bridge = null;
+        await running?.stop();
+      },
+    });
+  },
+};
