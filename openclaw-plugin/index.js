@@ -14,6 +14,7 @@
 // OpenClaw may load this module more than once in one process (one instance per registry
 // generation), so the running bridge is kept on `globalThis`, not in a module variable.
 
+import fs from "node:fs";
 import path from "node:path";
 import { BridgeProcess, findBinary, serveArgs, writeApiKey } from "./bridge-process.js";
 
@@ -24,6 +25,11 @@ const PROVIDER_ID = "synthesis";
 /** The provider's credential as OpenClaw looks it up (the service sets it in the gateway). */
 const KEY_ENV = "SYNTHESIS_BRIDGE_OPENCLAW_KEY";
 const LOCAL_KEY_MARKER = "synthesis-bridge-local";
+const MANIFEST_PROVIDER = JSON.parse(
+  fs.readFileSync(new URL("./openclaw.plugin.json", import.meta.url), "utf8"),
+).modelCatalog.providers.synthesis;
+const MODEL_ROW = MANIFEST_PROVIDER.models[0];
+const MODEL_ID = MODEL_ROW.id;
 const SHARED = Symbol.for("synthesis-bridge.openclaw-plugin");
 
 /** Process-wide: the bridge the service started, and its API key. */
@@ -49,6 +55,18 @@ export default {
       // No user credential: the key is generated at each start. This marker makes OpenClaw
       // count the provider as signed in; prepareRuntimeAuth swaps in the real key.
       resolveSyntheticAuth: () => ({ apiKey: LOCAL_KEY_MARKER, source: "synthesis-bridge plugin", mode: "api-key" }),
+      // Model resolution in any process (`openclaw config set agents.defaults.model` checks the
+      // ref); the row matches the manifest's. The base URL is the placeholder of the manifest
+      // until prepareRuntimeAuth supplies the live one.
+      resolveDynamicModel: (ctx) =>
+        ctx.modelId === MODEL_ID
+          ? {
+              ...MODEL_ROW,
+              provider: PROVIDER_ID,
+              api: "openai-completions",
+              baseUrl: shared().bridge?.endpoint?.baseUrl ?? MANIFEST_PROVIDER.baseUrl,
+            }
+          : undefined,
       prepareRuntimeAuth: async () => {
         const { bridge, apiKey } = shared();
         if (!bridge) {

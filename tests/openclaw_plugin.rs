@@ -1,0 +1,450 @@
+//! The OpenClaw plugin (`openclaw-plugin/`) in the real OpenClaw 2026.9.6 gateway, with the
+//! simulated Claude behind the bridge: `openclaw plugins install` from the checkout, `openclaw
+//! config set agents.defaults.model synthesis/claude-code` and no provider block; the gateway
+//! starts the bridge, two turns of one conversation come back through OpenClaw from one Claude
+//! process; stopping the gateway (SIGTERM) and killing it (SIGKILL) both leave no bridge,
+//! channel or agent process. Also, without OpenClaw: `--parent-pid` makes a bridge whose
+//! parent is SIGKILLed shut down, and `npm pack` ships the plugin's files.
+//!
+//! The gateway part needs `SYNTHESIS_OPENCLAW_NODE` and `SYNTHESIS_OPENCLAW_CLI` (`.ci/run`
+//! sets them from `scripts/install-openclaw.sh`); without them it says SKIPPED on stderr.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const GATEWAY_TOKEN: &str = "gw-test-token-0123456789";
+
+fn tools() -> Option<(String, String)> {
+    let node = std::env::var("SYNTHESIS_OPENCLAW_NODE")
+        .ok()
+        .filter(|p| Path::new(p).is_file());
+    let cli = std::env::var("SYNTHESIS_OPENCLAW_CLI")
+        .ok()
+        .filter(|p| Path::new(p).is_file());
+    match (node, cli) {
+        (Some(node), Some(cli)) => Some((node, cli)),
+        _ => {
+            eprintln!(
+                "SKIPPED: OpenClaw not installed (run scripts/install-openclaw.sh and set SYNTHESIS_OPENCLAW_NODE/CLI)"
+            );
+            None
+        }
+    }
+}
+
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("openclaw-plugin")
+}
+
+/// A free loopback port (bound, read back, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Pids of the processes the test marked that run the bridge's binary (bridge, sim-agent,
+/// channel server): the ones the plugin is responsible for.
+fn bridge_pids(marker: &str) -> Vec<u32> {
+    marked_pids(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == std::fs::canonicalize(BIN).unwrap())
+        })
+        .collect()
+}
+
+/// An isolated OpenClaw home (config, state) with every process it starts marked; dropping
+/// it kills whatever is still marked, even when the test fails.
+struct OpenClaw {
+    node: String,
+    cli: String,
+    dir: TempDir,
+    marker: String,
+}
+
+impl Drop for OpenClaw {
+    fn drop(&mut self) {
+        kill_marked(&self.marker);
+    }
+}
+
+impl OpenClaw {
+    fn new(node: String, cli: String) -> OpenClaw {
+        let dir = TempDir::new("openclaw-plugin");
+        for sub in ["home", "state", "work"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let marker = format!("openclaw-plugin-{}", uuid::Uuid::new_v4().simple());
+        OpenClaw {
+            node,
+            cli,
+            dir,
+            marker,
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.node);
+        command
+            .arg(&self.cli)
+            .args(args)
+            .current_dir(self.dir.path().join("work"))
+            .env(MARKER_VAR, &self.marker)
+            .env("HOME", self.dir.path().join("home"))
+            .env("OPENCLAW_STATE_DIR", self.dir.path().join("state"))
+            .env("OPENCLAW_CONFIG_PATH", self.config_path())
+            .env("OPENCLAW_GATEWAY_TOKEN", GATEWAY_TOKEN)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs one CLI command to completion (bounded); its stdout, or a panic with both streams.
+    fn run(&self, args: &[&str]) -> String {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run openclaw");
+        let finished = wait_until(Duration::from_secs(240), || child.try_wait().ok().flatten());
+        if finished.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() || args.first() == Some(&"agent"),
+            "openclaw {args:?} failed ({:?}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Edits the config file as OpenClaw left it (gateway settings only: no provider block).
+    fn edit_config(&self, edit: impl FnOnce(&mut Value)) {
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap();
+        edit(&mut config);
+        std::fs::write(self.config_path(), config.to_string()).unwrap();
+    }
+
+    /// Starts `openclaw gateway run`; returns it and the bridge's base URL once the plugin's
+    /// service logged it.
+    fn start_gateway(&self, tag: &str) -> (Child, String) {
+        let out = self.dir.path().join(format!("gateway-{tag}.out"));
+        let err = self.dir.path().join(format!("gateway-{tag}.err"));
+        let mut child = self
+            .command(&["gateway", "run"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("start the gateway");
+        let base_url = wait_until(Duration::from_secs(180), || {
+            if child.try_wait().ok().flatten().is_some() {
+                return Some(None);
+            }
+            let log = std::fs::read_to_string(&out).unwrap_or_default();
+            let line = log
+                .lines()
+                .find(|l| l.contains("synthesis-bridge: provider synthesis at "))?;
+            let url = line.split("provider synthesis at ").nth(1)?;
+            Some(Some(
+                url.split(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .next()?
+                    .to_string(),
+            ))
+        })
+        .flatten();
+        let Some(base_url) = base_url else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the gateway did not start the bridge:\n{}\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        };
+        (child, base_url)
+    }
+
+    /// One turn through the gateway (`openclaw agent` without `--local`): the reply texts.
+    fn turn(&self, session: &str, message: &str) -> String {
+        let stdout = self.run(&[
+            "agent",
+            "--agent",
+            "main",
+            "--session-id",
+            session,
+            "--message",
+            message,
+            "--json",
+        ]);
+        let parsed: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|_| panic!("openclaw agent printed no JSON:\n{stdout}"));
+        parsed["result"]["payloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The bridge's session list, with the key the plugin generated.
+    fn sessions(&self, base_url: &str) -> Vec<Value> {
+        let key_file = self
+            .dir
+            .path()
+            .join("state/synthesis-bridge/plugin-api-key");
+        let key = std::fs::read_to_string(key_file).unwrap();
+        let addr = base_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/v1")
+            .parse()
+            .unwrap();
+        let auth = format!("Bearer {}", key.trim());
+        let list = request(addr, "GET", "/v1/sessions", &[("Authorization", &auth)], "").json();
+        list["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn gateway_log(&self, tag: &str) -> String {
+        let mut log = String::new();
+        for ext in ["out", "err"] {
+            let file = self.dir.path().join(format!("gateway-{tag}.{ext}"));
+            log += &std::fs::read_to_string(file).unwrap_or_default();
+        }
+        log
+    }
+}
+
+#[test]
+fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_or_is_killed() {
+    let Some((node, cli)) = tools() else { return };
+    let openclaw = OpenClaw::new(node, cli);
+    let plugin = plugin_dir();
+    // Offline, from the checkout. --force: OpenClaw asks before installing from a local path.
+    openclaw.run(&[
+        "plugins",
+        "install",
+        plugin.to_str().unwrap(),
+        "--force",
+        "--accept-capabilities",
+    ]);
+    openclaw.run(&[
+        "config",
+        "set",
+        "plugins.entries.synthesis-bridge.config.binary",
+        BIN,
+    ]);
+    openclaw.run(&[
+        "config",
+        "set",
+        "plugins.entries.synthesis-bridge.config.demo",
+        "true",
+    ]);
+    // Choosing the model is this one command: OpenClaw knows synthesis/claude-code from the
+    // plugin's manifest, before any gateway runs.
+    openclaw.run(&[
+        "config",
+        "set",
+        "agents.defaults.model",
+        "synthesis/claude-code",
+    ]);
+    let gateway_port = free_port();
+    openclaw.edit_config(|config| {
+        assert!(
+            config.pointer("/models/providers").is_none(),
+            "no provider block was written: {config}"
+        );
+        config["gateway"] = json!({"mode": "local", "port": gateway_port, "bind": "loopback",
+            "auth": {"mode": "token", "token": GATEWAY_TOKEN}});
+        config["session"] = json!({"dmScope": "per-channel-peer"});
+    });
+
+    // 1. Two turns of one conversation, one Claude process; then a clean stop.
+    let (mut gateway, base_url) = openclaw.start_gateway("first");
+    let bridges = bridge_pids(&openclaw.marker);
+    assert_eq!(
+        bridges.len(),
+        1,
+        "one bridge: {bridges:?}\n{}",
+        openclaw.gateway_log("first")
+    );
+    assert_eq!(
+        parent_pid(bridges[0]),
+        Some(gateway.id()),
+        "the gateway started it"
+    );
+
+    let first = openclaw.turn("s1", "first nonce-p1");
+    assert!(
+        first.contains("first nonce-p1"),
+        "{first}\n{}",
+        openclaw.gateway_log("first")
+    );
+    let pid_before = openclaw.sessions(&base_url)[0]["pid"].clone();
+    assert!(pid_before.is_u64(), "a live agent: {pid_before}");
+    let second = openclaw.turn("s1", "second nonce-p2");
+    assert!(second.contains("second nonce-p2"), "{second}");
+    let after = openclaw.sessions(&base_url);
+    assert_eq!(after.len(), 1, "both turns in one session: {after:?}");
+    assert_eq!(after[0]["key"], "s1", "keyed by OpenClaw's session id");
+    assert_eq!(after[0]["pid"], pid_before, "the same Claude process");
+    assert_eq!(after[0]["turns"], 2);
+    let serving = bridge_pids(&openclaw.marker);
+    assert!(
+        serving.len() >= 3,
+        "bridge, agent and channel server are up: {serving:?}"
+    );
+
+    signal(gateway.id(), libc::SIGTERM);
+    let stopped = wait_until(Duration::from_secs(60), || {
+        gateway.try_wait().ok().flatten()
+    });
+    assert!(stopped.is_some(), "the gateway stopped on SIGTERM");
+    let left = wait_until(Duration::from_secs(15), || {
+        bridge_pids(&openclaw.marker).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "after the gateway stopped, still running: {:?}\n{}",
+        bridge_pids(&openclaw.marker),
+        openclaw.gateway_log("first")
+    );
+
+    // 2. The gateway killed outright: its service's stop() never runs, the bridge's
+    // parent-death signal stops it (and it stops its agent and channel server).
+    let (mut gateway, _) = openclaw.start_gateway("second");
+    let again = openclaw.turn("s1", "third nonce-p3");
+    assert!(
+        again.contains("third nonce-p3"),
+        "{again}\n{}",
+        openclaw.gateway_log("second")
+    );
+    assert!(bridge_pids(&openclaw.marker).len() >= 3);
+    signal(gateway.id(), libc::SIGKILL);
+    let _ = gateway.wait();
+    let left = wait_until(Duration::from_secs(20), || {
+        bridge_pids(&openclaw.marker).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "after the gateway was killed, still running: {:?}",
+        bridge_pids(&openclaw.marker)
+    );
+}
+
+#[test]
+fn a_bridge_with_parent_pid_stops_when_its_parent_is_killed() {
+    let dir = TempDir::new("parent-pid");
+    let marker = format!("parent-pid-{}", uuid::Uuid::new_v4().simple());
+    let log = dir.path().join("bridge.log");
+    // The parent: a shell that starts the bridge (naming itself with $$) and waits.
+    let script = "\"$0\" serve --demo --port 0 --state-dir \"$1/state\" --workspace \"$1\" --parent-pid $$ 2>\"$1/bridge.log\" & wait";
+    let mut parent = Command::new("sh")
+        .args(["-c", script, BIN, dir.path().to_str().unwrap()])
+        .env(MARKER_VAR, &marker)
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(parent.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("listening http="), "{line}");
+    let http = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("http=")
+        .parse()
+        .unwrap();
+    let reply = request(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json"), ("X-Session-Key", "k")],
+        &chat_body("hello nonce-pd", false),
+    );
+    assert!(reply.text().contains("hello nonce-pd"), "{}", reply.text());
+    assert!(marked_pids(&marker).len() >= 3, "shell, bridge, agent");
+
+    signal(parent.id(), libc::SIGKILL);
+    let _ = parent.wait();
+    let gone = wait_until(Duration::from_secs(15), || {
+        marked_pids(&marker).is_empty().then_some(())
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    kill_marked(&marker);
+    assert!(gone.is_some(), "the bridge outlived its parent:\n{text}");
+    assert!(
+        text.contains("shutting down"),
+        "a graceful shutdown:\n{text}"
+    );
+
+    // A parent_pid that is not the parent: refused at start, nothing left running.
+    let out = Command::new(BIN)
+        .args(["serve", "--demo", "--port", "0", "--parent-pid", "2"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state2"))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not this process's parent"), "{err}");
+}
+
+#[test]
+fn npm_pack_ships_the_plugin_files() {
+    if Command::new("npm").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: npm not found");
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["pack", "--dry-run", "--json", "--ignore-scripts"])
+        .current_dir(plugin_dir())
+        .env("npm_config_offline", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    for needed in [
+        "package.json",
+        "openclaw.plugin.json",
+        "index.js",
+        "bridge-process.js",
+    ] {
+        assert!(files.contains(&needed), "{needed} missing from {files:?}");
+    }
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(plugin_dir().join("package.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["openclaw"]["extensions"], json!(["./index.js"]));
+}
