@@ -90,9 +90,13 @@ export default {
         const binary = findBinary(config.binary);
         const stateDir = path.resolve(config.stateDir ?? path.join(ctx.stateDir, "synthesis-bridge"));
         const key = writeApiKey(stateDir);
+        // Claude works where OpenClaw's agent works, unless the config names a workspace
+        // (OpenClaw creates its agent workspace lazily: make sure it exists).
+        const workspace = config.workspace ?? ctx.workspaceDir;
+        if (!config.workspace && workspace) fs.mkdirSync(workspace, { recursive: true });
         const bridge = new BridgeProcess({
           binary,
-          args: serveArgs(config, { stateDir, apiKeyFile: key.file, parentPid: process.pid }),
+          args: serveArgs({ ...config, workspace }, { stateDir, apiKeyFile: key.file, parentPid: process.pid }),
           port: config.port ?? 0,
           logger,
         });

@@ -159,6 +159,11 @@ impl OpenClaw {
             if child.try_wait().ok().flatten().is_some() {
                 return Some(None);
             }
+            // The service's failure (as OpenClaw logs it): stop waiting.
+            let errors = std::fs::read_to_string(&err).unwrap_or_default();
+            if errors.contains("plugin service failed (synthesis-bridge") {
+                return Some(None);
+            }
             let log = std::fs::read_to_string(&out).unwrap_or_default();
             let line = log
                 .lines()
@@ -277,6 +282,23 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         config["session"] = json!({"dmScope": "per-channel-peer"});
     });
 
+    // `doctor` finds the install through the same OpenClaw environment.
+    let doctor = Command::new(BIN)
+        .args(["doctor", "--demo", "--port", "0", "--state-dir"])
+        .arg(openclaw.dir.path().join("doctor-state"))
+        .env("HOME", openclaw.dir.path().join("home"))
+        .env("OPENCLAW_STATE_DIR", openclaw.dir.path().join("state"))
+        .env("OPENCLAW_CONFIG_PATH", openclaw.config_path())
+        .output()
+        .unwrap();
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.contains("PASS  OpenClaw plugin: installed (")
+            && doctor.contains("extensions/synthesis-bridge) and enabled"),
+        "{doctor}"
+    );
+    assert!(!doctor.contains("OpenClaw model"), "{doctor}");
+
     // 1. Two turns of one conversation, one Claude process; then a clean stop.
     let (mut gateway, base_url) = openclaw.start_gateway("first");
     let bridges = bridge_pids(&openclaw.marker);
@@ -307,10 +329,43 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
     assert_eq!(after[0]["key"], "s1", "keyed by OpenClaw's session id");
     assert_eq!(after[0]["pid"], pid_before, "the same Claude process");
     assert_eq!(after[0]["turns"], 2);
+    let claude_session = after[0]["claude_session"].clone();
     let serving = bridge_pids(&openclaw.marker);
     assert!(
         serving.len() >= 3,
         "bridge, agent and channel server are up: {serving:?}"
+    );
+
+    // The bridge dies: the service restarts it (after a back-off) on the same port, and the
+    // conversation goes on (its Claude resumed).
+    let bridge = serving
+        .iter()
+        .copied()
+        .find(|pid| parent_pid(*pid) == Some(gateway.id()))
+        .expect("the bridge is the gateway's child");
+    signal(bridge, libc::SIGKILL);
+    let restarted = wait_until(Duration::from_secs(30), || {
+        bridge_pids(&openclaw.marker)
+            .into_iter()
+            .find(|pid| *pid != bridge && parent_pid(*pid) == Some(gateway.id()))
+    });
+    assert!(
+        restarted.is_some(),
+        "the bridge was restarted\n{}",
+        openclaw.gateway_log("first")
+    );
+    assert!(openclaw.gateway_log("first").contains("restarting in"));
+    let resumed = openclaw.turn("s1", "after restart nonce-p4");
+    assert!(
+        resumed.contains("after restart nonce-p4"),
+        "{resumed}\n{}",
+        openclaw.gateway_log("first")
+    );
+    let after = openclaw.sessions(&base_url);
+    assert_eq!(after[0]["key"], "s1");
+    assert_eq!(
+        after[0]["claude_session"], claude_session,
+        "the same Claude conversation, resumed"
     );
 
     signal(gateway.id(), libc::SIGTERM);
@@ -447,4 +502,89 @@ fn npm_pack_ships_the_plugin_files() {
         serde_json::from_str(&std::fs::read_to_string(plugin_dir().join("package.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["openclaw"]["extensions"], json!(["./index.js"]));
+}
+
+/// `doctor --demo` with HOME (and so `~/.openclaw`) in `home`; its stdout.
+fn doctor_with_home(home: &Path, state: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["doctor", "--demo", "--port", "0", "--state-dir"])
+        .arg(state)
+        .env("HOME", home)
+        .env_remove("OPENCLAW_CONFIG_PATH")
+        .env_remove("OPENCLAW_STATE_DIR")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn doctor_reports_the_openclaw_plugin_when_it_finds_an_openclaw_config() {
+    let dir = TempDir::new("doctor-openclaw");
+    let home = dir.path().join("home");
+    let state = dir.path().join("state");
+    let openclaw = home.join(".openclaw");
+    std::fs::create_dir_all(&home).unwrap();
+    let no_config = doctor_with_home(&home, &state);
+    assert!(!no_config.contains("OpenClaw"), "{no_config}");
+
+    std::fs::create_dir_all(&openclaw).unwrap();
+    let write =
+        |config: Value| std::fs::write(openclaw.join("openclaw.json"), config.to_string()).unwrap();
+    write(json!({}));
+    let missing = doctor_with_home(&home, &state);
+    assert!(
+        missing.contains("WARN  OpenClaw plugin: not installed")
+            && missing.contains("openclaw plugins install"),
+        "{missing}"
+    );
+
+    let extension = openclaw.join("extensions/synthesis-bridge");
+    std::fs::create_dir_all(&extension).unwrap();
+    std::fs::copy(
+        plugin_dir().join("openclaw.plugin.json"),
+        extension.join("openclaw.plugin.json"),
+    )
+    .unwrap();
+    write(
+        json!({"plugins": {"entries": {"synthesis-bridge": {"enabled": true}}},
+        "agents": {"defaults": {"model": "synthesis/claude-code"}}}),
+    );
+    let ok = doctor_with_home(&home, &state);
+    assert!(
+        ok.contains("PASS  OpenClaw plugin: installed (") && ok.contains("and enabled"),
+        "{ok}"
+    );
+    assert!(!ok.contains("OpenClaw model"), "{ok}");
+    assert!(ok.contains("doctor: no problems found"), "{ok}");
+
+    write(json!({"plugins": {"entries": {"synthesis-bridge": {"enabled": false}}}}));
+    let disabled = doctor_with_home(&home, &state);
+    assert!(
+        disabled.contains("WARN  OpenClaw plugin: installed (")
+            && disabled.contains("but disabled")
+            && disabled.contains("openclaw plugins enable synthesis-bridge"),
+        "{disabled}"
+    );
+
+    write(
+        json!({"plugins": {"entries": {"synthesis-bridge": {"enabled": true,
+        "config": {"binary": "/nonexistent/synthesis-bridge"}}}},
+        "agents": {"defaults": {"model": {"primary": "openai/gpt-5"}}}}),
+    );
+    let wrong = doctor_with_home(&home, &state);
+    assert!(
+        wrong.contains("FAIL  OpenClaw plugin: plugins.entries.synthesis-bridge.config.binary"),
+        "{wrong}"
+    );
+    write(
+        json!({"plugins": {"entries": {"synthesis-bridge": {"enabled": true}}},
+        "agents": {"defaults": {"model": {"primary": "openai/gpt-5"}}}}),
+    );
+    let other_model = doctor_with_home(&home, &state);
+    assert!(
+        other_model.contains("WARN  OpenClaw model: the default model is \"openai/gpt-5\"")
+            && other_model
+                .contains("openclaw config set agents.defaults.model synthesis/claude-code"),
+        "{other_model}"
+    );
 }
