@@ -99,6 +99,8 @@ export default {
           args: serveArgs({ ...config, workspace }, { stateDir, apiKeyFile: key.file, parentPid: process.pid }),
           port: config.port ?? 0,
           logger,
+          // The bridge reads its key from the file; the variable is for OpenClaw alone.
+          env: Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== KEY_ENV)),
         });
         state.bridge = bridge;
         state.apiKey = key.key;

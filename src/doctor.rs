@@ -331,14 +331,13 @@ fn check_openclaw_plugin(report: &mut Report) {
     if let Some(binary) = entry
         .and_then(|e| e.pointer("/config/binary"))
         .and_then(Value::as_str)
+        && !is_executable(Path::new(binary))
     {
-        if !is_executable(Path::new(binary)) {
-            return report.fail(
-                "OpenClaw plugin",
-                &format!("plugins.entries.{OPENCLAW_PLUGIN_ID}.config.binary is {binary}, not an executable file"),
-                &format!("openclaw config set plugins.entries.{OPENCLAW_PLUGIN_ID}.config.binary /path/to/synthesis-bridge"),
-            );
-        }
+        return report.fail(
+            "OpenClaw plugin",
+            &format!("plugins.entries.{OPENCLAW_PLUGIN_ID}.config.binary is {binary}, not an executable file"),
+            &format!("openclaw config set plugins.entries.{OPENCLAW_PLUGIN_ID}.config.binary /path/to/synthesis-bridge"),
+        );
     }
     report.pass(
         "OpenClaw plugin",

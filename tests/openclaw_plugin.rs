@@ -588,3 +588,114 @@ fn doctor_reports_the_openclaw_plugin_when_it_finds_an_openclaw_config() {
         "{other_model}"
     );
 }
+
+/// Node for the plugin's own helpers: OpenClaw's, else `node` on PATH.
+fn node() -> Option<String> {
+    std::env::var("SYNTHESIS_OPENCLAW_NODE")
+        .ok()
+        .filter(|p| Path::new(p).is_file())
+        .or_else(|| {
+            Command::new("node")
+                .arg("--version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| "node".to_string())
+        })
+}
+
+#[test]
+fn the_plugin_finds_the_binary_or_names_the_setting_and_its_flags_start_a_bridge() {
+    let Some(node) = node() else {
+        eprintln!("SKIPPED: node not found");
+        return;
+    };
+    let dir = TempDir::new("plugin-helpers");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "sk-helper-test\n").unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let script = format!(
+        r#"import * as m from {module};
+const out = {{}};
+try {{ m.findBinary(undefined, {{ PATH: "" }}); }} catch (e) {{ out.missing = e.message; }}
+try {{ m.findBinary("/nonexistent/synthesis-bridge"); }} catch (e) {{ out.bad = e.message; }}
+out.found = m.findBinary(undefined, {{ PATH: {bin_dir} }});
+out.args = m.serveArgs(
+  {{ demo: true, permissionMode: "acceptEdits", maxProcesses: 2, stripOpenclawContext: false,
+     workspace: {workspace}, extraArgs: ["--idle-kill=5m"] }},
+  {{ stateDir: {state}, apiKeyFile: {key}, parentPid: {pid} }});
+console.log(JSON.stringify(out));"#,
+        module = json!(format!(
+            "file://{}",
+            plugin_dir().join("bridge-process.js").display()
+        )),
+        bin_dir = json!(bin_dir),
+        workspace = json!(dir.path()),
+        state = json!(dir.path().join("state")),
+        key = json!(key_file),
+        pid = std::process::id(),
+    );
+    let out = Command::new(&node)
+        .args(["--input-type=module", "-e", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let setting = "plugins.entries.synthesis-bridge.config.binary";
+    for case in ["missing", "bad"] {
+        let message = result[case].as_str().unwrap();
+        assert!(
+            message.contains(setting) && message.contains("openclaw config set"),
+            "{case}: {message}"
+        );
+    }
+    assert_eq!(
+        Path::new(result["found"].as_str().unwrap()),
+        bin_dir.join("synthesis-bridge")
+    );
+
+    // The flags the service passes start a real bridge (its parent is this test process).
+    let args: Vec<String> = serde_json::from_value(result["args"].clone()).unwrap();
+    assert!(args.contains(&"--parent-pid".to_string()), "{args:?}");
+    let mut bridge = Command::new(BIN)
+        .args(&args)
+        .arg("--port=0")
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bridge.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let http = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|h| h.strip_prefix("http="))
+        .map(|h| h.parse().unwrap());
+    let models = http.map(|addr| {
+        request(
+            addr,
+            "GET",
+            "/v1/models",
+            &[("Authorization", "Bearer sk-helper-test")],
+            "",
+        )
+    });
+    signal(bridge.id(), libc::SIGTERM);
+    let status = wait_until(Duration::from_secs(15), || bridge.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = bridge.kill();
+        let _ = bridge.wait();
+    }
+    let models = models.unwrap_or_else(|| panic!("no listening line: {line:?}"));
+    assert_eq!(models.status, 200, "the key file's key is accepted");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "a clean shutdown");
+}
