@@ -257,8 +257,8 @@ const OPENCLAW_PLUGIN_MODEL: &str = "synthesis/claude-code";
 
 /// When this machine has an OpenClaw config (`OPENCLAW_CONFIG_PATH`, else
 /// `$OPENCLAW_STATE_DIR/openclaw.json`, else `~/.openclaw/openclaw.json`): is the plugin
-/// installed (`<state>/extensions/synthesis-bridge`, or its `plugins.entries` record, which a
-/// `--link` install also writes) and enabled, and is `synthesis/claude-code` the default model.
+/// installed (`<state>/extensions/synthesis-bridge`, a `plugins.load.paths` entry from a
+/// `--link` install, or at least its `plugins.entries` record) and enabled, and is `synthesis/claude-code` the default model.
 /// Without an OpenClaw config, says nothing.
 fn check_openclaw_plugin(report: &mut Report) {
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -285,9 +285,24 @@ fn check_openclaw_plugin(report: &mut Report) {
             );
         }
     };
+    // A copy under `<state>/extensions/`, or a `--link` install's `plugins.load.paths` entry.
+    let linked = config
+        .pointer("/plugins/load/paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(PathBuf::from)
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("openclaw.plugin.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .is_some_and(|manifest| manifest["id"] == OPENCLAW_PLUGIN_ID)
+        });
     let extension = state_dir
         .map(|s| s.join("extensions").join(OPENCLAW_PLUGIN_ID))
-        .filter(|dir| dir.join("openclaw.plugin.json").is_file());
+        .filter(|dir| dir.join("openclaw.plugin.json").is_file())
+        .or(linked);
     let entry = config.pointer(&format!("/plugins/entries/{OPENCLAW_PLUGIN_ID}"));
     if extension.is_none() && entry.is_none() {
         let hand_written = config
@@ -314,7 +329,9 @@ fn check_openclaw_plugin(report: &mut Report) {
             "openclaw plugins install <checkout>/openclaw-plugin --force, then openclaw config set agents.defaults.model synthesis/claude-code (docs/OPENCLAW.md)",
         );
     }
-    let where_ = extension.map_or("linked".to_string(), |dir| dir.display().to_string());
+    let where_ = extension.map_or("no plugin directory found".to_string(), |dir| {
+        dir.display().to_string()
+    });
     let disabled = entry.is_some_and(|e| e["enabled"] == Value::Bool(false))
         || config.pointer("/plugins/enabled") == Some(&Value::Bool(false))
         || config

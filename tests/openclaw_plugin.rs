@@ -557,6 +557,20 @@ fn doctor_reports_the_openclaw_plugin_when_it_finds_an_openclaw_config() {
     assert!(!ok.contains("OpenClaw model"), "{ok}");
     assert!(ok.contains("doctor: no problems found"), "{ok}");
 
+    // A `--link` install: the checkout's directory in plugins.load.paths.
+    std::fs::remove_dir_all(&extension).unwrap();
+    write(json!({"plugins": {"load": {"paths": [plugin_dir()]},
+        "entries": {"synthesis-bridge": {"enabled": true}}},
+        "agents": {"defaults": {"model": "synthesis/claude-code"}}}));
+    let linked = doctor_with_home(&home, &state);
+    assert!(
+        linked.contains(&format!(
+            "PASS  OpenClaw plugin: installed ({}) and enabled",
+            plugin_dir().display()
+        )),
+        "{linked}"
+    );
+
     write(json!({"plugins": {"entries": {"synthesis-bridge": {"enabled": false}}}}));
     let disabled = doctor_with_home(&home, &state);
     assert!(
