@@ -113,6 +113,7 @@ export class BridgeProcess {
     this.binary = binary;
     this.args = args;
     this.port = port;
+    this.configuredPort = port;
     this.logger = logger;
     this.env = env;
     this.child = null;
@@ -175,11 +176,13 @@ export class BridgeProcess {
     this.child = child;
     this.exited = new Promise((resolve) => child.once("close", resolve));
     let stdout = "";
+    let listened = false;
     child.stdout.setEncoding("utf8");
     child.stdout.on("data", (chunk) => {
       stdout += chunk;
       const match = /^listening http=(\S+) ws=(\S+)$/m.exec(stdout);
       if (!match || this.endpoint) return;
+      listened = true;
       const http = match[1];
       // Keep the port across restarts, so the provider's baseUrl stays valid.
       this.port = Number(http.slice(http.lastIndexOf(":") + 1));
@@ -219,6 +222,11 @@ export class BridgeProcess {
         return;
       }
       if (this.stopping) return;
+      if (!listened && this.port !== this.configuredPort) {
+        // The kept port may have been taken meanwhile: the next try takes the configured one
+        // (any free port by default; prepareRuntimeAuth hands OpenClaw the new URL).
+        this.port = this.configuredPort;
+      }
       if (Date.now() - startedAt >= HEALTHY_RUN_MS) this.backoffMs = FIRST_BACKOFF_MS;
       const delay = this.backoffMs;
       this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);

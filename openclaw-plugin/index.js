@@ -44,7 +44,6 @@ export default {
   description:
     "Runs synthesis-bridge with the gateway and registers it as the `synthesis` provider (Claude Code as an OpenAI-compatible model)",
   register(api) {
-    const config = api.pluginConfig ?? {};
 
     api.registerProvider({
       id: PROVIDER_ID,
@@ -83,8 +82,11 @@ export default {
 
     api.registerService({
       id: PLUGIN_ID,
+      // A change to the plugin's settings restarts the service, hence the bridge.
+      reload: { configPrefixes: [`plugins.entries.${PLUGIN_ID}.config`] },
       async start(ctx) {
         const logger = ctx.logger ?? api.logger;
+        const config = ctx.config?.plugins?.entries?.[PLUGIN_ID]?.config ?? api.pluginConfig ?? {};
         const state = shared();
         if (state.bridge) await state.bridge.stop();
         const binary = findBinary(config.binary);

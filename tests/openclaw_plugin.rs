@@ -2,9 +2,10 @@
 //! simulated Claude behind the bridge: `openclaw plugins install` from the checkout, `openclaw
 //! config set agents.defaults.model synthesis/claude-code` and no provider block; the gateway
 //! starts the bridge, two turns of one conversation come back through OpenClaw from one Claude
-//! process; stopping the gateway (SIGTERM) and killing it (SIGKILL) both leave no bridge,
-//! channel or agent process. Also, without OpenClaw: `--parent-pid` makes a bridge whose
-//! parent is SIGKILLed shut down, and `npm pack` ships the plugin's files.
+//! process; a dead bridge is restarted and a settings change restarts it; stopping the
+//! gateway (SIGTERM) and killing it (SIGKILL) both leave no bridge, channel or agent process.
+//! Also, without OpenClaw: `--parent-pid` makes a bridge whose parent is SIGKILLed shut down,
+//! the plugin's helpers (binary lookup, `serve` flags), `doctor`'s report, `npm pack`.
 //!
 //! The gateway part needs `SYNTHESIS_OPENCLAW_NODE` and `SYNTHESIS_OPENCLAW_CLI` (`.ci/run`
 //! sets them from `scripts/install-openclaw.sh`); without them it says SKIPPED on stderr.
@@ -251,18 +252,12 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         "--force",
         "--accept-capabilities",
     ]);
-    openclaw.run(&[
-        "config",
-        "set",
-        "plugins.entries.synthesis-bridge.config.binary",
-        BIN,
-    ]);
-    openclaw.run(&[
-        "config",
-        "set",
-        "plugins.entries.synthesis-bridge.config.demo",
-        "true",
-    ]);
+    // The plugin's settings (what `openclaw config set plugins.entries.synthesis-bridge.config.*`
+    // writes; set directly to keep the test short): this build, simulated Claude.
+    openclaw.edit_config(|config| {
+        config["plugins"]["entries"]["synthesis-bridge"]["config"] =
+            json!({"binary": BIN, "demo": true});
+    });
     // Choosing the model is this one command: OpenClaw knows synthesis/claude-code from the
     // plugin's manifest, before any gateway runs.
     openclaw.run(&[
@@ -366,6 +361,39 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
     assert_eq!(
         after[0]["claude_session"], claude_session,
         "the same Claude conversation, resumed"
+    );
+
+    // A settings change restarts the bridge with it, without restarting the gateway.
+    let before_reload = bridge_pids(&openclaw.marker)
+        .into_iter()
+        .find(|pid| parent_pid(*pid) == Some(gateway.id()))
+        .unwrap();
+    openclaw.run(&[
+        "config",
+        "set",
+        "plugins.entries.synthesis-bridge.config.heartbeatInterval",
+        "2s",
+    ]);
+    let reloaded = wait_until(Duration::from_secs(60), || {
+        bridge_pids(&openclaw.marker).into_iter().find(|pid| {
+            parent_pid(*pid) == Some(gateway.id())
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--heartbeat-interval=2s"))
+        })
+    });
+    assert!(
+        reloaded.is_some(),
+        "the bridge was restarted with the new setting\n{}",
+        openclaw.gateway_log("first")
+    );
+    assert!(
+        parent_pid(before_reload).is_none(),
+        "the old bridge is gone"
+    );
+    let reloaded_turn = openclaw.turn("s1", "after reload nonce-p5");
+    assert!(
+        reloaded_turn.contains("after reload nonce-p5"),
+        "{reloaded_turn}"
     );
 
     signal(gateway.id(), libc::SIGTERM);
