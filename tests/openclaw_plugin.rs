@@ -229,6 +229,23 @@ impl OpenClaw {
         list["data"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The base URL of the bridge the service started last.
+    fn latest_base_url(&self, tag: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join(format!("gateway-{tag}.out")))
+            .unwrap_or_default();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("synthesis-bridge: provider synthesis at "))
+            .expect("the service logged its bridge");
+        line.split("provider synthesis at ")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| c.is_whitespace() || c == '\u{1b}')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     fn gateway_log(&self, tag: &str) -> String {
         let mut log = String::new();
         for ext in ["out", "err"] {
@@ -242,6 +259,8 @@ impl OpenClaw {
 #[test]
 fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_or_is_killed() {
     let Some((node, cli)) = tools() else { return };
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
     let openclaw = OpenClaw::new(node, cli);
     let plugin = plugin_dir();
     // Offline, from the checkout. --force: OpenClaw asks before installing from a local path.
@@ -258,6 +277,7 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         config["plugins"]["entries"]["synthesis-bridge"]["config"] =
             json!({"binary": BIN, "demo": true});
     });
+    phase("installed");
     // Choosing the model is this one command: OpenClaw knows synthesis/claude-code from the
     // plugin's manifest, before any gateway runs.
     openclaw.run(&[
@@ -277,6 +297,7 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         config["session"] = json!({"dmScope": "per-channel-peer"});
     });
 
+    phase("model chosen");
     // `doctor` finds the install through the same OpenClaw environment.
     let doctor = Command::new(BIN)
         .args(["doctor", "--demo", "--port", "0", "--state-dir"])
@@ -296,6 +317,7 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
 
     // 1. Two turns of one conversation, one Claude process; then a clean stop.
     let (mut gateway, base_url) = openclaw.start_gateway("first");
+    phase("gateway started the bridge");
     let bridges = bridge_pids(&openclaw.marker);
     assert_eq!(
         bridges.len(),
@@ -317,8 +339,10 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
     );
     let pid_before = openclaw.sessions(&base_url)[0]["pid"].clone();
     assert!(pid_before.is_u64(), "a live agent: {pid_before}");
+    phase("first turn");
     let second = openclaw.turn("s1", "second nonce-p2");
     assert!(second.contains("second nonce-p2"), "{second}");
+    phase("second turn");
     let after = openclaw.sessions(&base_url);
     assert_eq!(after.len(), 1, "both turns in one session: {after:?}");
     assert_eq!(after[0]["key"], "s1", "keyed by OpenClaw's session id");
@@ -350,19 +374,10 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         openclaw.gateway_log("first")
     );
     assert!(openclaw.gateway_log("first").contains("restarting in"));
-    let resumed = openclaw.turn("s1", "after restart nonce-p4");
-    assert!(
-        resumed.contains("after restart nonce-p4"),
-        "{resumed}\n{}",
-        openclaw.gateway_log("first")
-    );
-    let after = openclaw.sessions(&base_url);
-    assert_eq!(after[0]["key"], "s1");
-    assert_eq!(
-        after[0]["claude_session"], claude_session,
-        "the same Claude conversation, resumed"
-    );
+    // The bridge kept its port: it answers on the same URL.
+    assert_eq!(openclaw.sessions(&base_url)[0]["key"], "s1");
 
+    phase("bridge restarted after SIGKILL");
     // A settings change restarts the bridge with it, without restarting the gateway.
     let before_reload = bridge_pids(&openclaw.marker)
         .into_iter()
@@ -390,12 +405,23 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         parent_pid(before_reload).is_none(),
         "the old bridge is gone"
     );
-    let reloaded_turn = openclaw.turn("s1", "after reload nonce-p5");
+    phase("bridge restarted with the new setting");
+    // Through OpenClaw to the new bridge (a new port: the plugin hands OpenClaw the live
+    // URL): the conversation goes on, its Claude resumed.
+    let resumed = openclaw.turn("s1", "after restarts nonce-p4");
     assert!(
-        reloaded_turn.contains("after reload nonce-p5"),
-        "{reloaded_turn}"
+        resumed.contains("after restarts nonce-p4"),
+        "{resumed}\n{}",
+        openclaw.gateway_log("first")
+    );
+    let after = openclaw.sessions(&openclaw.latest_base_url("first"));
+    assert_eq!(after[0]["key"], "s1");
+    assert_eq!(
+        after[0]["claude_session"], claude_session,
+        "the same Claude conversation, resumed"
     );
 
+    phase("turn after the restarts");
     signal(gateway.id(), libc::SIGTERM);
     let stopped = wait_until(Duration::from_secs(60), || {
         gateway.try_wait().ok().flatten()
@@ -411,9 +437,11 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         openclaw.gateway_log("first")
     );
 
+    phase("gateway stopped, nothing left");
     // 2. The gateway killed outright: its service's stop() never runs, the bridge's
     // parent-death signal stops it (and it stops its agent and channel server).
     let (mut gateway, _) = openclaw.start_gateway("second");
+    phase("gateway started again");
     let again = openclaw.turn("s1", "third nonce-p3");
     assert!(
         again.contains("third nonce-p3"),
@@ -421,6 +449,7 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         openclaw.gateway_log("second")
     );
     assert!(bridge_pids(&openclaw.marker).len() >= 3);
+    phase("turn");
     signal(gateway.id(), libc::SIGKILL);
     let _ = gateway.wait();
     let left = wait_until(Duration::from_secs(20), || {
@@ -431,6 +460,7 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         "after the gateway was killed, still running: {:?}",
         bridge_pids(&openclaw.marker)
     );
+    phase("gateway killed, nothing left");
 }
 
 #[test]
