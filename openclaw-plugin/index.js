@@ -8,7 +8,9 @@
 //   agents.defaults.model synthesis/claude-code` and `openclaw models list` know it in any
 //   process, gateway running or not);
 // - the credential is the env var SYNTHESIS_BRIDGE_OPENCLAW_KEY (declared in the manifest's
-//   `setup.providers`), which the service sets in the gateway process to the key it generated;
+//   `setup.providers` and `envVars` below), which the service sets in the gateway process to
+//   the key it generated (without it: "No API key found for provider synthesis");
+// - `resolveDynamicModel` resolves the model in any process (`config set` checks the ref);
 // - `prepareRuntimeAuth` runs before each model call and swaps in the live base URL (the
 //   bridge's port is picked at start) and key.
 // OpenClaw may load this module more than once in one process (one instance per registry
@@ -24,7 +26,6 @@ const PLUGIN_ID = "synthesis-bridge";
 const PROVIDER_ID = "synthesis";
 /** The provider's credential as OpenClaw looks it up (the service sets it in the gateway). */
 const KEY_ENV = "SYNTHESIS_BRIDGE_OPENCLAW_KEY";
-const LOCAL_KEY_MARKER = "synthesis-bridge-local";
 const MANIFEST_PROVIDER = JSON.parse(
   fs.readFileSync(new URL("./openclaw.plugin.json", import.meta.url), "utf8"),
 ).modelCatalog.providers.synthesis;
@@ -44,16 +45,12 @@ export default {
   description:
     "Runs synthesis-bridge with the gateway and registers it as the `synthesis` provider (Claude Code as an OpenAI-compatible model)",
   register(api) {
-
     api.registerProvider({
       id: PROVIDER_ID,
       label: "Claude Code (synthesis-bridge)",
       docsPath: "/providers/models",
       envVars: [KEY_ENV],
       auth: [],
-      // No user credential: the key is generated at each start. This marker makes OpenClaw
-      // count the provider as signed in; prepareRuntimeAuth swaps in the real key.
-      resolveSyntheticAuth: () => ({ apiKey: LOCAL_KEY_MARKER, source: "synthesis-bridge plugin", mode: "api-key" }),
       // Model resolution in any process (`openclaw config set agents.defaults.model` checks the
       // ref); the row matches the manifest's. The base URL is the placeholder of the manifest
       // until prepareRuntimeAuth supplies the live one.
@@ -80,6 +77,8 @@ export default {
 
     if (api.registrationMode !== "full") return;
 
+    /** The bridge this service instance started (stop() stops that one, not a successor). */
+    let mine = null;
     api.registerService({
       id: PLUGIN_ID,
       // A change to the plugin's settings restarts the service, hence the bridge.
@@ -106,6 +105,7 @@ export default {
         });
         state.bridge = bridge;
         state.apiKey = key.key;
+        mine = bridge;
         process.env[KEY_ENV] = key.key;
         try {
           const endpoint = await bridge.start();
@@ -117,8 +117,9 @@ export default {
       },
       async stop() {
         const state = shared();
-        const running = state.bridge;
-        state.bridge = null;
+        const running = mine;
+        mine = null;
+        if (state.bridge === running) state.bridge = null;
         await running?.stop();
       },
     });

@@ -363,7 +363,13 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
         .find(|pid| parent_pid(*pid) == Some(gateway.id()))
         .expect("the bridge is the gateway's child");
     signal(bridge, libc::SIGKILL);
+    // Restarted once it listens again (the service logs each `listening` line).
     let restarted = wait_until(Duration::from_secs(30), || {
+        let listening = openclaw
+            .gateway_log("first")
+            .matches("synthesis-bridge: listening on")
+            .count();
+        (listening >= 2).then_some(())?;
         bridge_pids(&openclaw.marker)
             .into_iter()
             .find(|pid| *pid != bridge && parent_pid(*pid) == Some(gateway.id()))
