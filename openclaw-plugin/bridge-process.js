@@ -168,6 +168,9 @@ export class BridgeProcess {
       child = spawn(this.binary, args, {
         env: this.env,
         stdio: ["ignore", "pipe", "pipe"],
+        // A session of its own: a Ctrl-C meant for a gateway run in a terminal reaches the
+        // gateway, which stops the bridge through stop(), not the bridge behind its back.
+        detached: true,
       });
     } catch (error) {
       onFirst?.(new Error(`synthesis-bridge: cannot run ${this.binary}: ${error.message}`));
