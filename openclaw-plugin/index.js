@@ -31,6 +31,8 @@ const MANIFEST_PROVIDER = JSON.parse(
 ).modelCatalog.providers.synthesis;
 const MODEL_ROW = MANIFEST_PROVIDER.models[0];
 const MODEL_ID = MODEL_ROW.id;
+const NOT_RUNNING =
+  "synthesis-bridge is not running in this process: model synthesis/claude-code is served by the gateway's synthesis-bridge service; send the turn through the gateway (not `openclaw agent --local`), and if it still fails see the gateway log and `openclaw plugins inspect synthesis-bridge --runtime`";
 const SHARED = Symbol.for("synthesis-bridge.openclaw-plugin");
 
 /** Process-wide: the bridge the service started, and its API key. */
@@ -63,13 +65,12 @@ export default {
               baseUrl: shared().bridge?.endpoint?.baseUrl ?? MANIFEST_PROVIDER.baseUrl,
             }
           : undefined,
+      // The key exists only in a gateway whose service started the bridge: elsewhere (e.g.
+      // `openclaw agent --local`) OpenClaw stops earlier, with "No API key found for provider
+      // synthesis"; this covers a gateway whose service is not running.
       prepareRuntimeAuth: async () => {
         const { bridge, apiKey } = shared();
-        if (!bridge) {
-          throw new Error(
-            "synthesis-bridge is not running in this process: model synthesis/claude-code is served by the gateway's synthesis-bridge service; send the turn through the gateway (not `openclaw agent --local`) and check `openclaw plugins inspect synthesis-bridge --runtime`",
-          );
-        }
+        if (!bridge) throw new Error(NOT_RUNNING);
         const endpoint = await bridge.ready();
         return { apiKey, baseUrl: endpoint.baseUrl };
       },
