@@ -64,6 +64,12 @@ pub fn run(args: &[String]) -> u8 {
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    // First, so a wrong parent_pid is refused before anything is bound or started. Until the
+    // SIGTERM handler is installed below, the parent's death ends the bridge at once, which
+    // is harmless: it has no child yet.
+    if let Some(parent) = config.parent_pid {
+        exit_with_parent(parent)?;
+    }
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the bridge's own binary: {e}"))?;
     let (program, prefix_args) = if config.demo {
@@ -208,10 +214,6 @@ fn serve(config: Config) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    // Armed once the SIGTERM handler is in place, so the parent's death is a clean shutdown.
-    if let Some(parent) = config.parent_pid {
-        exit_with_parent(parent)?;
-    }
 
     log::info!(
         "serving http://{http_addr}/v1 (agent: {}), channel hub ws://{ws_addr}, workspace {}, state {}",
@@ -267,6 +269,7 @@ fn exit_with_parent(parent: u32) -> Result<(), String> {
         ));
     }
     // Checked after arming: a parent that dies from here on sends the signal.
+    // SAFETY: getppid takes no arguments and cannot fail.
     let actual = unsafe { libc::getppid() } as u32;
     if actual != parent {
         return Err(format!(
