@@ -180,6 +180,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "allow permission_mode bypassPermissions (default false)",
     ),
     (
+        "parent_pid",
+        "PID",
+        "stop (as on SIGTERM) when this process, the bridge's parent, exits, even by SIGKILL; the OpenClaw plugin sets it (default: none)",
+    ),
+    (
         "setting_sources",
         "LIST",
         "claude --setting-sources (e.g. project,local to leave out your user settings); default: claude's own",

@@ -83,6 +83,8 @@ pub struct Config {
     pub insecure_public: bool,
     pub allow_bypass_permissions: bool,
     pub setting_sources: Option<String>,
+    /// Stop when this process (which must be the bridge's parent) exits: `PR_SET_PDEATHSIG`.
+    pub parent_pid: Option<u32>,
 }
 
 /// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
@@ -138,6 +140,7 @@ impl Default for Config {
             insecure_public: false,
             allow_bypass_permissions: false,
             setting_sources: None,
+            parent_pid: None,
         }
     }
 }
@@ -373,6 +376,15 @@ impl Config {
             "client_read_timeout" => self.client_read_timeout = parse_duration(value)?,
             "insecure_public" => self.insecure_public = parse_bool(value)?,
             "allow_bypass_permissions" => self.allow_bypass_permissions = parse_bool(value)?,
+            "parent_pid" => {
+                self.parent_pid = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|pid| *pid > 1)
+                        .ok_or_else(|| format!("a process id greater than 1, not `{value}`"))?,
+                )
+            }
             "setting_sources" => {
                 let ok = value
                     .split(',')

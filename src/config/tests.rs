@@ -292,3 +292,22 @@ fn session_key_sources_and_cors_origins_parse_and_name_bad_values() {
         vec!["*"]
     );
 }
+
+#[test]
+fn parent_pid_takes_a_process_id_above_1() {
+    assert_eq!(run(&[], &[]).unwrap().parent_pid, None);
+    assert_eq!(
+        run(&["--parent-pid", "4242"], &[]).unwrap().parent_pid,
+        Some(4242)
+    );
+    assert_eq!(
+        run(&[], &[("SYNTHESIS_PARENT_PID", "77")])
+            .unwrap()
+            .parent_pid,
+        Some(77)
+    );
+    for bad in ["0", "1", "-3", "abc", ""] {
+        let err = run(&["--parent-pid", bad], &[]).unwrap_err();
+        assert!(err.contains("parent-pid"), "{bad}: {err}");
+    }
+}
