@@ -5,8 +5,10 @@
 //! session's `TurnEvent`s into either an SSE stream or one `chat.completion`. While it waits
 //! it sends an empty-content chunk every `heartbeat_interval` (OpenClaw's watchdog counts
 //! JSON chunks, not SSE comments). If the client goes away mid-stream, it cancels the turn.
+//! A turn that only answers a suspended turn's questions (`yes kqwfz`) is classified here and
+//! an unknown id refused before the response starts (`answers.rs`, docs/PERMISSIONS.md); a
+//! suspended turn's response ends with its questions (`synthesis_pending`).
 
-use crossbeam_channel::RecvTimeoutError;
 use serde_json::json;
 use std::io::Read;
 use std::sync::Arc;
@@ -16,15 +18,17 @@ use tiny_http::Request;
 use super::answers::{check_answers, classify_answers, question_chunk, with_pending};
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
+use super::params::{Params, ReplyFormat, StopFilter};
 use super::sse::SseStream;
+use super::turn_wait::{Waited, check_format, wait_turn};
 use super::{HttpContext, respond_error};
 use crate::config::SystemPromptPolicy;
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
-use crate::session::pending::{Pending, question_text};
+use crate::session::pending::Pending;
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
-use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
+use crate::session::turn::HistoryRenderer;
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
@@ -44,42 +48,9 @@ static PARSING: Permits = Permits::new(PARSE_PERMITS);
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // Declared first, dropped last: once the body and its parsed form are gone.
     let mut trim = TrimOnDrop::default();
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.to_string());
-    if let Some(content_type) = content_type
-        && !is_json_media_type(&content_type)
-    {
-        let message =
-            format!("Content-Type is {content_type:?}; send the request body as application/json");
-        return respond_error(
-            request,
-            &ApiError::new(415, "unsupported_media_type", message),
-        );
-    }
-    let body = match read_body(&mut request, ctx.max_body_bytes) {
-        Ok(body) => body,
+    let (body, permit) = match read_json_request(&mut request, &ctx, &mut trim) {
+        Ok(read) => read,
         Err(error) => return respond_error(request, &error),
-    };
-    if body.len() >= TRIM_AFTER_BYTES {
-        trim.arm();
-    }
-    let containers = count_json_containers(&body);
-    if containers > MAX_JSON_CONTAINERS {
-        let message = format!(
-            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
-        );
-        return respond_error(request, &ApiError::bad_request(message));
-    }
-    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
-        let message =
-            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
-        return respond_error(
-            request,
-            &ApiError::new(503, "busy_parsing", message).retry_after(1),
-        );
     };
     let (chat, value) = match parse_chat_request(&body) {
         Ok(parsed) => parsed,
@@ -96,42 +67,55 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         );
         return respond_error(request, &ApiError::bad_request(message));
     }
+    let params = match value.as_object().map(super::params::chat_params) {
+        Some(Ok(params)) => params,
+        Some(Err(error)) => return respond_error(request, &error),
+        None => Default::default(),
+    };
     let received = Instant::now();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
-    let key = match identity::resolve(
+    let headers = lower_case_headers(&request);
+    let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
+    let matching = ctx
+        .continuations
+        .as_ref()
+        .map(|continuations| identity::Matching {
+            continuations,
+            body_hash,
+            retry_grace: ctx.retry_grace,
+        });
+    let key = match identity::resolve_with(
         &headers,
         &value,
         &ctx.fallback_session_key,
-        ctx.continuations.as_ref(),
+        matching,
+        &ctx.session_key_sources,
     ) {
         Ok(key) => key,
         Err(message) => return respond_error(request, &ApiError::bad_request(message)),
     };
     name_this_thread(&format!("respond:{}", key.key));
-    // Only sessions found by conversation matching need the chain their next request will show.
-    let chain_before_reply = matches!(key.source, "conversation-continuation" | "new-conversation")
-        .then(|| {
-            let messages = value
-                .get("messages")
-                .and_then(|m| m.as_array())
-                .map_or(&[][..], Vec::as_slice);
-            identity::conversation_hash(identity::CHAIN_START, messages)
-        });
     let messages = value
         .get("messages")
         .and_then(|m| m.as_array())
         .map_or(&[][..], Vec::as_slice);
+    // Sessions found by conversation matching: the history point this request claimed (given
+    // back if the turn fails), the request remembered for an identical retry, and the chain
+    // their next request will show.
+    let matched = identity::MATCHED_SOURCES.contains(&key.source);
+    let (_claim, note) = match (&ctx.continuations, matched) {
+        (Some(continuations), true) => (
+            (key.source == "conversation-continuation")
+                .then(|| identity::history_hash(messages))
+                .flatten()
+                .map(|h| identity::ClaimGuard::new(continuations, &key.key, h)),
+            Some(continuations.note_request(body_hash, &key.key, ctx.retry_grace)),
+        ),
+        _ => (None, None),
+    };
+    let chain_before_reply =
+        matched.then(|| identity::conversation_hash(identity::CHAIN_START, messages));
     let fingerprint = openclaw::retry_fingerprint(messages);
-    let marked_retry = openclaw::marks_a_retry(messages);
+    let marked_retry = openclaw::marks_a_retry(messages) || key.source == "identical-request-retry";
     let system_prompt = match ctx.system_prompt {
         SystemPromptPolicy::Ignore => None,
         SystemPromptPolicy::Append => system_prompt_text(messages).map(Arc::from),
@@ -149,7 +133,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     if let Err(message) = check_answers(&ctx, &key.key, &answers) {
         return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
     }
-    let content = parts.join("\n\n");
+    let mut content = parts.join("\n\n");
+    if let Some(instruction) = params.format.instruction() {
+        content = format!("{content}\n\n{instruction}");
+    }
     if content.len() > MAX_TURN_BYTES {
         let message = format!(
             "the new turn's text is {} bytes; the bridge passes at most {MAX_TURN_BYTES} bytes to Claude in one turn",
@@ -187,30 +174,136 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         key.source,
         chat.stream
     );
-    let reply = respond_turn(request, &ctx, &chat, turn, &key.key);
-    if let (Some(continuations), Some(chain), Some(reply)) =
-        (&ctx.continuations, chain_before_reply, reply)
-    {
-        continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
+    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
+    let completion = Completion::new(&model);
+    // Run once the reply is known, before its last bytes go out (the client's next request
+    // may follow at once): the request stops counting as running, and a matched session gets
+    // its new history point.
+    let mut note = note;
+    let continuations = ctx.continuations.as_ref();
+    let mut settle = |reply: Option<&str>| {
+        drop(note.take());
+        if let (Some(continuations), Some(chain), Some(reply)) =
+            (continuations, chain_before_reply, reply)
+        {
+            continuations.remember(identity::chain(chain, "assistant", reply), &key.key);
+        }
+    };
+    if chat.stream {
+        stream(
+            request,
+            &ctx,
+            &chat,
+            &params,
+            &completion,
+            turn,
+            &key.key,
+            &mut settle,
+        );
+    } else {
+        respond_whole(
+            request,
+            &ctx,
+            &chat,
+            &params,
+            &completion,
+            turn,
+            &key.key,
+            &mut settle,
+        );
     }
 }
 
-/// Answers `request` with the turn's events, streamed or whole as `chat` asks; returns the
-/// whole reply text when the turn ended normally (or was suspended with a question).
-pub fn respond_turn(
+/// Answers `request` with the events of `turn` (an answer to a suspended turn's question, from
+/// `permissions.rs`), streamed or whole as `chat` asks, with no request parameters and no
+/// conversation point to record.
+pub(super) fn respond_turn(
     request: Request,
-    ctx: &HttpContext,
+    ctx: &Arc<HttpContext>,
     chat: &ChatRequest,
     turn: SubmittedTurn,
     key: &str,
-) -> Option<String> {
+) {
     let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let completion = Completion::new(&model);
+    let params = Params::default();
+    let mut settle = |_: Option<&str>| {};
     if chat.stream {
-        stream(request, ctx, chat, &completion, turn, key)
+        stream(
+            request,
+            ctx,
+            chat,
+            &params,
+            &completion,
+            turn,
+            key,
+            &mut settle,
+        );
     } else {
-        respond_whole(request, ctx, chat, &completion, turn)
+        respond_whole(
+            request,
+            ctx,
+            chat,
+            &params,
+            &completion,
+            turn,
+            key,
+            &mut settle,
+        );
     }
+}
+
+/// The request's headers as (lower-case name, value) pairs.
+pub fn lower_case_headers(request: &Request) -> Vec<(String, String)> {
+    request
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The body of a JSON request, read and bounded (415 for another content type, 413 over
+/// `max_body_bytes`, 400 over `MAX_JSON_CONTAINERS`), with a parse permit (503 after
+/// `PARSE_WAIT` without one). `trim` is armed for a large body.
+pub(super) fn read_json_request(
+    request: &mut Request,
+    ctx: &HttpContext,
+    trim: &mut TrimOnDrop,
+) -> Result<(Vec<u8>, Permit<'static>), ApiError> {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.to_string());
+    if let Some(content_type) = content_type
+        && !is_json_media_type(&content_type)
+    {
+        let message =
+            format!("Content-Type is {content_type:?}; send the request body as application/json");
+        return Err(ApiError::new(415, "unsupported_media_type", message));
+    }
+    let body = read_body(request, ctx.max_body_bytes)?;
+    if body.len() >= TRIM_AFTER_BYTES {
+        trim.arm();
+    }
+    let containers = count_json_containers(&body);
+    if containers > MAX_JSON_CONTAINERS {
+        let message = format!(
+            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
+        );
+        return Err(ApiError::bad_request(message));
+    }
+    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
+        let message =
+            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
+        return Err(ApiError::new(503, "busy_parsing", message).retry_after(1));
+    };
+    Ok((body, permit))
 }
 
 /// `Content-Type` names exactly the media type `application/json` (parameters such as
@@ -248,7 +341,7 @@ struct Permits {
     freed: std::sync::Condvar,
 }
 
-struct Permit<'a>(&'a Permits);
+pub(super) struct Permit<'a>(&'a Permits);
 
 impl Permits {
     const fn new(n: usize) -> Self {
@@ -302,7 +395,7 @@ static LARGE_BODIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// peak after a burst of large bodies; trimming while others still hold theirs would miss
 /// them).
 #[derive(Default)]
-struct TrimOnDrop(bool);
+pub(super) struct TrimOnDrop(bool);
 
 impl TrimOnDrop {
     fn arm(&mut self) {
@@ -329,7 +422,7 @@ impl Drop for TrimOnDrop {
 /// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
 /// 15 bytes: `respond:agent:m…`. The responder learns its session key only after reading the
 /// request, after it was spawned as `respond`.
-fn name_this_thread(name: &str) {
+pub(super) fn name_this_thread(name: &str) {
     let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
     bytes.push(0);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
@@ -369,7 +462,7 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The client's system prompt: its system and developer messages, joined.
-fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
+pub(super) fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
     let parts: Vec<String> = messages
         .iter()
         .filter(|m| {
@@ -384,7 +477,7 @@ fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("\n\n"))
 }
 
-pub fn submit_error(error: SubmitError) -> ApiError {
+pub(super) fn submit_error(error: SubmitError) -> ApiError {
     match error {
         SubmitError::QueueFull { limit } => ApiError::new(
             429,
@@ -414,37 +507,23 @@ pub fn submit_error(error: SubmitError) -> ApiError {
     }
 }
 
-fn failure_error(failure: &TurnFailure) -> ApiError {
-    let (status, code) = match failure.kind {
-        FailureKind::AgentUnavailable => (503, "agent_unavailable"),
-        FailureKind::AgentDied => (502, "agent_died"),
-        FailureKind::Timeout => (504, "turn_timeout"),
-        FailureKind::ShuttingDown => (503, "shutting_down"),
-        FailureKind::Cancelled => (500, "cancelled"),
-        FailureKind::BadAnswer => (400, "unknown_question_id"),
-        FailureKind::PermissionBlocked => (409, "permission_relay_off"),
-    };
-    ApiError::new(status, code, failure.message.clone())
-}
-
-fn worker_vanished() -> ApiError {
-    ApiError::new(
-        500,
-        "session_worker_failed",
-        "the session's worker ended unexpectedly (see the bridge log); retry",
-    )
-}
-
-/// Streams the turn; returns the whole reply text when the turn ended normally.
+/// Streams the turn; returns the reply text the client got when the turn ended normally.
+/// With `stop`, the text ends before the first stop sequence (the turn still runs to its end
+/// in Claude); with a JSON `response_format`, the reply is sent as one piece once checked.
+/// `settle` gets the reply the client gets (None if there is none) before the stream ends.
+#[allow(clippy::too_many_arguments)]
 fn stream(
     request: Request,
-    ctx: &HttpContext,
+    ctx: &Arc<HttpContext>,
     chat: &ChatRequest,
+    params: &Params,
     completion: &Completion,
     turn: SubmittedTurn,
     key: &str,
-) -> Option<String> {
-    let mut sse = match SseStream::start(request) {
+    settle: &mut dyn FnMut(Option<&str>),
+) {
+    let headers = [("X-Session-Key", key.to_string())];
+    let mut sse = match SseStream::start_with_headers(request, &headers) {
         Ok(sse) => sse,
         Err(e) => {
             log::info!(
@@ -452,85 +531,105 @@ fn stream(
                 turn.id
             );
             turn.cancel.cancel();
-            return None;
+            return;
         }
     };
-    let mut reply = String::new();
-    let mut completed: Option<Instant> = None;
-    let result = (|| -> std::io::Result<()> {
-        sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None))?;
-        loop {
-            match turn.events.recv_timeout(ctx.heartbeat_interval) {
-                Ok(TurnEvent::Text { text, .. }) => {
-                    // Separate consecutive replies (progress, then the answer) with a blank line.
-                    let content = if reply.is_empty() {
-                        text
-                    } else {
-                        format!("\n\n{text}")
-                    };
-                    reply.push_str(&content);
-                    sse.event(&completion.chunk(json!({"content": content}), None))?;
+    let opened = sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
+    if opened.is_err() {
+        turn.cancel.cancel();
+        return;
+    }
+    let mut sent = String::new();
+    let mut stop = StopFilter::new(params.stop.clone());
+    let buffered = params.format.is_json();
+    let beat = completion.chunk(json!({"content": ""}), None);
+    let waited = {
+        let sse = std::cell::RefCell::new(&mut sse);
+        let sent = std::cell::RefCell::new(&mut sent);
+        wait_turn(
+            ctx,
+            key,
+            &turn,
+            |piece| {
+                if buffered {
+                    return Ok(());
                 }
-                Ok(TurnEvent::Done(read_at)) => {
-                    sse.event(&completion.chunk(json!({}), Some("stop")))?;
-                    if chat.include_usage {
-                        sse.event(
-                            &completion
-                                .usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
-                        )?;
-                    }
-                    completed = Some(read_at);
-                    break;
+                let out = stop.push(piece);
+                if out.is_empty() {
+                    return Ok(());
                 }
-                Ok(TurnEvent::Suspended(pending)) => {
-                    // The question ends this response normally; the answer comes in the
-                    // session's next request, which gets the rest of the turn.
-                    let text = question_text(&pending);
-                    let content = if reply.is_empty() {
-                        text
-                    } else {
-                        format!("\n\n{text}")
-                    };
-                    reply.push_str(&content);
-                    sse.event(&question_chunk(completion, &content, &pending))?;
-                    sse.event(&completion.chunk(json!({}), Some("stop")))?;
-                    if chat.include_usage {
-                        sse.event(
-                            &completion
-                                .usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
-                        )?;
-                    }
-                    completed = Some(Instant::now());
-                    break;
-                }
-                Ok(TurnEvent::Failed(failure)) => {
-                    log::warn!("session {key:?} {}: failed: {}", turn.id, failure.message);
-                    sse.event(&failure_error(&failure).body())?;
-                    break;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    METRICS.heartbeats.inc();
-                    sse.event(&completion.chunk(json!({"content": ""}), None))?;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    sse.event(&worker_vanished().body())?;
-                    break;
-                }
+                sent.borrow_mut().push_str(&out);
+                sse.borrow_mut()
+                    .event(&completion.chunk(json!({"content": out}), None))
+            },
+            || sse.borrow_mut().event(&beat),
+        )
+    };
+    let mut pending = Vec::new();
+    let result = (|| -> Result<(String, Instant), Option<ApiError>> {
+        let (text, read_at, questions) = match waited {
+            Waited::Done {
+                text,
+                read_at,
+                pending,
+            } => (text, read_at, pending),
+            Waited::Failed(error) => return Err(Some(error)),
+            Waited::Gone => return Err(None),
+        };
+        if buffered {
+            let (checked, questions) =
+                check_format(ctx, key, &params.format, text, questions, || {
+                    sse.event(&beat)
+                })?;
+            pending = questions;
+            let out = StopFilter::apply(&params.stop, &checked);
+            sse.event(&completion.chunk(json!({"content": out}), None))
+                .map_err(|_| None)?;
+            sent = out;
+        } else {
+            pending = questions;
+            let rest = stop.finish();
+            if !rest.is_empty() {
+                sent.push_str(&rest);
+                sse.event(&completion.chunk(json!({"content": rest}), None))
+                    .map_err(|_| None)?;
             }
         }
-        sse.event("[DONE]")
+        Ok((sent.clone(), read_at))
     })();
-    match result.and_then(|()| sse.finish()) {
-        Ok(()) => {
-            let read_at = completed?;
+    settle(result.as_ref().ok().map(|(reply, _)| reply.as_str()));
+    let finished = match result {
+        Ok((reply, read_at)) => (|| -> std::io::Result<()> {
+            if !pending.is_empty() {
+                // A suspended turn: its questions, machine-readable, before the end.
+                sse.event(&question_chunk(completion, "", &pending))?;
+            }
+            sse.event(&completion.chunk(json!({}), Some("stop")))?;
+            if chat.include_usage {
+                sse.event(
+                    &completion.usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
+                )?;
+            }
+            sse.event("[DONE]")?;
+            Ok(())
+        })()
+        .map(|()| Some((reply, read_at))),
+        Err(Some(error)) => sse
+            .event(&error.body())
+            .and_then(|()| sse.event("[DONE]"))
+            .map(|()| None),
+        Err(None) => return,
+    };
+    match finished.and_then(|done| sse.finish().map(|()| done)) {
+        Ok(Some((reply, read_at))) => {
             METRICS.bridge_outbound.record(read_at.elapsed());
             log::debug!(
                 "session {key:?} {}: streamed {} chars",
                 turn.id,
                 reply.len()
             );
-            Some(reply)
         }
+        Ok(None) => {}
         Err(e) => {
             log::info!(
                 "session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn",
@@ -538,106 +637,139 @@ fn stream(
             );
             metrics::failed("client_gone");
             turn.cancel.cancel();
-            None
         }
     }
 }
 
-/// Answers with one `chat.completion`; returns the reply text when the turn ended normally.
+/// Answers with one `chat.completion`; `settle` gets the reply before it is written.
+#[allow(clippy::too_many_arguments)]
 fn respond_whole(
     request: Request,
-    ctx: &HttpContext,
+    ctx: &Arc<HttpContext>,
     chat: &ChatRequest,
+    params: &Params,
     completion: &Completion,
     turn: SubmittedTurn,
-) -> Option<String> {
-    // Until the first heartbeat the status is still open (a quick failure gets its own
-    // status); after it, the 200 and a space every heartbeat tell whether the client is still
-    // there, so a client that left cancels the turn as a streaming one does. A failure after
-    // that point is the OpenAI error object as the body of the 200.
-    enum Answer {
-        NotStarted(Request),
-        Started(SseStream),
-    }
-    let mut answer = Answer::NotStarted(request);
-    let mut text = String::new();
-    let mut suspended: Option<Vec<Pending>> = None;
-    let read_at = loop {
-        let event = turn.events.recv_timeout(ctx.heartbeat_interval);
-        let failure = match event {
-            Ok(TurnEvent::Text { text: part, .. }) => {
-                if !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(&part);
-                continue;
-            }
-            Ok(TurnEvent::Done(read_at)) => break read_at,
-            Ok(TurnEvent::Suspended(pending)) => {
-                if !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(&question_text(&pending));
-                suspended = Some(pending);
-                break Instant::now();
-            }
-            Ok(TurnEvent::Failed(failure)) => failure_error(&failure),
-            Err(RecvTimeoutError::Disconnected) => worker_vanished(),
-            Err(RecvTimeoutError::Timeout) => {
-                let written = match answer {
-                    Answer::NotStarted(request) => {
-                        SseStream::start_json(request).map(Answer::Started)
-                    }
-                    Answer::Started(mut stream) => {
-                        stream.raw(b" ").map(|()| Answer::Started(stream))
-                    }
-                };
-                match written {
-                    Ok(next) => {
-                        METRICS.heartbeats.inc();
-                        answer = next;
-                        continue;
-                    }
-                    Err(e) => {
-                        log::info!(
-                            "{}: client left while waiting for a non-streamed answer ({e}); cancelling the turn",
-                            turn.id
-                        );
-                        metrics::failed("client_gone");
-                        turn.cancel.cancel();
-                        return None;
-                    }
-                }
-            }
-        };
-        match answer {
-            Answer::NotStarted(request) => respond_error(request, &failure),
-            Answer::Started(mut stream) => {
-                let _ = stream
-                    .raw(failure.body().as_bytes())
-                    .and_then(|()| stream.finish());
-            }
-        }
-        return None;
+    key: &str,
+    settle: &mut dyn FnMut(Option<&str>),
+) {
+    let headers = [("X-Session-Key", key.to_string())];
+    let mut answer = Answer::new(request, &headers);
+    let whole = whole_reply(ctx, key, &params.format, &turn, &mut answer)
+        .map(|(text, pending)| (StopFilter::apply(&params.stop, &text), pending));
+    settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
+    let (text, pending) = match whole {
+        Ok(whole) => whole,
+        Err(Some(error)) => return answer.fail(&error),
+        Err(None) => return,
     };
     let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
-    if let Some(pending) = suspended {
+    if !pending.is_empty() {
         body = with_pending(body, &pending);
     }
-    match answer {
-        Answer::NotStarted(request) => {
-            super::respond_json_within(request, 200, body, ctx.write_deadline)
+    if let Err(e) = answer.finish(body, ctx.write_deadline) {
+        log::info!(
+            "{}: client left before the answer was written ({e})",
+            turn.id
+        );
+    }
+}
+
+/// The whole reply of `turn`, checked against `format` (with one repair turn), while `answer`
+/// keeps the client's connection alive; with the open questions if the turn was suspended.
+pub(super) fn whole_reply(
+    ctx: &Arc<HttpContext>,
+    key: &str,
+    format: &ReplyFormat,
+    turn: &SubmittedTurn,
+    answer: &mut Answer,
+) -> Result<(String, Vec<Pending>), Option<ApiError>> {
+    let (text, pending) = match wait_turn(ctx, key, turn, |_| Ok(()), || answer.beat()) {
+        Waited::Done {
+            text,
+            read_at,
+            pending,
+        } => {
+            METRICS.bridge_outbound.record(read_at.elapsed());
+            (text, pending)
         }
-        Answer::Started(mut stream) => {
-            if let Err(e) = stream.raw(body.as_bytes()).and_then(|()| stream.finish()) {
-                log::info!(
-                    "{}: client left before the answer was written ({e})",
-                    turn.id
-                );
-                return None;
-            }
+        Waited::Failed(error) => return Err(Some(error)),
+        Waited::Gone => return Err(None),
+    };
+    check_format(ctx, key, format, text, pending, || answer.beat())
+}
+
+/// A non-streamed JSON answer. Until the first heartbeat the status is still open (a quick
+/// failure gets its own status); after it, the 200 and a space every heartbeat tell whether
+/// the client is still there, so a client that left cancels the turn as a streaming one does.
+/// A failure after that point is the OpenAI error object as the body of the 200.
+pub(super) struct Answer {
+    state: Option<AnswerState>,
+    headers: Vec<(&'static str, String)>,
+}
+
+enum AnswerState {
+    NotStarted(Request),
+    Started(SseStream),
+}
+
+impl Answer {
+    pub(super) fn new(request: Request, headers: &[(&'static str, String)]) -> Self {
+        Answer {
+            state: Some(AnswerState::NotStarted(request)),
+            headers: headers.to_vec(),
         }
     }
-    METRICS.bridge_outbound.record(read_at.elapsed());
-    Some(text)
+
+    pub(super) fn beat(&mut self) -> std::io::Result<()> {
+        let next = match self.state.take() {
+            Some(AnswerState::NotStarted(request)) => {
+                SseStream::start_json_with_headers(request, &self.headers)?
+            }
+            Some(AnswerState::Started(mut stream)) => {
+                stream.raw(b" ")?;
+                stream
+            }
+            None => return Err(std::io::Error::other("the answer was already written")),
+        };
+        self.state = Some(AnswerState::Started(next));
+        Ok(())
+    }
+
+    pub(super) fn fail(mut self, error: &ApiError) {
+        match self.state.take() {
+            Some(AnswerState::NotStarted(request)) => respond_error(request, error),
+            Some(AnswerState::Started(mut stream)) => {
+                let _ = stream
+                    .raw(error.body().as_bytes())
+                    .and_then(|()| stream.finish());
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn finish(
+        mut self,
+        body: String,
+        deadline: std::time::Duration,
+    ) -> std::io::Result<()> {
+        match self.state.take() {
+            Some(AnswerState::NotStarted(request)) => {
+                super::respond_bytes_with(
+                    request,
+                    200,
+                    "application/json",
+                    body.into_bytes(),
+                    None,
+                    deadline,
+                    &self.headers,
+                );
+                Ok(())
+            }
+            Some(AnswerState::Started(mut stream)) => {
+                stream.raw(body.as_bytes()).and_then(|()| stream.finish())
+            }
+            None => Ok(()),
+        }
+    }
 }

@@ -6,9 +6,10 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`, `drop_all`
-//! or `ask=<tool>` (a permission prompt for that tool, relayed to the channel as Claude does;
-//! repeat it for several). Later items win for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
+//! `drop_all`, `json_next` or `ask=<tool>` (a permission prompt for that tool, relayed to the
+//! channel as Claude does; repeat it for several). Later items win for numbers; flags only ever
+//! switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Directives {
     /// Permission prompts (tool names) shown one after the other after the progress replies
     /// and before the final one, each relayed as `permission_request` and waited on.
     pub ask: Vec<String>,
+    /// The next turn replies with this turn's last line starting with `{` (see turns.rs).
+    pub json_next: bool,
 }
 
 /// Largest `progress` honoured (a typo must not turn into a million tool calls).
@@ -101,6 +104,7 @@ impl Directives {
             ("ask", Some(tool)) if !tool.is_empty() && self.ask.len() < 10 => {
                 self.ask.push(tool.to_string())
             }
+            ("json_next", None) => self.json_next = true,
             // Acted on when the notification arrives (see turns.rs), not part of the plan.
             ("drop_first" | "drop_all", None) => {}
             _ => return Err(format!("unknown directive `{item}`")),
