@@ -427,3 +427,52 @@ fn a_prompt_claude_does_not_relay_fails_the_turn_instead_of_stalling() {
     let (_, events) = stream_chat(bridge.http, "p", "after");
     assert_eq!(streamed_text(&events), "after");
 }
+
+#[test]
+fn responses_api_clients_get_the_question_and_answer_it_with_yes_id() {
+    let bridge = Bridge::demo().start();
+    let post = |body: Value| {
+        request(
+            bridge.http,
+            "POST",
+            "/v1/responses",
+            &[("X-Session-Key", "r"), ("Content-Type", "application/json")],
+            &body.to_string(),
+        )
+    };
+    let asked = post(json!({"model": "claude-code", "input": "go [sim:ask=Bash]"}));
+    assert_eq!(asked.status, 200, "{}", asked.text());
+    let body = asked.json();
+    let id = body["synthesis_pending"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no synthesis_pending in {body}"))
+        .to_string();
+    let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains(&format!("yes {id}")), "{text}");
+    assert_eq!(session_row(&bridge, "r")["state"], "suspended");
+
+    let wrong = if id == "zzzzz" { "yyyyy" } else { "zzzzz" };
+    let refused = post(json!({"input": format!("yes {wrong}")}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["code"], "unknown_question_id");
+
+    // The answer, streamed and continuing by previous_response_id: the rest of the turn.
+    let answered = post(json!({
+        "input": format!("yes {id}"),
+        "previous_response_id": body["id"],
+        "stream": true,
+    }));
+    assert_eq!(answered.status, 200);
+    let completed = answered
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "response.completed")
+        .expect("a response.completed event");
+    let rest = completed["response"]["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(rest.ends_with("(Bash: allowed)"), "{rest}");
+    assert!(completed["response"].get("synthesis_pending").is_none());
+}
