@@ -476,3 +476,24 @@ fn responses_api_clients_get_the_question_and_answer_it_with_yes_id() {
     assert!(rest.ends_with("(Bash: allowed)"), "{rest}");
     assert!(completed["response"].get("synthesis_pending").is_none());
 }
+
+#[test]
+fn with_a_json_response_format_the_question_is_passed_on_unchecked() {
+    let bridge = Bridge::demo().start();
+    let body = json!({
+        "model": "claude-code",
+        "stream": true,
+        "response_format": {"type": "json_object"},
+        "messages": [{"role": "user", "content": "go [sim:ask=Bash]"}],
+    });
+    let (response, events) = stream_body(bridge.http, "j", &body.to_string());
+    assert_eq!(response.status, 200);
+    let shown = streamed_text(&events);
+    let ids = question_ids(&events);
+    assert_eq!(ids.len(), 1, "{shown:?} {events:?}");
+    assert!(shown.contains(&format!("yes {}", ids[0])), "{shown}");
+    assert_eq!(finish_reason(&events).as_deref(), Some("stop"));
+    // No repair turn was sent: it would have denied the question.
+    assert_eq!(session_row(&bridge, "j")["state"], "suspended");
+    assert!(!bridge.log().contains("asking Claude once to fix it"));
+}
