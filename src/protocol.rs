@@ -92,6 +92,17 @@ pub enum ChannelFrame {
         #[serde(default)]
         token: String,
     },
+    /// Claude asks for permission to use a tool (its
+    /// `notifications/claude/channel/permission_request`); answered by `permission_verdict`.
+    PermissionRequest {
+        request_id: String,
+        #[serde(default)]
+        tool_name: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        input_preview: String,
+    },
 }
 
 /// bridge → channel
@@ -105,6 +116,13 @@ pub enum BridgeFrame {
         content: String,
         #[serde(default)]
         meta: BTreeMap<String, String>,
+    },
+    /// The answer to a `permission_request`, sent on to Claude as
+    /// `notifications/claude/channel/permission {request_id, behavior}`.
+    PermissionVerdict {
+        request_id: String,
+        /// `"allow"` or `"deny"`.
+        behavior: String,
     },
 }
 
@@ -167,6 +185,31 @@ mod tests {
             r#"{"type":"turn","id":"t2","content":"hello","meta":{"turn_id":"t2"}}"#
         );
         assert_eq!(serde_json::from_str::<BridgeFrame>(&json).unwrap(), frame);
+    }
+
+    #[test]
+    fn permission_frames_round_trip() {
+        let request: ChannelFrame = serde_json::from_str(
+            r#"{"type":"permission_request","request_id":"r1","tool_name":"Bash","description":"d","input_preview":"ls"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            request,
+            ChannelFrame::PermissionRequest {
+                request_id: "r1".into(),
+                tool_name: "Bash".into(),
+                description: "d".into(),
+                input_preview: "ls".into(),
+            }
+        );
+        let verdict = BridgeFrame::PermissionVerdict {
+            request_id: "r1".into(),
+            behavior: "allow".into(),
+        };
+        assert_eq!(
+            verdict.to_json(),
+            r#"{"type":"permission_verdict","request_id":"r1","behavior":"allow"}"#
+        );
     }
 
     #[test]

@@ -170,3 +170,39 @@ fn openclaw_turns_reach_their_own_claude_sessions_and_a_slow_turn_survives_on_he
     );
     assert_eq!(bridge.log().matches("spawned pid").count(), 2);
 }
+
+#[test]
+fn a_permission_question_is_answered_through_openclaw() {
+    let Some((node, cli)) = tools() else { return };
+    let bridge = Bridge::demo()
+        .arg("--api-key", API_KEY)
+        .arg("--heartbeat-interval", "1s")
+        .start();
+    let gateway = Gateway::new(node, cli, &bridge, 30);
+    let question = gateway.turn("perm", "run the tests [sim:ask=Bash]");
+    assert!(
+        question.contains("Claude wants to run **Bash**"),
+        "{question}\nlog:\n{}",
+        bridge.log()
+    );
+    let id = question
+        .split("`yes ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no id in {question}"))
+        .to_string();
+    assert_eq!(sessions(&bridge)[0]["state"], "suspended");
+    let rest = gateway.turn("perm", &format!("yes {id}"));
+    assert!(
+        rest.contains("(Bash: allowed)"),
+        "{rest}\nlog:\n{}",
+        bridge.log()
+    );
+    let all = sessions(&bridge);
+    assert_eq!(
+        all.len(),
+        1,
+        "the answer continued the same session: {all:?}"
+    );
+    assert_eq!(bridge.log().matches("spawned pid").count(), 1);
+}

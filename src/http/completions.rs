@@ -5,6 +5,9 @@
 //! session's `TurnEvent`s into either an SSE stream or one `chat.completion`. While it waits
 //! it sends an empty-content chunk every `heartbeat_interval` (OpenClaw's watchdog counts
 //! JSON chunks, not SSE comments). If the client goes away mid-stream, it cancels the turn.
+//! A turn that only answers a suspended turn's questions (`yes kqwfz`) is classified here and
+//! an unknown id refused before the response starts (`answers.rs`, docs/PERMISSIONS.md); a
+//! suspended turn's response ends with its questions (`synthesis_pending`).
 
 use serde_json::json;
 use std::io::Read;
@@ -12,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::Request;
 
+use super::answers::{check_answers, classify_answers, question_chunk, with_pending};
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
 use super::params::{Params, ReplyFormat, StopFilter};
@@ -21,6 +25,7 @@ use super::{HttpContext, respond_error};
 use crate::config::SystemPromptPolicy;
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
+use crate::session::pending::Pending;
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::HistoryRenderer;
@@ -124,6 +129,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
         return respond_error(request, &ApiError::bad_request(message));
     }
+    let answers = classify_answers(&parts);
+    if let Err(message) = check_answers(&ctx, &key.key, &answers) {
+        return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
+    }
     let mut content = parts.join("\n\n");
     if let Some(instruction) = params.format.instruction() {
         content = format!("{content}\n\n{instruction}");
@@ -150,6 +159,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         fingerprint,
         marked_retry,
         system_prompt,
+        answers,
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.
@@ -199,6 +209,45 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
             &completion,
             turn,
             &key.key,
+            &mut settle,
+        );
+    }
+}
+
+/// Answers `request` with the events of `turn` (an answer to a suspended turn's question, from
+/// `permissions.rs`), streamed or whole as `chat` asks, with no request parameters and no
+/// conversation point to record.
+pub(super) fn respond_turn(
+    request: Request,
+    ctx: &Arc<HttpContext>,
+    chat: &ChatRequest,
+    turn: SubmittedTurn,
+    key: &str,
+) {
+    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
+    let completion = Completion::new(&model);
+    let params = Params::default();
+    let mut settle = |_: Option<&str>| {};
+    if chat.stream {
+        stream(
+            request,
+            ctx,
+            chat,
+            &params,
+            &completion,
+            turn,
+            key,
+            &mut settle,
+        );
+    } else {
+        respond_whole(
+            request,
+            ctx,
+            chat,
+            &params,
+            &completion,
+            turn,
+            key,
             &mut settle,
         );
     }
@@ -516,19 +565,29 @@ fn stream(
             || sse.borrow_mut().event(&beat),
         )
     };
+    let mut pending = Vec::new();
     let result = (|| -> Result<(String, Instant), Option<ApiError>> {
-        let (text, read_at) = match waited {
-            Waited::Done { text, read_at } => (text, read_at),
+        let (text, read_at, questions) = match waited {
+            Waited::Done {
+                text,
+                read_at,
+                pending,
+            } => (text, read_at, pending),
             Waited::Failed(error) => return Err(Some(error)),
             Waited::Gone => return Err(None),
         };
         if buffered {
-            let checked = check_format(ctx, key, &params.format, text, || sse.event(&beat))?;
+            let (checked, questions) =
+                check_format(ctx, key, &params.format, text, questions, || {
+                    sse.event(&beat)
+                })?;
+            pending = questions;
             let out = StopFilter::apply(&params.stop, &checked);
             sse.event(&completion.chunk(json!({"content": out}), None))
                 .map_err(|_| None)?;
             sent = out;
         } else {
+            pending = questions;
             let rest = stop.finish();
             if !rest.is_empty() {
                 sent.push_str(&rest);
@@ -541,6 +600,10 @@ fn stream(
     settle(result.as_ref().ok().map(|(reply, _)| reply.as_str()));
     let finished = match result {
         Ok((reply, read_at)) => (|| -> std::io::Result<()> {
+            if !pending.is_empty() {
+                // A suspended turn: its questions, machine-readable, before the end.
+                sse.event(&question_chunk(completion, "", &pending))?;
+            }
             sse.event(&completion.chunk(json!({}), Some("stop")))?;
             if chat.include_usage {
                 sse.event(
@@ -593,14 +656,17 @@ fn respond_whole(
     let headers = [("X-Session-Key", key.to_string())];
     let mut answer = Answer::new(request, &headers);
     let whole = whole_reply(ctx, key, &params.format, &turn, &mut answer)
-        .map(|text| StopFilter::apply(&params.stop, &text));
-    settle(whole.as_ref().ok().map(String::as_str));
-    let text = match whole {
-        Ok(text) => text,
+        .map(|(text, pending)| (StopFilter::apply(&params.stop, &text), pending));
+    settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
+    let (text, pending) = match whole {
+        Ok(whole) => whole,
         Err(Some(error)) => return answer.fail(&error),
         Err(None) => return,
     };
-    let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
+    let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
+    if !pending.is_empty() {
+        body = with_pending(body, &pending);
+    }
     if let Err(e) = answer.finish(body, ctx.write_deadline) {
         log::info!(
             "{}: client left before the answer was written ({e})",
@@ -610,23 +676,27 @@ fn respond_whole(
 }
 
 /// The whole reply of `turn`, checked against `format` (with one repair turn), while `answer`
-/// keeps the client's connection alive.
+/// keeps the client's connection alive; with the open questions if the turn was suspended.
 pub(super) fn whole_reply(
     ctx: &Arc<HttpContext>,
     key: &str,
     format: &ReplyFormat,
     turn: &SubmittedTurn,
     answer: &mut Answer,
-) -> Result<String, Option<ApiError>> {
-    let text = match wait_turn(ctx, key, turn, |_| Ok(()), || answer.beat()) {
-        Waited::Done { text, read_at } => {
+) -> Result<(String, Vec<Pending>), Option<ApiError>> {
+    let (text, pending) = match wait_turn(ctx, key, turn, |_| Ok(()), || answer.beat()) {
+        Waited::Done {
+            text,
+            read_at,
+            pending,
+        } => {
             METRICS.bridge_outbound.record(read_at.elapsed());
-            text
+            (text, pending)
         }
         Waited::Failed(error) => return Err(Some(error)),
         Waited::Gone => return Err(None),
     };
-    check_format(ctx, key, format, text, || answer.beat())
+    check_format(ctx, key, format, text, pending, || answer.beat())
 }
 
 /// A non-streamed JSON answer. Until the first heartbeat the status is still open (a quick

@@ -8,6 +8,9 @@
 //! names is continued when it is its session's latest, and forked (a new conversation
 //! starting from that response's history, which the bridge keeps in memory) when it is not.
 //! Replies stream as the Responses event sequence, or come back as one `response` object.
+//! Answers to a suspended turn's questions (`yes kqwfz`) are classified as for chat
+//! completions; a suspended turn's response ends with the question text and carries the
+//! questions as `synthesis_pending` (docs/PERMISSIONS.md).
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tiny_http::Request;
 
+use super::answers::{check_answers, classify_answers, pending_json};
 use super::completions::{
     Answer, TrimOnDrop, lower_case_headers, name_this_thread, read_json_request, submit_error,
     system_prompt_text, whole_reply,
@@ -28,6 +32,7 @@ use crate::config::SystemPromptPolicy;
 use crate::metrics::METRICS;
 use crate::protocol::MAX_TURN_BYTES;
 use crate::session::identity;
+use crate::session::pending::Pending;
 use crate::session::registry::NewTurn;
 use crate::session::turn::HistoryRenderer;
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
@@ -312,6 +317,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
             return respond_error(request, &error);
         }
     };
+    let answers = classify_answers(&parts);
     let mut content = parts.join("\n\n");
     let user_text = content.clone();
     if let Some(instruction) = req.format.instruction() {
@@ -388,6 +394,9 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     };
     drop(value);
     name_this_thread(&format!("respond:{}", key.key));
+    if let Err(message) = check_answers(&ctx, &key.key, &answers) {
+        return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
+    }
     let matched = identity::MATCHED_SOURCES.contains(&key.source);
     let _history_claim = match (&ctx.continuations, key.source) {
         (Some(c), "conversation-continuation") => {
@@ -410,6 +419,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         fingerprint: super::openclaw::retry_fingerprint(&req.messages),
         marked_retry: key.source == "identical-request-retry",
         system_prompt,
+        answers,
     };
     let turn = match ctx.registry.submit(&key.key, new_turn, ctx.queue_timeout) {
         Ok(turn) => turn,
@@ -458,10 +468,11 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     } else {
         let mut answer = Answer::new(request, &headers);
         let whole = whole_reply(&ctx, &key.key, &req.format, &turn, &mut answer);
-        settle(whole.as_ref().ok().map(String::as_str));
+        settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
         match whole {
-            Ok(text) => {
-                let body = shape.response("completed", Some(&text), None).to_string();
+            Ok((text, pending)) => {
+                let body = with_pending(shape.response("completed", Some(&text), None), &pending)
+                    .to_string();
                 if let Err(e) = answer.finish(body, ctx.write_deadline) {
                     log::info!(
                         "{}: client left before the answer was written ({e})",
@@ -474,6 +485,14 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         }
     }
     drop(claim);
+}
+
+/// A `response` object with a suspended turn's questions added as `synthesis_pending`.
+fn with_pending(mut response: Value, pending: &[Pending]) -> Value {
+    if !pending.is_empty() {
+        response["synthesis_pending"] = pending_json(pending);
+    }
+    response
 }
 
 /// What every event and the final object of one response share.
@@ -624,31 +643,35 @@ fn stream(
     );
     let mut events = events.into_inner();
     let result = match waited {
-        Waited::Done { text, read_at } => {
+        Waited::Done {
+            text,
+            read_at,
+            pending,
+        } => {
             METRICS.bridge_outbound.record(read_at.elapsed());
             if buffered {
-                check_format(ctx, key, format, text, || {
+                check_format(ctx, key, format, text, pending, || {
                     events.send("response.in_progress", in_progress.clone())
                 })
-                .and_then(|text| {
+                .and_then(|(text, pending)| {
                     events
                         .send(
                             "response.output_text.delta",
                             with_ids(json!({"delta": text, "logprobs": []})),
                         )
-                        .map(|()| text)
+                        .map(|()| (text, pending))
                         .map_err(|_| None)
                 })
             } else {
-                Ok(text)
+                Ok((text, pending))
             }
         }
         Waited::Failed(error) => Err(Some(error)),
         Waited::Gone => Err(None),
     };
-    settle(result.as_ref().ok().map(String::as_str));
+    settle(result.as_ref().ok().map(|(text, _)| text.as_str()));
     let written = match result {
-        Ok(text) => events
+        Ok((text, pending)) => events
             .send(
                 "response.output_text.done",
                 with_ids(json!({"text": text, "logprobs": []})),
@@ -668,7 +691,7 @@ fn stream(
             .and_then(|()| {
                 events.send(
                     "response.completed",
-                    json!({"response": shape.response("completed", Some(&text), None)}),
+                    json!({"response": with_pending(shape.response("completed", Some(&text), None), &pending)}),
                 )
             }),
         Err(Some(error)) => events.send(

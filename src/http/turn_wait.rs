@@ -2,7 +2,9 @@
 //! `/v1/chat/completions` and `/v1/responses`: the turn's events with a heartbeat callback
 //! (a failed write means the client left: the turn is cancelled), the JSON reply check with
 //! one repair turn (`response_format`), and the short error a client gets for a failed turn
-//! (screen lines stay in the log and in `/v1/sessions`' `last_error`).
+//! (screen lines stay in the log and in `/v1/sessions`' `last_error`). A suspended turn
+//! (docs/PERMISSIONS.md) ends the wait like a finished one, its question text as the last
+//! piece and its questions in `Waited::Done::pending`.
 
 use crossbeam_channel::RecvTimeoutError;
 use std::collections::{HashMap, VecDeque};
@@ -15,13 +17,20 @@ use super::HttpContext;
 use super::openai::ApiError;
 use super::params::ReplyFormat;
 use crate::metrics::{self, METRICS};
+use crate::session::pending::{Pending, question_text};
 use crate::session::registry::{NewTurn, SubmittedTurn};
 use crate::session::turn::{FailureKind, TurnEvent, TurnFailure};
 
 /// How a wait ended.
 pub enum Waited {
-    /// The reply (pieces joined by a blank line) and when its end was read.
-    Done { text: String, read_at: Instant },
+    /// The reply (pieces joined by a blank line) and when its end was read. `pending` holds
+    /// the questions of a suspended turn (their text is the reply's last piece); empty when
+    /// the turn finished.
+    Done {
+        text: String,
+        read_at: Instant,
+        pending: Vec<Pending>,
+    },
     /// The turn failed; the client should get this error.
     Failed(ApiError),
     /// A write to the client failed: it left, and the turn was cancelled.
@@ -62,7 +71,32 @@ pub fn wait_turn(
                     return gone(e);
                 }
             }
-            Ok(TurnEvent::Done(read_at)) => return Waited::Done { text, read_at },
+            Ok(TurnEvent::Done(read_at)) => {
+                return Waited::Done {
+                    text,
+                    read_at,
+                    pending: Vec::new(),
+                };
+            }
+            Ok(TurnEvent::Suspended(pending)) => {
+                // The question ends this response normally; the answer comes in the
+                // session's next request, which gets the rest of the same claude turn.
+                let question = question_text(&pending);
+                let piece = if text.is_empty() {
+                    question
+                } else {
+                    format!("\n\n{question}")
+                };
+                text.push_str(&piece);
+                if let Err(e) = on_text(&piece) {
+                    return gone(e);
+                }
+                return Waited::Done {
+                    text,
+                    read_at: Instant::now(),
+                    pending,
+                };
+            }
             Ok(TurnEvent::Failed(failure)) => {
                 log::warn!("session {key:?} {}: failed: {}", turn.id, failure.message);
                 ctx.recent_errors.note(key, &failure.message);
@@ -80,17 +114,23 @@ pub fn wait_turn(
 }
 
 /// For a JSON `format`: checks the reply; if it does not pass, sends Claude one repair turn
-/// on the same session and checks that. Returns the reply the client gets, or the error.
-/// `on_beat` keeps the client's connection alive meanwhile.
+/// on the same session and checks that. Returns the reply the client gets with the open
+/// questions of a suspended turn (a question is passed on unchecked: the turn is not over,
+/// and a repair turn now would deny it), or the error. `on_beat` keeps the client's
+/// connection alive meanwhile.
 pub fn check_format(
     ctx: &Arc<HttpContext>,
     key: &str,
     format: &ReplyFormat,
     reply: String,
+    pending: Vec<Pending>,
     mut on_beat: impl FnMut() -> io::Result<()>,
-) -> Result<String, Option<ApiError>> {
+) -> Result<(String, Vec<Pending>), Option<ApiError>> {
+    if !pending.is_empty() {
+        return Ok((reply, pending));
+    }
     let problem = match format.check(&reply) {
-        Ok(text) => return Ok(text),
+        Ok(text) => return Ok((text, pending)),
         Err(problem) => problem,
     };
     log::info!(
@@ -103,13 +143,15 @@ pub fn check_format(
         fingerprint: None,
         marked_retry: false,
         system_prompt: None,
+        answers: Vec::new(),
     };
     let turn = ctx
         .registry
         .submit(key, repair, ctx.queue_timeout)
         .map_err(|e| Some(super::completions::submit_error(e)))?;
     match wait_turn(ctx, key, &turn, |_| Ok(()), &mut on_beat) {
-        Waited::Done { text, .. } => format.check(&text).map_err(|second| {
+        Waited::Done { text, pending, .. } if !pending.is_empty() => Ok((text, pending)),
+        Waited::Done { text, .. } => format.check(&text).map(|t| (t, Vec::new())).map_err(|second| {
             Some(ApiError::new(
                 502,
                 "reply_format_failed",
@@ -133,6 +175,8 @@ pub fn failure_error(failure: &TurnFailure) -> ApiError {
         FailureKind::Timeout => (504, "turn_timeout"),
         FailureKind::ShuttingDown => (503, "shutting_down"),
         FailureKind::Cancelled => (500, "cancelled"),
+        FailureKind::BadAnswer => (400, "unknown_question_id"),
+        FailureKind::PermissionBlocked => (409, "permission_relay_off"),
     };
     ApiError::new(status, code, client_message(&failure.message))
 }

@@ -90,6 +90,8 @@ pub struct NewTurn {
     /// of a turn that already finished. Without that, only a queued or running turn is joined.
     pub marked_retry: bool,
     pub system_prompt: Option<Arc<str>>,
+    /// Answers to the session's pending questions (empty for an ordinary turn).
+    pub answers: Vec<super::pending::Answer>,
 }
 
 /// A turn handed to a session: the responder reads its events and can cancel it.
@@ -278,6 +280,7 @@ impl Registry {
             received: request.received,
             queued_at: Instant::now(),
             history: request.history,
+            answers: request.answers,
             admission,
         };
         // Never full: the queue holds at most `max_queued_turns`, checked above.

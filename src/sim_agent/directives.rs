@@ -6,8 +6,10 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`, `drop_all` or `json_next`. Later items win
-//! for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
+//! `drop_all`, `json_next` or `ask=<tool>` (a permission prompt for that tool, relayed to the
+//! channel as Claude does; repeat it for several). Later items win for numbers; flags only ever
+//! switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
 
@@ -29,6 +31,9 @@ pub struct Directives {
     /// First send a reply for a turn that is not running (`turn-0`), as a confused or late
     /// Claude might: the bridge must drop it.
     pub stray: bool,
+    /// Permission prompts (tool names) shown one after the other after the progress replies
+    /// and before the final one, each relayed as `permission_request` and waited on.
+    pub ask: Vec<String>,
     /// The next turn replies with this turn's last line starting with `{` (see turns.rs).
     pub json_next: bool,
 }
@@ -48,6 +53,10 @@ pub enum Step {
     Hang,
     /// A (progress) reply tagged with a turn id that is not running.
     StrayReply,
+    /// A permission prompt for `tool`: wait for the channel's verdict (or a key).
+    Ask {
+        tool: String,
+    },
 }
 
 impl Directives {
@@ -92,6 +101,9 @@ impl Directives {
             ("no_final", None) => self.no_final = true,
             ("hang", None) => self.hang = true,
             ("stray", None) => self.stray = true,
+            ("ask", Some(tool)) if !tool.is_empty() && self.ask.len() < 10 => {
+                self.ask.push(tool.to_string())
+            }
             ("json_next", None) => self.json_next = true,
             // Acted on when the notification arrives (see turns.rs), not part of the plan.
             ("drop_first" | "drop_all", None) => {}
@@ -120,6 +132,15 @@ impl Directives {
             for i in 1..=self.progress {
                 reply(format!("progress {i}/{}", self.progress), false);
             }
+        }
+        steps.extend(self.ask.iter().map(|tool| Step::Ask { tool: tool.clone() }));
+        let mut reply = |text: String, is_final: bool| {
+            if !delay.is_zero() {
+                steps.push(Step::Sleep(delay));
+            }
+            steps.push(Step::Reply { text, is_final });
+        };
+        if !self.no_reply {
             if !self.no_final {
                 reply(content.to_string(), true);
             } else if self.progress == 0 {
@@ -182,6 +203,32 @@ mod tests {
         );
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert_eq!(parse("[sim:progress=99999]").0.progress, MAX_PROGRESS);
+    }
+
+    #[test]
+    fn asks_come_after_the_progress_and_before_the_final_reply() {
+        let text = "x [sim:progress=1,ask=Bash,ask=Write]";
+        let (d, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            d.plan(text),
+            vec![
+                Step::Reply {
+                    text: "progress 1/1".into(),
+                    is_final: false
+                },
+                Step::Ask {
+                    tool: "Bash".into()
+                },
+                Step::Ask {
+                    tool: "Write".into()
+                },
+                Step::Reply {
+                    text: text.into(),
+                    is_final: true
+                },
+            ]
+        );
     }
 
     #[test]

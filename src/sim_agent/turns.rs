@@ -78,6 +78,8 @@ pub struct Turn {
     steps: VecDeque<Step>,
     wait: Wait,
     last_reply: Option<String>,
+    /// How each `[sim:ask]` prompt was answered (`Bash: allowed`), told in the final reply.
+    verdicts: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -95,8 +97,24 @@ enum Wait {
         text: String,
         is_final: bool,
     },
+    /// `[sim:ask]`: a tool permission prompt is on screen and relayed to the channel as
+    /// `permission_request`; the channel's verdict for `request_id` (or a key) answers it.
+    Verdict {
+        request_id: String,
+        tool: String,
+    },
     /// `[sim:hang]`: until interrupted.
     Forever,
+}
+
+/// Request ids as Claude draws them: five lower-case letters.
+fn permission_request_id(n: u64) -> String {
+    let seed = uuid::Uuid::new_v4();
+    seed.as_bytes()[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b'a' + ((u64::from(*b) + n + i as u64) % 26) as u8) as char)
+        .collect()
 }
 
 impl Conversation<'_> {
@@ -174,7 +192,10 @@ impl Conversation<'_> {
             match turn.wait {
                 Wait::Until(at) if Instant::now() < at => return None,
                 Wait::Ready | Wait::Until(_) => turn.wait = Wait::Ready,
-                Wait::Answer { .. } | Wait::Permission { .. } | Wait::Forever => return None,
+                Wait::Answer { .. }
+                | Wait::Permission { .. }
+                | Wait::Verdict { .. }
+                | Wait::Forever => return None,
             }
             let step = turn.steps.pop_front();
             let ending = match step {
@@ -185,7 +206,16 @@ impl Conversation<'_> {
                     self.show_permission_prompt(&text);
                     self.set_wait(Wait::Permission { text, is_final })
                 }
-                Some(Step::Reply { text, is_final }) => self.call_reply(text, is_final),
+                Some(Step::Reply { text, is_final }) => {
+                    let verdicts = &turn.verdicts;
+                    let text = if is_final && !verdicts.is_empty() {
+                        format!("{text}\n({})", verdicts.join("; "))
+                    } else {
+                        text
+                    };
+                    self.call_reply(text, is_final)
+                }
+                Some(Step::Ask { tool }) => self.ask_permission(tool),
                 Some(Step::StrayReply) => self.call_reply_for(
                     Some("turn-0".to_string()),
                     "a reply for a turn that is not running".to_string(),
@@ -258,6 +288,7 @@ impl Conversation<'_> {
             steps: directives.plan(&reply).into(),
             wait: Wait::Ready,
             last_reply: None,
+            verdicts: Vec::new(),
         });
         None
     }
@@ -308,6 +339,51 @@ impl Conversation<'_> {
             }
             None => self.end_turn(),
         }
+    }
+
+    /// `[sim:ask=<tool>]`: shows the tool's permission prompt and relays it to the channel
+    /// (`notifications/claude/channel/permission_request`), as Claude does.
+    fn ask_permission(&mut self, tool: String) -> Option<Ending> {
+        self.tool_calls += 1;
+        let request_id = permission_request_id(self.tool_calls);
+        let command = format!("sim {tool} call {}", self.tool_calls);
+        let s = &self.screen;
+        s.line("");
+        s.line(&format!("{tool} command"));
+        s.line(&format!("  {command}"));
+        s.line("Do you want to proceed?");
+        s.line("❯ 1. Yes");
+        s.line("  3. No, and tell Claude what to do differently (esc)");
+        let params = json!({
+            "request_id": request_id,
+            "tool_name": tool,
+            "description": format!("a simulated {tool} call"),
+            "input_preview": json!({"command": command}).to_string(),
+        });
+        // `SYNTHESIS_SIM_NO_PERMISSION_RELAY=1`: like a Claude without the feature flag, the
+        // prompt stays on the terminal only.
+        let relay = std::env::var_os("SYNTHESIS_SIM_NO_PERMISSION_RELAY").is_none();
+        if relay
+            && let Some(mcp) = self.mcp.as_mut()
+            && let Err(e) = mcp.notify("notifications/claude/channel/permission_request", params)
+        {
+            self.screen.line(&format!("  ⎿  Error: {e}"));
+        }
+        self.set_wait(Wait::Verdict { request_id, tool })
+    }
+
+    /// The answer to the running `[sim:ask]` prompt: the turn goes on.
+    fn answer_permission(&mut self, allow: bool, how: &str) {
+        let Some(turn) = self.current.as_mut() else {
+            return;
+        };
+        let Wait::Verdict { tool, .. } = std::mem::replace(&mut turn.wait, Wait::Ready) else {
+            return;
+        };
+        let outcome = if allow { "allowed" } else { "denied" };
+        turn.verdicts.push(format!("{tool}: {outcome}"));
+        self.screen.clear();
+        self.screen.line(&format!("  ⎿  {tool} {outcome} {how}"));
     }
 
     fn show_permission_prompt(&self, text: &str) {
@@ -391,6 +467,14 @@ impl Conversation<'_> {
                 Some(Wait::Permission { text, is_final }) => Some((text.clone(), *is_final)),
                 _ => None,
             };
+            let asking = matches!(
+                self.current.as_ref().map(|t| &t.wait),
+                Some(Wait::Verdict { .. })
+            );
+            if asking && matches!(key, Key::Enter | Key::Char(b'1')) {
+                self.answer_permission(true, "in the terminal");
+                continue;
+            }
             let ending = match (key, permission) {
                 (Key::Esc | Key::Char(b'3'), Some(_)) => self.interrupt(),
                 (Key::Esc, None) => self.interrupt(),
@@ -413,6 +497,23 @@ impl Conversation<'_> {
     fn on_mcp_message(&mut self, message: Value) {
         if message.get("method").and_then(Value::as_str) == Some("notifications/claude/channel") {
             self.on_channel_notification(&message["params"]);
+            return;
+        }
+        if message.get("method").and_then(Value::as_str)
+            == Some("notifications/claude/channel/permission")
+        {
+            let params = &message["params"];
+            let waiting = match self.current.as_ref().map(|t| &t.wait) {
+                Some(Wait::Verdict { request_id, .. }) => {
+                    params["request_id"].as_str() == Some(request_id.as_str())
+                }
+                _ => false,
+            };
+            // A verdict for a prompt that is no longer shown is dropped, as Claude does.
+            if waiting {
+                let allow = params["behavior"] == "allow";
+                self.answer_permission(allow, "via channel");
+            }
             return;
         }
         let Some(id) = message.get("id").and_then(Value::as_u64) else {

@@ -33,7 +33,14 @@ impl Worker {
             self.apply_system_prompt(&prompt);
         }
         let warm = super::events::is_connected(&self.phase);
+        if let Some(notice) = self.notice.take() {
+            turn.output.emit(crate::session::turn::TurnEvent::Text {
+                text: notice,
+                is_final: false,
+            });
+        }
         let active = ActiveTurn {
+            claude_id: turn.id.clone(),
             turn,
             _slot: slot,
             deadline,
@@ -224,6 +231,9 @@ impl Worker {
     }
 
     pub(super) fn on_screen_changed(&mut self) {
+        if matches!(self.phase, Phase::Busy { .. }) {
+            return self.watch_for_unrelayed_prompt();
+        }
         let Phase::Starting { agent, .. } = &mut self.phase else {
             return;
         };
