@@ -237,6 +237,19 @@ fn main() {
 
     let log = bridge.log();
     let channels = std::fs::read_to_string(&channel_log).unwrap_or_default();
+    // SYNTHESIS_B5_LOGS=<dir> keeps the bridge's and the channels' logs for a closer look.
+    if let Ok(keep) = std::env::var("SYNTHESIS_B5_LOGS") {
+        let keep = Path::new(&keep);
+        let _ = std::fs::create_dir_all(keep);
+        let _ = std::fs::write(keep.join("bridge.log"), &log);
+        let _ = std::fs::write(keep.join("channels.log"), &channels);
+        let projects = bridge.dir.path().join("home/.claude/projects");
+        let _ = Command::new("cp")
+            .arg("-r")
+            .arg(&projects)
+            .arg(keep)
+            .status();
+    }
     let times = api.request_times();
     let bodies = api.requests();
     for (label, tl) in [("cold", cold_timeline), ("warm", warm_timeline)] {
@@ -334,14 +347,14 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Stops session `key`'s process the way an idle kill does and waits until it is gone.
 fn stop_session(bridge: &Bridge, key: &str) {
-    let response = request(
-        bridge.http,
-        "DELETE",
-        &format!("/v1/sessions/{key}"),
-        &[],
-        "",
-    );
-    assert_eq!(response.status, 202, "{}", response.text());
+    // 409 while the turn is still finishing (draining): ask again until it is idle.
+    let stopped = wait_until(Duration::from_secs(20), || {
+        let path = format!("/v1/sessions/{key}");
+        let response = request(bridge.http, "DELETE", &path, &[], "");
+        assert!([202, 409].contains(&response.status), "{}", response.text());
+        (response.status == 202).then_some(())
+    });
+    assert!(stopped.is_some(), "session {key} stayed busy");
     let var = format!("SYNTHESIS_OPENCLAW_SESSION={key}");
     let gone = wait_until(Duration::from_secs(20), || {
         let live = marked_pids(&bridge.marker).into_iter().any(|pid| {

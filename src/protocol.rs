@@ -50,8 +50,12 @@ pub mod env {
     pub const BRIDGE_TOKEN: &str = "SYNTHESIS_BRIDGE_TOKEN";
     /// Milliseconds the channel server waits after `notifications/initialized` before it says
     /// hello (Claude registers the channel 0–50 ms after that; notifications sent earlier are
-    /// dropped silently). Default 1000.
+    /// dropped silently). Default 1000; with `CLAUDE_DEBUG_FILE`, the longest wait.
     pub const HELLO_DELAY_MS: &str = "SYNTHESIS_HELLO_DELAY_MS";
+    /// Claude's MCP debug log for this spawn (`--debug=mcp --debug-file`), when the bridge
+    /// asked for one: the channel server says hello as soon as it reads there that Claude
+    /// registered the channel (`HELLO_DELAY_MS` is then only the longest wait).
+    pub const CLAUDE_DEBUG_FILE: &str = "SYNTHESIS_CLAUDE_DEBUG_FILE";
     /// If set, the channel server appends its log lines to this file instead of stderr
     /// (claude swallows an MCP server's stderr).
     pub const CHANNEL_LOG: &str = "SYNTHESIS_CHANNEL_LOG";

@@ -85,6 +85,7 @@ fn serve(config: Config) -> Result<(), String> {
         (claude.into_os_string(), vec![])
     };
     prepare_state_dir(&config.state_dir)?;
+    let debug_dir = prepare_debug_dir(&config.state_dir)?;
     let mcp_config = config.state_dir.join("mcp-config.json");
     agent::write_mcp_config(&mcp_config, &exe, &config.channel_name)
         .map_err(|e| format!("cannot write {}: {e}", mcp_config.display()))?;
@@ -133,6 +134,7 @@ fn serve(config: Config) -> Result<(), String> {
         hello_delay: config.channel_hello_delay,
         settings_json: Some(agent::stop_hook_settings(&exe)),
         setting_sources: config.setting_sources.clone(),
+        debug_dir: Some(debug_dir),
     };
     let (store, store_warning) = SessionStore::open(&config.state_dir);
     if let Some(warning) = store_warning {
@@ -265,6 +267,22 @@ fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `<state_dir>/claude-debug`, where each claude writes its MCP debug log (the channel
+/// server's signal that Claude registered the channel); logs a crash left behind are removed.
+fn prepare_debug_dir(state_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let dir = state_dir.join("claude-debug");
+    crate::session::store::create_private_dir(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("claude-") && name.ends_with(".log") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(dir)
 }
 
 /// Logs a warning when the claude binary is older than channels or newer than any version
