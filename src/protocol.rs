@@ -46,6 +46,9 @@ pub mod env {
     pub const HOOK_SOCKET: &str = "SYNTHESIS_HOOK_SOCKET";
     /// Unique per spawn; the hub refuses a hello whose spawn id no worker is waiting for.
     pub const SPAWN_ID: &str = "SYNTHESIS_SPAWN_ID";
+    /// The session key, percent-encoded for a header: the `http` Stop hook sends it as
+    /// `X-Synthesis-Session` (src/hook_http.rs).
+    pub const HOOK_SESSION: &str = "SYNTHESIS_HOOK_SESSION";
     /// Secret made at bridge start; the hub refuses any frame that does not carry it.
     pub const BRIDGE_TOKEN: &str = "SYNTHESIS_BRIDGE_TOKEN";
     /// Milliseconds the channel server waits after `notifications/initialized` before it says

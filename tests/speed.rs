@@ -76,3 +76,31 @@ fn a_stopped_process_takes_its_debug_log_with_it() {
         debug_logs(&bridge)
     );
 }
+
+/// A turn without a final reply ends only through the Stop hook (the backstop).
+fn ends_through_the_stop_hook(bridge: &Bridge) {
+    let (_, events) = stream_chat(bridge.http, "hook", "quiet [sim:no_reply]");
+    assert!(stream_error(&events).is_none(), "{events:?}");
+    assert!(
+        bridge.log().contains("without a final reply"),
+        "{}",
+        bridge.log()
+    );
+}
+
+#[test]
+fn the_http_stop_hook_ends_a_turn_without_a_process() {
+    let bridge = Bridge::demo().start();
+    ends_through_the_stop_hook(&bridge);
+    let log = bridge.log();
+    assert!(log.contains("Stop hook: http"), "{log}");
+    // No `synthesis-bridge hook stop` ran: the hub's Unix socket saw no report.
+    assert!(!log.contains("hook stop"), "{log}");
+}
+
+#[test]
+fn the_command_stop_hook_is_kept_for_claude_versions_without_http_hooks() {
+    let bridge = Bridge::demo().arg("--stop-hook", "command").start();
+    ends_through_the_stop_hook(&bridge);
+    assert!(bridge.log().contains("Stop hook: command"));
+}

@@ -110,6 +110,10 @@ impl AgentLauncher {
             (env::WS_URL, self.ws_url.clone()),
             (env::HOOK_SOCKET, self.hook_socket.clone()),
             (env::OPENCLAW_SESSION, launch.session_key.to_string()),
+            (
+                env::HOOK_SESSION,
+                crate::hook_http::encode_session(launch.session_key),
+            ),
             (env::CLAUDE_SESSION, launch.claude_session.to_string()),
             (env::SPAWN_ID, launch.spawn_id.to_string()),
             (env::BRIDGE_TOKEN, self.token.clone()),

@@ -174,4 +174,9 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "LIST",
         "claude --setting-sources (e.g. project,local to leave out your user settings); default: claude's own",
     ),
+    (
+        "stop_hook",
+        "KIND",
+        "the turn-end backstop: http (claude POSTs to the bridge, no process per turn), command (sh + `synthesis-bridge hook stop`), or auto (default: http for Claude Code >= 2.1.328 and the simulated agent)",
+    ),
 ];

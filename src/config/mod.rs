@@ -79,6 +79,20 @@ pub struct Config {
     pub insecure_public: bool,
     pub allow_bypass_permissions: bool,
     pub setting_sources: Option<String>,
+    /// `stop_hook`: how claude reports a turn end (`http` hook, `command` hook, or `auto`).
+    pub stop_hook: StopHookKind,
+}
+
+/// How claude runs the Stop hook (the turn-end backstop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopHookKind {
+    /// `http` when claude's version has `type: "http"` hooks (and for the simulated agent),
+    /// else `command`.
+    Auto,
+    /// `type: "http"`: claude POSTs the hook input to the hub; no process per turn.
+    Http,
+    /// `type: "command"`: `sh -c '<bridge> hook stop'` per turn.
+    Command,
 }
 
 /// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
@@ -129,6 +143,7 @@ impl Default for Config {
             insecure_public: false,
             allow_bypass_permissions: false,
             setting_sources: None,
+            stop_hook: StopHookKind::Auto,
         }
     }
 }
@@ -341,6 +356,14 @@ impl Config {
                     ));
                 }
                 self.setting_sources = Some(value.to_string());
+            }
+            "stop_hook" => {
+                self.stop_hook = match value {
+                    "auto" => StopHookKind::Auto,
+                    "http" => StopHookKind::Http,
+                    "command" => StopHookKind::Command,
+                    _ => return Err(format!("`{value}` is not auto, http or command")),
+                }
             }
             "strip_openclaw_context" => self.strip_openclaw_context = parse_bool(value)?,
             "system_prompt" => {

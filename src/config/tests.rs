@@ -251,3 +251,21 @@ fn api_key_file_gives_the_key_from_its_first_line() {
     assert!(missing.contains("cannot read it"), "{missing}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn stop_hook_is_auto_by_default_and_takes_http_or_command() {
+    assert_eq!(run(&[], &[]).unwrap().stop_hook, StopHookKind::Auto);
+    assert_eq!(
+        run(&["--stop-hook", "command"], &[]).unwrap().stop_hook,
+        StopHookKind::Command
+    );
+    assert_eq!(
+        run(&["--stop-hook", "http"], &[]).unwrap().stop_hook,
+        StopHookKind::Http
+    );
+    let err = run(&["--stop-hook", "carrier-pigeon"], &[]).unwrap_err();
+    assert!(
+        err.contains("stop_hook") || err.contains("stop-hook"),
+        "{err}"
+    );
+}
