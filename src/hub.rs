@@ -510,10 +510,10 @@ impl Hub {
         let claude = self.registry.agent_pid(&session, spawn_id).ok_or_else(|| {
             format!("session {session:?}: spawn {spawn_id:?} is not its live process")
         })?;
-        let ports = stream
+        let ends = stream
             .peer_addr()
-            .and_then(|peer| Ok((peer.port(), stream.local_addr()?.port())));
-        let held = ports.ok().and_then(|(peer, local)| {
+            .and_then(|peer| Ok((peer, stream.local_addr()?)));
+        let held = ends.ok().and_then(|(peer, local)| {
             let inode = hook_http::client_socket_inode(peer, local)?;
             Some(hook_http::process_holds_socket(claude, inode))
         });
