@@ -379,11 +379,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server, _) = listener.accept().unwrap();
-        let inode = client_socket_inode(
-            client.local_addr().unwrap(),
-            listener.local_addr().unwrap(),
-        )
-        .expect("sock_diag finds the client socket");
+        let inode =
+            client_socket_inode(client.local_addr().unwrap(), listener.local_addr().unwrap())
+                .expect("sock_diag finds the client socket");
         assert!(process_holds_socket(std::process::id(), inode));
         assert!(!process_holds_socket(1, inode) || std::process::id() == 1);
     }
