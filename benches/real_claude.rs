@@ -294,7 +294,19 @@ fn claude_env(cmd: &mut Command, api: &FakeAnthropic, dir: &TempDir, marker: &st
         .env("DISABLE_AUTOUPDATER", "1")
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
-        .env(MARKER_VAR, marker);
+        .env(MARKER_VAR, marker)
+        .envs(extra_env());
+}
+
+/// `SYNTHESIS_B5_ENV="K=V …"`: variables added to every claude's environment (warm-path
+/// experiments with Claude's own knobs).
+fn extra_env() -> Vec<(String, String)> {
+    std::env::var("SYNTHESIS_B5_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn start_bridge(claude: &str, api: &FakeAnthropic, dir: TempDir, channel_log: &Path) -> Bridge {
@@ -309,6 +321,10 @@ fn start_bridge(claude: &str, api: &FakeAnthropic, dir: TempDir, channel_log: &P
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
         .env("SYNTHESIS_CHANNEL_LOG", channel_log.to_str().unwrap());
+    // Extra environment for claude (through the bridge), e.g. SYNTHESIS_B5_ENV="K=V K2=V2".
+    for (k, v) in extra_env() {
+        builder = builder.env(&k, &v);
+    }
     // Extra bridge flags for experiments, e.g. SYNTHESIS_B5_ARGS="--channel-hello-delay 0s".
     if let Ok(extra) = std::env::var("SYNTHESIS_B5_ARGS") {
         let words: Vec<&str> = extra.split_whitespace().collect();
