@@ -386,6 +386,48 @@ mod tests {
         assert!(!process_holds_socket(1, inode) || std::process::id() == 1);
     }
 
+    fn read_from(bytes: &[u8], max_body: usize) -> io::Result<HookRequest> {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(bytes).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_millis(300);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&server);
+        read_request(&mut server, deadline, max_body, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline"));
+            }
+            crate::poll::wait_readable(&[fd], Some(left)).map(|_| ())
+        })
+    }
+
+    #[test]
+    fn a_hook_request_is_read_whole_and_oversized_ones_are_refused() {
+        let body = r#"{"hook_event_name":"Stop"}"#;
+        let request = format!(
+            "POST /hook/stop HTTP/1.1\r\nHost: x\r\nX-Synthesis-Spawn: s1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let got = read_from(request.as_bytes(), 1024).unwrap();
+        assert_eq!((got.method.as_str(), got.path.as_str()), ("POST", PATH));
+        assert_eq!(
+            got.headers.get(SPAWN_HEADER).map(String::as_str),
+            Some("s1")
+        );
+        assert_eq!(got.body, body.as_bytes());
+        let too_big = "POST /hook/stop HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        assert!(read_from(too_big.as_bytes(), 1024).is_err());
+        let endless_head = format!("POST /hook/stop HTTP/1.1\r\nX: {}", "a".repeat(20_000));
+        assert!(read_from(endless_head.as_bytes(), 1024).is_err());
+        // A request cut short waits only until the deadline.
+        let started = Instant::now();
+        assert!(read_from(b"POST /hook/stop HTTP/1.1\r\n", 1024).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
     #[test]
     fn only_transcripts_under_projects_are_read() {
         assert_eq!(turn_from_transcript("/etc/passwd"), None);

@@ -437,3 +437,32 @@ fn debug_log_says_registered(file: &std::path::Path) -> bool {
     }
     String::from_utf8_lossy(&text).contains(REGISTERED_TEXT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::debug_log_says_registered;
+
+    #[test]
+    fn the_registration_line_is_found_in_claudes_debug_log_and_nothing_else_counts() {
+        let dir = std::env::temp_dir().join(format!("sb-reg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("claude.log");
+        assert!(!debug_log_says_registered(&file), "no file yet");
+        std::fs::write(
+            &file,
+            "2026-11-30T17:06:27.002Z [DEBUG] MCP server \"synthesis\": Successfully connected (transport: stdio) in 158ms\n",
+        )
+        .unwrap();
+        assert!(
+            !debug_log_says_registered(&file),
+            "connected is not registered"
+        );
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(
+            "2026-11-30T17:06:27.030Z [DEBUG] MCP server \"synthesis\": Channel notifications registered\n",
+        );
+        std::fs::write(&file, text).unwrap();
+        assert!(debug_log_says_registered(&file));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
