@@ -165,18 +165,17 @@ pub fn read_request(
 /// request, authenticated, but a path is not something to follow blindly).
 pub fn turn_from_transcript(path: &str) -> Option<String> {
     use std::io::{Seek, SeekFrom};
-    let path = Path::new(path);
-    let projects = crate::agent::claude_config_dir().join("projects");
-    let plain = path.components().all(|c| {
-        matches!(
-            c,
-            std::path::Component::Normal(_) | std::path::Component::RootDir
-        )
-    });
-    if !plain || !path.starts_with(&projects) || path.extension()?.to_str()? != "jsonl" {
+    // Both resolved (symlinks, `..`), so a config dir reached through a symlink still matches
+    // and nothing outside it does.
+    let path = Path::new(path).canonicalize().ok()?;
+    let projects = crate::agent::claude_config_dir()
+        .join("projects")
+        .canonicalize()
+        .ok()?;
+    if !path.starts_with(&projects) || path.extension()?.to_str()? != "jsonl" {
         return None;
     }
-    let mut file = std::fs::File::open(path).ok()?;
+    let mut file = std::fs::File::open(&path).ok()?;
     let len = file.metadata().ok()?.len();
     file.seek(SeekFrom::Start(len.saturating_sub(TRANSCRIPT_TAIL)))
         .ok()?;

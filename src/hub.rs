@@ -531,6 +531,7 @@ impl Hub {
             .get("transcript_path")
             .and_then(serde_json::Value::as_str)
             .and_then(hook_http::turn_from_transcript);
+        log::debug!("Stop hook over HTTP: session {session:?} ended turn {turn:?}");
         self.registry
             .turn_end(&session, spawn_id, turn, last_assistant_message)
     }
