@@ -80,6 +80,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "claude --permission-mode (default `default`)",
     ),
     (
+        "stop_hook",
+        "KIND",
+        "the turn-end backstop: http (claude POSTs to the bridge, no process per turn), command (sh + `synthesis-bridge hook stop`), or auto (default: http for Claude Code >= 2.1.328 and the simulated agent)",
+    ),
+    (
         "max_body_bytes",
         "BYTES",
         "largest request body accepted (default 8388608)",
@@ -173,10 +178,5 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "setting_sources",
         "LIST",
         "claude --setting-sources (e.g. project,local to leave out your user settings); default: claude's own",
-    ),
-    (
-        "stop_hook",
-        "KIND",
-        "the turn-end backstop: http (claude POSTs to the bridge, no process per turn), command (sh + `synthesis-bridge hook stop`), or auto (default: http for Claude Code >= 2.1.328 and the simulated agent)",
     ),
 ];

@@ -58,6 +58,8 @@ pub struct Config {
     pub channel_hello_delay: Duration,
     pub channel_name: String,
     pub permission_mode: String,
+    /// `stop_hook`: how claude reports a turn end (`http` hook, `command` hook, or `auto`).
+    pub stop_hook: StopHookKind,
     pub max_body_bytes: usize,
     /// None = derived from RLIMIT_NOFILE (`default_max_connections`).
     pub max_connections: Option<usize>,
@@ -79,8 +81,16 @@ pub struct Config {
     pub insecure_public: bool,
     pub allow_bypass_permissions: bool,
     pub setting_sources: Option<String>,
-    /// `stop_hook`: how claude reports a turn end (`http` hook, `command` hook, or `auto`).
-    pub stop_hook: StopHookKind,
+}
+
+/// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
+/// describes OpenClaw's own tools and runtime, which Claude Code does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemPromptPolicy {
+    Ignore,
+    /// Passed to claude with `--append-system-prompt-file`; a change restarts the session
+    /// (with `--resume`) before its next turn.
+    Append,
 }
 
 /// How claude runs the Stop hook (the turn-end backstop).
@@ -93,16 +103,6 @@ pub enum StopHookKind {
     Http,
     /// `type: "command"`: `sh -c '<bridge> hook stop'` per turn.
     Command,
-}
-
-/// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
-/// describes OpenClaw's own tools and runtime, which Claude Code does not have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SystemPromptPolicy {
-    Ignore,
-    /// Passed to claude with `--append-system-prompt-file`; a change restarts the session
-    /// (with `--resume`) before its next turn.
-    Append,
 }
 
 impl Default for Config {
@@ -124,6 +124,7 @@ impl Default for Config {
             channel_hello_delay: Duration::from_secs(1),
             channel_name: "synthesis".into(),
             permission_mode: "default".into(),
+            stop_hook: StopHookKind::Auto,
             max_body_bytes: 8 << 20,
             max_connections: None,
             max_queued_turns: 8,
@@ -143,7 +144,6 @@ impl Default for Config {
             insecure_public: false,
             allow_bypass_permissions: false,
             setting_sources: None,
-            stop_hook: StopHookKind::Auto,
         }
     }
 }
