@@ -68,8 +68,9 @@ fn main() {
         }
     } else {
         Settings {
-            cold: env_count("SYNTHESIS_B5_COLD", 5),
-            warm: env_count("SYNTHESIS_B5_WARM", 20),
+            // At least one of each: the ratios need them.
+            cold: env_count("SYNTHESIS_B5_COLD", 5).max(1),
+            warm: env_count("SYNTHESIS_B5_WARM", 20).max(1),
             think: env_count("SYNTHESIS_B5_THINK", 10),
             think_time: Duration::from_millis(500),
             fresh: env_count("SYNTHESIS_B5_FRESH", 5),
