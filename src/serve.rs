@@ -140,7 +140,11 @@ fn serve(config: Config) -> Result<(), String> {
             ws_addr.port(),
         )),
         setting_sources: config.setting_sources.clone(),
-        debug_dir: Some(debug_dir),
+        // Only for a claude known to write the registration line (and the sim-agent); an older
+        // or unreadable version keeps the fixed `channel_hello_delay`.
+        debug_dir: (config.demo
+            || claude_version.is_some_and(|v| v >= agent::version::DEBUG_FILE_SIGNAL_SINCE))
+        .then_some(debug_dir),
     };
     let (store, store_warning) = SessionStore::open(&config.state_dir);
     if let Some(warning) = store_warning {
