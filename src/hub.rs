@@ -20,6 +20,13 @@
 //! can read a claude's environment knows its spawn id and the token, but only claude's own
 //! process tree connects from under claude.
 //!
+//! Stop hook over HTTP (`type: "http"`, src/hook_http.rs): a connection to the WebSocket
+//! port whose first byte is `P` is read as one `POST /hook/stop` under the same deadline; it
+//! must carry the token and name the live spawn of its session (`X-Synthesis-*` headers that
+//! claude fills from its own environment), and the client end of the connection must be held
+//! by that spawn's claude itself (found through /proc: the peer check of the Unix socket,
+//! for a request claude makes itself). Answered 204, or 403 with why.
+//!
 //! Refusals are logged at most once a second (`RefusalLog`), with a count of those not logged.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -298,6 +305,20 @@ pub fn spawn_acceptor(
         })
 }
 
+/// The first byte the peer sent (peeked, not consumed), waiting for it until `deadline`.
+fn first_byte(stream: &TcpStream, fd: RawFd, deadline: Instant) -> io::Result<u8> {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+            Ok(_) => return Ok(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_until_readable(fd, deadline)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Waits until `fd` is readable or `deadline` passes (then `TimedOut`).
 fn wait_until_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -334,6 +355,15 @@ impl Hub {
             return self
                 .refusals
                 .refused(&format!("connection from {peer} unusable: {e}"));
+        }
+        match first_byte(&stream, fd, deadline) {
+            Ok(b'P') => return self.handle_http_hook(stream, fd, deadline, &peer),
+            Ok(_) => {}
+            Err(e) => {
+                return self
+                    .refusals
+                    .refused(&format!("connection from {peer}: {e}"));
+            }
         }
         let mut attempt =
             tungstenite::accept_hdr_with_config(stream, check_path, Some(first_frame_config()));
@@ -431,6 +461,79 @@ impl Hub {
                 &format!("connection from {peer}: {}", printable(&why)),
             ),
         }
+    }
+
+    /// One Stop hook over HTTP: read, authenticate, deliver the turn end, answer.
+    fn handle_http_hook(&self, mut stream: TcpStream, fd: RawFd, deadline: Instant, peer: &str) {
+        use crate::hook_http;
+        let request = hook_http::read_request(&mut stream, deadline, MAX_FRAME_BYTES, |d| {
+            wait_until_readable(fd, d)
+        });
+        let result = match request {
+            Err(e) => Err(format!("Stop hook request from {peer} unreadable: {e}")),
+            Ok(request) => self.http_turn_end(&request, &stream),
+        };
+        let response: &[u8] = match &result {
+            Ok(()) => b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            Err(why) => {
+                self.refusals
+                    .refused(&format!("Stop hook over HTTP from {peer}: {why}"));
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(response);
+    }
+
+    fn http_turn_end(
+        &self,
+        request: &crate::hook_http::HookRequest,
+        stream: &TcpStream,
+    ) -> Result<(), String> {
+        use crate::hook_http::{self, SESSION_HEADER, SPAWN_HEADER, TOKEN_HEADER};
+        if request.method != "POST" || request.path != hook_http::PATH {
+            return Err(format!(
+                "{} {} is not POST {}",
+                printable(&request.method),
+                printable(&request.path),
+                hook_http::PATH
+            ));
+        }
+        let header = |name: &str| request.headers.get(name).map(String::as_str).unwrap_or("");
+        if !constant_time_eq(header(TOKEN_HEADER).as_bytes(), self.token.as_bytes()) {
+            return Err("wrong or missing token".into());
+        }
+        let session =
+            hook_http::decode_session(header(SESSION_HEADER)).ok_or("malformed session header")?;
+        let spawn_id = header(SPAWN_HEADER);
+        let claude = self.registry.agent_pid(&session, spawn_id).ok_or_else(|| {
+            format!("session {session:?}: spawn {spawn_id:?} is not its live process")
+        })?;
+        let ends = stream
+            .peer_addr()
+            .and_then(|peer| Ok((peer, stream.local_addr()?)));
+        let held = ends.ok().and_then(|(peer, local)| {
+            let inode = hook_http::client_socket_inode(peer, local)?;
+            Some(hook_http::process_holds_socket(claude, inode))
+        });
+        if held != Some(true) {
+            return Err(format!(
+                "turn_end for session {session:?} over HTTP from a connection that session's claude (pid {claude}) does not hold"
+            ));
+        }
+        let input: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let last_assistant_message = input
+            .get("last_assistant_message")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from);
+        let turn = input
+            .get("transcript_path")
+            .and_then(serde_json::Value::as_str)
+            .and_then(hook_http::turn_from_transcript);
+        log::debug!("Stop hook over HTTP: session {session:?} ended turn {turn:?}");
+        self.registry
+            .turn_end(&session, spawn_id, turn, last_assistant_message)
     }
 
     fn refuse<S: Read + Write>(&self, ws: WebSocket<S>, why: &str) {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod doctor;
 pub mod fnv;
 pub mod hook;
+pub mod hook_http;
 pub mod http;
 pub mod hub;
 pub mod link;

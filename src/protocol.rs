@@ -46,12 +46,19 @@ pub mod env {
     pub const HOOK_SOCKET: &str = "SYNTHESIS_HOOK_SOCKET";
     /// Unique per spawn; the hub refuses a hello whose spawn id no worker is waiting for.
     pub const SPAWN_ID: &str = "SYNTHESIS_SPAWN_ID";
+    /// The session key, percent-encoded for a header: the `http` Stop hook sends it as
+    /// `X-Synthesis-Session` (src/hook_http.rs).
+    pub const HOOK_SESSION: &str = "SYNTHESIS_HOOK_SESSION";
     /// Secret made at bridge start; the hub refuses any frame that does not carry it.
     pub const BRIDGE_TOKEN: &str = "SYNTHESIS_BRIDGE_TOKEN";
     /// Milliseconds the channel server waits after `notifications/initialized` before it says
     /// hello (Claude registers the channel 0–50 ms after that; notifications sent earlier are
-    /// dropped silently). Default 1000.
+    /// dropped silently). Default 1000; with `CLAUDE_DEBUG_FILE`, the longest wait.
     pub const HELLO_DELAY_MS: &str = "SYNTHESIS_HELLO_DELAY_MS";
+    /// Claude's MCP debug log for this spawn (`--debug=mcp --debug-file`), when the bridge
+    /// asked for one: the channel server says hello as soon as it reads there that Claude
+    /// registered the channel (`HELLO_DELAY_MS` is then only the longest wait).
+    pub const CLAUDE_DEBUG_FILE: &str = "SYNTHESIS_CLAUDE_DEBUG_FILE";
     /// If set, the channel server appends its log lines to this file instead of stderr
     /// (claude swallows an MCP server's stderr).
     pub const CHANNEL_LOG: &str = "SYNTHESIS_CHANNEL_LOG";

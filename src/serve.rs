@@ -72,6 +72,7 @@ fn serve(config: Config) -> Result<(), String> {
     }
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the bridge's own binary: {e}"))?;
+    let mut claude_version = None;
     let (program, prefix_args) = if config.demo {
         log::warn!(
             "DEMO MODE: the agent is SIMULATED (built-in sim-agent echoes each turn); no Claude is involved"
@@ -87,10 +88,11 @@ fn serve(config: Config) -> Result<(), String> {
                 config.claude_bin
             )
         })?;
-        warn_about_version(claude.as_os_str());
+        claude_version = warn_about_version(claude.as_os_str());
         (claude.into_os_string(), vec![])
     };
     prepare_state_dir(&config.state_dir)?;
+    let debug_dir = prepare_debug_dir(&config.state_dir)?;
     let mcp_config = config.state_dir.join("mcp-config.json");
     agent::write_mcp_config(&mcp_config, &exe, &config.channel_name)
         .map_err(|e| format!("cannot write {}: {e}", mcp_config.display()))?;
@@ -137,8 +139,18 @@ fn serve(config: Config) -> Result<(), String> {
         hook_socket: hook_socket.address.clone(),
         token: token.clone(),
         hello_delay: config.channel_hello_delay,
-        settings_json: Some(agent::stop_hook_settings(&exe)),
+        settings_json: Some(stop_hook_settings(
+            &config,
+            claude_version,
+            &exe,
+            ws_addr.port(),
+        )),
         setting_sources: config.setting_sources.clone(),
+        // Only for a claude known to write the registration line (and the sim-agent); an older
+        // or unreadable version keeps the fixed `channel_hello_delay`.
+        debug_dir: (config.demo
+            || claude_version.is_some_and(|v| v >= agent::version::DEBUG_FILE_SIGNAL_SINCE))
+        .then_some(debug_dir),
     };
     let (store, store_warning) = SessionStore::open(&config.state_dir);
     if let Some(warning) = store_warning {
@@ -314,11 +326,62 @@ fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The `--settings` JSON installing the Stop hook (the turn-end backstop): `type: "http"`
+/// (claude POSTs to the hub; src/hook_http.rs) when `stop_hook` says so, or for `auto` when
+/// the agent is simulated or claude is new enough; else `sh -c '<bridge> hook stop'`.
+fn stop_hook_settings(
+    config: &Config,
+    version: Option<(u32, u32, u32)>,
+    exe: &std::path::Path,
+    hub_port: u16,
+) -> String {
+    use crate::config::StopHookKind;
+    let http = match config.stop_hook {
+        StopHookKind::Http => true,
+        StopHookKind::Command => false,
+        StopHookKind::Auto => {
+            config.demo || version.is_some_and(|v| v >= agent::version::HTTP_HOOKS_SINCE)
+        }
+    };
+    log::info!(
+        "Stop hook: {}",
+        if http {
+            "http (claude POSTs the turn end to the hub)"
+        } else {
+            "command (sh + `synthesis-bridge hook stop` per turn)"
+        }
+    );
+    if http {
+        crate::hook_http::stop_hook_settings(hub_port)
+    } else {
+        agent::stop_hook_settings(exe)
+    }
+}
+
+/// `<state_dir>/claude-debug`, where each claude writes its MCP debug log (the channel
+/// server's signal that Claude registered the channel); logs a crash left behind are removed.
+fn prepare_debug_dir(state_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let dir = state_dir.join("claude-debug");
+    crate::session::store::create_private_dir(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("claude-") && name.ends_with(".log") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(dir)
+}
+
 /// Logs a warning when the claude binary is older than channels or newer than any version
-/// the bridge was tested with (it still starts: the user may know better).
-fn warn_about_version(claude: &std::ffi::OsStr) {
+/// the bridge was tested with (it still starts: the user may know better); returns the
+/// version when it could be read.
+fn warn_about_version(claude: &std::ffi::OsStr) -> Option<(u32, u32, u32)> {
     use agent::version::{self, Verdict};
-    match version::read(claude, Duration::from_secs(10)) {
+    let text = version::read(claude, Duration::from_secs(10));
+    let parsed = text.as_deref().ok().and_then(version::parse);
+    match text {
         Ok(text) => match version::parse(&text).map(version::verdict) {
             Some(Verdict::Supported) => log::info!("claude version {text}"),
             Some(Verdict::TooOld) => log::warn!(
@@ -333,6 +396,7 @@ fn warn_about_version(claude: &std::ffi::OsStr) {
         },
         Err(e) => log::warn!("cannot read claude's version: {e}"),
     }
+    parsed
 }
 
 /// The sweeper: every few seconds, idle kills and a write of the session map if it changed.

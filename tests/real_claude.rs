@@ -74,6 +74,14 @@ fn two_turns_then_a_restart_resumes_the_same_conversation() {
         1,
         "both turns went to one claude"
     );
+    // Issue 16: the real Claude reports turn ends through the `http` Stop hook (no process
+    // per turn), and the next turn waited for that report.
+    let log = bridge.log();
+    assert!(log.contains("Stop hook: http"), "log:\n{log}");
+    assert!(
+        log.contains("the previous turn reported its end"),
+        "log:\n{log}"
+    );
 
     assert_eq!(bridge.stop(), Some(0));
     assert!(

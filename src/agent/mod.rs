@@ -37,6 +37,10 @@ pub struct AgentLauncher {
     pub settings_json: Option<String>,
     /// `--setting-sources` (which of the user's, project's and local settings claude loads).
     pub setting_sources: Option<String>,
+    /// Where claude writes its MCP debug log, one file per spawn (`--debug=mcp
+    /// --debug-file`): the channel server says hello the moment that log says Claude
+    /// registered the channel, instead of after a fixed delay (docs/ARCHITECTURE.md §9.5).
+    pub debug_dir: Option<PathBuf>,
 }
 
 /// What differs between two spawns.
@@ -85,6 +89,11 @@ impl AgentLauncher {
             push("--append-system-prompt-file");
             args.push(file.as_os_str().to_owned());
         }
+        if let Some(file) = self.debug_file(launch) {
+            args.push("--debug=mcp".into());
+            args.push("--debug-file".into());
+            args.push(file.into_os_string());
+        }
         let mut push = |a: &str| args.push(OsString::from(a));
         push("--allowedTools");
         push(&format!("mcp__{}__reply", self.channel_name));
@@ -101,6 +110,10 @@ impl AgentLauncher {
             (env::WS_URL, self.ws_url.clone()),
             (env::HOOK_SOCKET, self.hook_socket.clone()),
             (env::OPENCLAW_SESSION, launch.session_key.to_string()),
+            (
+                env::HOOK_SESSION,
+                crate::hook_http::encode_session(launch.session_key),
+            ),
             (env::CLAUDE_SESSION, launch.claude_session.to_string()),
             (env::SPAWN_ID, launch.spawn_id.to_string()),
             (env::BRIDGE_TOKEN, self.token.clone()),
@@ -109,10 +122,30 @@ impl AgentLauncher {
                 self.hello_delay.as_millis().to_string(),
             ),
         ];
-        pairs
+        let mut env: Vec<(OsString, OsString)> = pairs
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
-            .collect()
+            .collect();
+        if let Some(file) = self.debug_file(launch) {
+            env.push((env::CLAUDE_DEBUG_FILE.into(), file.into_os_string()));
+        }
+        env
+    }
+
+    /// This spawn's MCP debug log, when the launcher asks claude for one.
+    pub fn debug_file(&self, launch: &Launch) -> Option<PathBuf> {
+        let dir = self.debug_dir.as_ref()?;
+        Some(dir.join(format!("claude-{}.log", launch.spawn_id)))
+    }
+}
+
+/// Removes a file when dropped (a spawn's debug log goes with its process).
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -275,6 +308,8 @@ pub struct Agent {
     dev_channels_accepted: bool,
     /// Reused for every read of the terminal (allocated and zeroed once, not per read).
     read_buf: Box<[u8]>,
+    /// The spawn's MCP debug log, removed with the agent.
+    _debug_file: Option<RemoveOnDrop>,
 }
 
 impl Agent {
@@ -296,6 +331,7 @@ impl Agent {
             spawn_id: launch.spawn_id.to_string(),
             dev_channels_accepted: false,
             read_buf: vec![0; 4 * 1024].into_boxed_slice(),
+            _debug_file: launcher.debug_file(launch).map(RemoveOnDrop),
         })
     }
 
@@ -426,6 +462,7 @@ mod tests {
             hello_delay: Duration::from_secs(1),
             settings_json: None,
             setting_sources: None,
+            debug_dir: None,
         }
     }
 

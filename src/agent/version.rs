@@ -13,6 +13,13 @@ use std::time::Duration;
 
 pub const MIN_CLAUDE: &str = "2.1.80";
 pub const NEWEST_TESTED_CLAUDE: &str = "2.1.331";
+/// Oldest release on which the channel's registration signal was checked: `--debug=mcp
+/// --debug-file` writing `Channel notifications registered` (2.1.331; docs/SPEED.md §1).
+/// Older versions keep the fixed `channel_hello_delay`.
+pub const DEBUG_FILE_SIGNAL_SINCE: (u32, u32, u32) = (2, 1, 331);
+/// First release known to have `type: "http"` hooks (issue 16 names 2.1.328; the bridge's
+/// http Stop hook is tested on 2.1.331). `stop_hook = auto` uses them from here on.
+pub const HTTP_HOOKS_SINCE: (u32, u32, u32) = (2, 1, 328);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

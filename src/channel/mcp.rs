@@ -111,6 +111,7 @@ pub fn handle_message(state: &mut State, message: &Value) -> Vec<Output> {
         None => return vec![invalid(id.unwrap_or(Value::Null), "missing method")],
     };
     let params = object.get("params").unwrap_or(&Value::Null);
+    log::debug!("mcp ← {method}");
     match id {
         None => handle_notification(state, method, params),
         Some(id) => handle_request(state, id, method, params),

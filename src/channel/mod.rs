@@ -9,6 +9,13 @@
 //! buffer a line without limit, and never decide anything about sessions: the bridge decides
 //! whether this process is ready, and its closing the socket ends the process.
 //!
+//! When to say hello: Claude drops a channel notification that arrives before it has
+//! registered the channel (0–50 ms after `notifications/initialized`). With
+//! `SYNTHESIS_CLAUDE_DEBUG_FILE` (claude's `--debug=mcp` log, set by the bridge) the hello
+//! goes out the moment that log says `Channel notifications registered`, read every
+//! `REGISTRATION_POLL`; `SYNTHESIS_HELLO_DELAY_MS` is then only the longest wait. Without
+//! it, the hello waits the whole delay.
+//!
 //! Exit codes: 0 when stdin ends (claude exited); 1 when the bridge closes or cannot be
 //! reached, or the process is misconfigured.
 
@@ -36,6 +43,12 @@ const DIAL_BACKOFF_MS: [u64; 4] = [250, 500, 750, 1500];
 const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Retry interval for a write the socket did not take at once.
 const PENDING_WAIT: Duration = Duration::from_millis(20);
+/// How often claude's debug log is read while waiting for the channel's registration.
+const REGISTRATION_POLL: Duration = Duration::from_millis(5);
+/// What claude's debug log says once the channel's notifications are listened to.
+const REGISTERED_TEXT: &str = ": Channel notifications registered";
+/// Most of claude's debug log read while waiting (it is a few lines by then).
+const MAX_DEBUG_LOG_READ: u64 = 1024 * 1024;
 
 /// Everything the channel learns from its environment (set by the bridge on `claude`, which
 /// passes its whole environment to MCP servers).
@@ -47,6 +60,8 @@ struct Settings {
     spawn_id: String,
     token: String,
     hello_delay: Duration,
+    /// Claude's MCP debug log, which says when the channel is registered.
+    debug_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -69,6 +84,9 @@ impl Settings {
             spawn_id: var(env::SPAWN_ID),
             token: var(env::BRIDGE_TOKEN),
             hello_delay: Duration::from_millis(hello_delay),
+            debug_file: std::env::var_os(env::CLAUDE_DEBUG_FILE)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
@@ -77,6 +95,13 @@ impl Settings {
 enum Link {
     /// Claude has not finished initialising; no reason to dial yet.
     NotYet,
+    /// Initialised; waiting for claude's debug log to say the channel is registered, until
+    /// `until` at the latest.
+    Registering {
+        file: PathBuf,
+        since: Instant,
+        until: Instant,
+    },
     /// Dial at `at`; `failures` attempts have failed so far.
     Dialing {
         at: Instant,
@@ -200,6 +225,27 @@ impl Server {
                 }
             }
 
+            if let Link::Registering { file, since, until } = &self.link {
+                let registered = debug_log_says_registered(file);
+                if registered || Instant::now() >= *until {
+                    if registered {
+                        log::info!(
+                            "claude registered the channel {:?} after initialized; saying hello",
+                            since.elapsed()
+                        );
+                    } else {
+                        log::warn!(
+                            "claude's debug log did not say the channel was registered within {:?}; saying hello anyway",
+                            self.settings.hello_delay
+                        );
+                    }
+                    self.link = Link::Dialing {
+                        at: Instant::now(),
+                        failures: 0,
+                    };
+                }
+            }
+
             if let Link::Dialing { at, failures } = self.link
                 && Instant::now() >= at
                 && let Some(end) = self.dial(failures)
@@ -213,6 +259,9 @@ impl Server {
     fn next_wait(&self) -> Duration {
         match &self.link {
             Link::Dialing { at, .. } => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+            Link::Registering { until, .. } => until
+                .saturating_duration_since(Instant::now())
+                .min(REGISTRATION_POLL),
             Link::Connected(link) if link.has_pending() => PENDING_WAIT,
             _ => IDLE_WAIT,
         }
@@ -233,14 +282,31 @@ impl Server {
             let message = match output {
                 Output::Send(message) => message,
                 Output::Initialized => {
-                    log::info!(
-                        "claude initialised the channel; saying hello in {:?}",
-                        self.settings.hello_delay
-                    );
                     if let Link::NotYet = self.link {
-                        self.link = Link::Dialing {
-                            at: Instant::now() + self.settings.hello_delay,
-                            failures: 0,
+                        let now = Instant::now();
+                        let until = now + self.settings.hello_delay;
+                        self.link = match &self.settings.debug_file {
+                            Some(file) => {
+                                log::info!(
+                                    "claude initialised the channel; saying hello once its debug log says it registered the channel (at most {:?})",
+                                    self.settings.hello_delay
+                                );
+                                Link::Registering {
+                                    file: file.clone(),
+                                    since: now,
+                                    until,
+                                }
+                            }
+                            None => {
+                                log::info!(
+                                    "claude initialised the channel; saying hello in {:?}",
+                                    self.settings.hello_delay
+                                );
+                                Link::Dialing {
+                                    at: until,
+                                    failures: 0,
+                                }
+                            }
                         };
                     }
                     continue;
@@ -378,5 +444,48 @@ impl Server {
                 ))),
             },
         }
+    }
+}
+
+/// Whether claude's debug log says the channel's notifications are registered. Reads the
+/// file whole each time: by then it holds a few lines (`--debug=mcp`), and a bounded read
+/// keeps a runaway log harmless.
+fn debug_log_says_registered(file: &std::path::Path) -> bool {
+    let Ok(f) = File::open(file) else {
+        return false;
+    };
+    let mut text = Vec::new();
+    if f.take(MAX_DEBUG_LOG_READ).read_to_end(&mut text).is_err() {
+        return false;
+    }
+    String::from_utf8_lossy(&text).contains(REGISTERED_TEXT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debug_log_says_registered;
+
+    #[test]
+    fn the_registration_line_is_found_in_claudes_debug_log_and_nothing_else_counts() {
+        let dir = std::env::temp_dir().join(format!("sb-reg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("claude.log");
+        assert!(!debug_log_says_registered(&file), "no file yet");
+        std::fs::write(
+            &file,
+            "2026-11-30T17:06:27.002Z [DEBUG] MCP server \"synthesis\": Successfully connected (transport: stdio) in 158ms\n",
+        )
+        .unwrap();
+        assert!(
+            !debug_log_says_registered(&file),
+            "connected is not registered"
+        );
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(
+            "2026-11-30T17:06:27.030Z [DEBUG] MCP server \"synthesis\": Channel notifications registered\n",
+        );
+        std::fs::write(&file, text).unwrap();
+        assert!(debug_log_says_registered(&file));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -80,6 +80,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "claude --permission-mode (default `default`)",
     ),
     (
+        "stop_hook",
+        "KIND",
+        "the turn-end backstop: http (claude POSTs to the bridge, no process per turn), command (sh + `synthesis-bridge hook stop`), or auto (default: http for Claude Code >= 2.1.328 and the simulated agent)",
+    ),
+    (
         "max_body_bytes",
         "BYTES",
         "largest request body accepted (default 8388608)",

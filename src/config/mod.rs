@@ -58,6 +58,8 @@ pub struct Config {
     pub channel_hello_delay: Duration,
     pub channel_name: String,
     pub permission_mode: String,
+    /// `stop_hook`: how claude reports a turn end (`http` hook, `command` hook, or `auto`).
+    pub stop_hook: StopHookKind,
     pub max_body_bytes: usize,
     /// None = derived from RLIMIT_NOFILE (`default_max_connections`).
     pub max_connections: Option<usize>,
@@ -101,6 +103,18 @@ pub enum SystemPromptPolicy {
     Append,
 }
 
+/// How claude runs the Stop hook (the turn-end backstop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopHookKind {
+    /// `http` when claude's version has `type: "http"` hooks (and for the simulated agent),
+    /// else `command`.
+    Auto,
+    /// `type: "http"`: claude POSTs the hook input to the hub; no process per turn.
+    Http,
+    /// `type: "command"`: `sh -c '<bridge> hook stop'` per turn.
+    Command,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -120,6 +134,7 @@ impl Default for Config {
             channel_hello_delay: Duration::from_secs(1),
             channel_name: "synthesis".into(),
             permission_mode: "default".into(),
+            stop_hook: StopHookKind::Auto,
             max_body_bytes: 8 << 20,
             max_connections: None,
             max_queued_turns: 8,
@@ -405,6 +420,14 @@ impl Config {
                     ));
                 }
                 self.setting_sources = Some(value.to_string());
+            }
+            "stop_hook" => {
+                self.stop_hook = match value {
+                    "auto" => StopHookKind::Auto,
+                    "http" => StopHookKind::Http,
+                    "command" => StopHookKind::Command,
+                    _ => return Err(format!("`{value}` is not auto, http or command")),
+                }
             }
             "strip_openclaw_context" => self.strip_openclaw_context = parse_bool(value)?,
             "system_prompt" => {

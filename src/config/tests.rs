@@ -98,6 +98,24 @@ fn boolean_flags_need_no_value() {
 }
 
 #[test]
+fn stop_hook_is_auto_by_default_and_takes_http_or_command() {
+    assert_eq!(run(&[], &[]).unwrap().stop_hook, StopHookKind::Auto);
+    assert_eq!(
+        run(&["--stop-hook", "command"], &[]).unwrap().stop_hook,
+        StopHookKind::Command
+    );
+    assert_eq!(
+        run(&["--stop-hook", "http"], &[]).unwrap().stop_hook,
+        StopHookKind::Http
+    );
+    let err = run(&["--stop-hook", "carrier-pigeon"], &[]).unwrap_err();
+    assert!(
+        err.contains("stop_hook") || err.contains("stop-hook"),
+        "{err}"
+    );
+}
+
+#[test]
 fn durations_parse_with_units() {
     assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
     assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));

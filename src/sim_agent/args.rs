@@ -79,6 +79,9 @@ pub struct Args {
     /// Tool names, split on commas and spaces.
     pub allowed_tools: Vec<String>,
     pub print: bool,
+    /// `--debug-file`: where the sim writes the one debug line the bridge reads (the
+    /// channel's registration).
+    pub debug_file: Option<String>,
     /// Flags accepted and not used (shown in the banner).
     pub ignored: Vec<String>,
     pub positional: Vec<String>,
@@ -134,6 +137,7 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
                 "--resume" | "-r" => args.resume = Some(value),
                 "--permission-mode" => args.permission_mode = Some(value),
                 "--settings" => args.settings = Some(value),
+                "--debug-file" => args.debug_file = Some(value),
                 _ => args.ignored.push(flag.to_string()),
             }
         } else if SWITCHES.contains(&flag) {

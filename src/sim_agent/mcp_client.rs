@@ -93,6 +93,8 @@ pub struct McpClient {
     next_id: u64,
     /// Messages that arrived while a blocking request waited, for the main loop.
     backlog: VecDeque<Value>,
+    /// When `notifications/initialized` went out (the channel registers some time after).
+    pub initialized_at: Option<std::time::Instant>,
 }
 
 /// The server's stdout ended (it exited or closed it).
@@ -120,6 +122,7 @@ impl McpClient {
             lines: LineBuffer::new(MAX_FRAME_BYTES),
             next_id: 0,
             backlog: VecDeque::new(),
+            initialized_at: None,
         })
     }
 
@@ -165,6 +168,7 @@ impl McpClient {
             return Err(format!("initialize: no capabilities.tools in {caps}"));
         }
         self.notify("notifications/initialized", json!({}))?;
+        self.initialized_at = Some(std::time::Instant::now());
         let tools = self
             .request("tools/list", json!({}), signals)?
             .map_err(|e| format!("tools/list failed: {e}"))?;

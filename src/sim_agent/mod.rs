@@ -18,6 +18,9 @@
 //! - `SYNTHESIS_SIM_DEFAULT=<directives>`: `[sim:...]` directives applied to every turn.
 //! - `SYNTHESIS_SIM_STOP_HOOK_ON_INTERRUPT=1`: also run the Stop hooks after Esc.
 //! - `SYNTHESIS_SIM_LOG=<file>`: debug log (the terminal is the screen, so no stderr logs).
+//! - `SYNTHESIS_SIM_REGISTER_DELAY_MS=<n>` (default 0): channel notifications that arrive
+//!   within n ms of `notifications/initialized` are dropped, as the real Claude drops those
+//!   that come before it has registered the channel (docs/ARCHITECTURE.md §9.5).
 
 mod args;
 mod directives;
@@ -46,6 +49,7 @@ pub const EXIT_AT_START: &str = "SYNTHESIS_SIM_EXIT_AT_START";
 pub const DEFAULT: &str = "SYNTHESIS_SIM_DEFAULT";
 pub const STOP_HOOK_ON_INTERRUPT: &str = "SYNTHESIS_SIM_STOP_HOOK_ON_INTERRUPT";
 pub const LOG: &str = "SYNTHESIS_SIM_LOG";
+pub const REGISTER_DELAY_MS: &str = "SYNTHESIS_SIM_REGISTER_DELAY_MS";
 
 /// Exit code when a key arrived before the dialog was on screen.
 const EXIT_EARLY_INPUT: u8 = 3;
@@ -190,6 +194,9 @@ pub fn run(argv: Vec<String>) -> u8 {
         Some(name) => start_channel(&screen, &signals, &args.mcp_configs, name, &extra_env),
         None => None,
     };
+    if let (Some(name), Some(client), Some(file)) = (&channel, &mcp, &args.debug_file) {
+        announce_registration(client, name, file);
+    }
     if let Some(name) = &channel
         && mcp.is_some()
     {
@@ -364,6 +371,41 @@ impl Startup<'_> {
         s.line(&format!(" {} 2. Exit", mark(2)));
         s.line("");
         s.line(" Enter to confirm · Esc to cancel");
+    }
+}
+
+/// Writes Claude's `Channel notifications registered` debug line to `--debug-file`,
+/// `SYNTHESIS_SIM_REGISTER_DELAY_MS` after `notifications/initialized` (before that, channel
+/// notifications are dropped, as the real Claude drops them).
+fn announce_registration(client: &McpClient, name: &str, file: &str) {
+    let delay = std::env::var(REGISTER_DELAY_MS)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let at = client.initialized_at.unwrap_or_else(Instant::now) + Duration::from_millis(delay);
+    let (name, file) = (name.to_string(), PathBuf::from(file));
+    let write = move || {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let line = format!(
+            "{} [DEBUG] MCP server \"{name}\": Channel notifications registered\n",
+            crate::logging::utc_timestamp(std::time::SystemTime::now())
+        );
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = appended {
+            log::warn!("cannot write the debug file {}: {e}", file.display());
+        }
+    };
+    // A short-lived thread, so the main loop needs no timer for it; the sim exits without
+    // waiting for it (it only sleeps, then appends one line).
+    if let Err(e) = std::thread::Builder::new()
+        .name("sim-register".into())
+        .spawn(write)
+    {
+        log::warn!("cannot start the registration thread: {e}");
     }
 }
 

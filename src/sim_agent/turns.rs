@@ -578,6 +578,23 @@ impl Conversation<'_> {
         {
             return;
         }
+        // Before the channel is registered, a notification is lost without a trace.
+        let register_delay = std::env::var(super::REGISTER_DELAY_MS)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if register_delay > 0
+            && self
+                .mcp
+                .as_ref()
+                .and_then(|m| m.initialized_at)
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(register_delay))
+        {
+            if let Some(id) = &turn_id {
+                self.dropped.remove(id);
+            }
+            return;
+        }
         let mut tag = format!("<channel source=\"{}\"", self.channel);
         if let Some(id) = &turn_id {
             tag.push_str(&format!(" turn_id=\"{id}\""));

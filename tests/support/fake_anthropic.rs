@@ -8,19 +8,22 @@
 //! that command instead; the request carrying its result gets a final `reply` of
 //! `bash result: <the tool result's text>` for that turn.
 //! Streams use the real API's event sequence (message_start … message_stop). Every request
-//! body is recorded so a test can check what Claude sent (e.g. earlier turns after a resume).
+//! body is recorded so a test can check what Claude sent (e.g. earlier turns after a resume),
+//! with the wall-clock time it arrived (benches/real_claude.rs builds timelines from them).
+//! `set_delay` makes every `/v1/messages` answer wait that long first (a model's latency).
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub struct FakeAnthropic {
     pub addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<Mutex<Vec<(SystemTime, Value)>>>,
     stop: Arc<AtomicBool>,
+    delay_us: Arc<AtomicU64>,
 }
 
 impl FakeAnthropic {
@@ -30,15 +33,16 @@ impl FakeAnthropic {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (log, halt) = (requests.clone(), stop.clone());
+        let delay_us = Arc::new(AtomicU64::new(0));
+        let (log, halt, delay) = (requests.clone(), stop.clone(), delay_us.clone());
         std::thread::Builder::new()
             .name("fake-anthropic".into())
             .spawn(move || {
                 while !halt.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let log = log.clone();
-                            std::thread::spawn(move || serve_connection(stream, &log));
+                            let (log, delay) = (log.clone(), delay.clone());
+                            std::thread::spawn(move || serve_connection(stream, &log, &delay));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
@@ -49,12 +53,34 @@ impl FakeAnthropic {
             addr,
             requests,
             stop,
+            delay_us,
         }
     }
 
     /// Every `/v1/messages` body received so far.
     pub fn requests(&self) -> Vec<Value> {
-        self.requests.lock().unwrap().clone()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// When each `/v1/messages` request arrived (its body fully read), in order.
+    pub fn request_times(&self) -> Vec<SystemTime> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Every later `/v1/messages` answer waits `delay` before its first byte.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 }
 
@@ -64,7 +90,7 @@ impl Drop for FakeAnthropic {
     }
 }
 
-fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Value>>) {
+fn serve_connection(stream: TcpStream, log: &Mutex<Vec<(SystemTime, Value)>>, delay: &AtomicU64) {
     stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
@@ -106,7 +132,13 @@ fn serve_connection(stream: TcpStream, log: &Mutex<Vec<Value>>) {
             .to_string();
         let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let response = if path == "/v1/messages" && parsed.is_object() {
-            log.lock().unwrap().push(parsed.clone());
+            log.lock()
+                .unwrap()
+                .push((SystemTime::now(), parsed.clone()));
+            let wait = delay.load(Ordering::SeqCst);
+            if wait > 0 {
+                std::thread::sleep(Duration::from_micros(wait));
+            }
             answer(&parsed)
         } else if path == "/v1/messages/count_tokens" {
             json_response(&json!({"input_tokens": (body.len() / 4).max(1)}))
