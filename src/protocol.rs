@@ -92,6 +92,33 @@ pub enum ChannelFrame {
         #[serde(default)]
         token: String,
     },
+    /// Claude called one of the client's tools (docs/CLIENT_TOOLS.md). The channel holds
+    /// Claude's MCP request until a `client_tool_result` with the same `call_id` comes back,
+    /// or fails it after the timeout of the last `client_tools` frame. `call_id` is
+    /// alphanumeric (OpenClaw requires it); `arguments` is the JSON text of the call's input.
+    ClientToolCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+        /// The turn in flight when Claude called it (the last `turn` frame's id).
+        #[serde(default)]
+        turn: String,
+    },
+}
+
+/// One tool of the client (OpenAI `tools[].function`), as the channel server lists it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClientTool {
+    /// The client's name for it (what `tool_calls` carry back).
+    pub name: String,
+    /// The name the channel server lists it under: `client_<name>`, shortened with a hash
+    /// when `mcp__<server>__client_<name>` would pass 64 characters (docs/CLIENT_TOOLS.md).
+    pub mcp_name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments (`{"type": "object"}` when the client gave none).
+    #[serde(default)]
+    pub parameters: serde_json::Value,
 }
 
 /// bridge → channel
@@ -105,6 +132,22 @@ pub enum BridgeFrame {
         content: String,
         #[serde(default)]
         meta: BTreeMap<String, String>,
+    },
+    /// The client tools Claude may call from now on (sent before each turn; an empty list
+    /// removes them). When the set changes the channel tells Claude
+    /// (`notifications/tools/list_changed`) and pushes the next turn once Claude re-listed.
+    ClientTools {
+        tools: Vec<ClientTool>,
+        /// How long a call waits for its result before the channel fails it.
+        #[serde(default)]
+        result_timeout_ms: u64,
+    },
+    /// The client's answer to a `client_tool_call`.
+    ClientToolResult {
+        call_id: String,
+        content: String,
+        #[serde(default)]
+        is_error: bool,
     },
 }
 
@@ -167,6 +210,47 @@ mod tests {
             r#"{"type":"turn","id":"t2","content":"hello","meta":{"turn_id":"t2"}}"#
         );
         assert_eq!(serde_json::from_str::<BridgeFrame>(&json).unwrap(), frame);
+    }
+
+    #[test]
+    fn client_tool_frames_round_trip() {
+        let call = ChannelFrame::ClientToolCall {
+            call_id: "call0a1b".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Oslo"}"#.into(),
+            turn: "turn-3".into(),
+        };
+        let json = call.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"client_tool_call","call_id":"call0a1b","name":"get_weather","arguments":"{\"city\":\"Oslo\"}","turn":"turn-3"}"#
+        );
+        assert_eq!(serde_json::from_str::<ChannelFrame>(&json).unwrap(), call);
+        let tools = BridgeFrame::ClientTools {
+            tools: vec![ClientTool {
+                name: "get_weather".into(),
+                mcp_name: "client_get_weather".into(),
+                description: "Weather".into(),
+                parameters: serde_json::json!({"type": "object"}),
+            }],
+            result_timeout_ms: 5000,
+        };
+        assert_eq!(
+            serde_json::from_str::<BridgeFrame>(&tools.to_json()).unwrap(),
+            tools
+        );
+        let result: BridgeFrame = serde_json::from_str(
+            r#"{"type":"client_tool_result","call_id":"c1","content":"sunny"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            result,
+            BridgeFrame::ClientToolResult {
+                call_id: "c1".into(),
+                content: "sunny".into(),
+                is_error: false
+            }
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `synthesis-bridge channel`: the MCP stdio server each `claude` spawns (named in the MCP
 //! config the bridge writes). It relays between Claude and the bridge (docs/ARCHITECTURE.md §7, §8):
 //! turns from the bridge's WebSocket become `notifications/claude/channel` on stdout, and
-//! Claude's `reply` tool calls become `reply` frames on the WebSocket.
+//! Claude's `reply` tool calls become `reply` frames on the WebSocket. Calls of the client's
+//! tools become `client_tool_call` frames; their MCP requests stay open until the
+//! `client_tool_result` comes back or the result timeout fails them (docs/CLIENT_TOOLS.md).
 //!
 //! One thread serves both directions: `poll(2)` on [stdin, WebSocket] with a timeout, then
 //! reads whatever is ready. stdout carries nothing but JSON-RPC (logs go to
@@ -22,6 +24,7 @@ use bridge::BridgeLink;
 use lines::{Line, LineBuffer};
 use mcp::Output;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -36,6 +39,11 @@ const DIAL_BACKOFF_MS: [u64; 4] = [250, 500, 750, 1500];
 const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Retry interval for a write the socket did not take at once.
 const PENDING_WAIT: Duration = Duration::from_millis(20);
+/// After `notifications/tools/list_changed`, turns wait this long at most for Claude to
+/// re-list (it does so ~300 ms later), so the turn sees the new tools.
+const RELIST_WAIT: Duration = Duration::from_secs(2);
+/// Result timeout when the bridge named none.
+const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Everything the channel learns from its environment (set by the bridge on `claude`, which
 /// passes its whole environment to MCP servers).
@@ -118,6 +126,9 @@ pub fn run() -> u8 {
         state: mcp::State::default(),
         link: Link::NotYet,
         stdout: io::stdout(),
+        calls: HashMap::new(),
+        result_timeout: DEFAULT_RESULT_TIMEOUT,
+        relist: None,
     };
     match server.serve(stdin) {
         End::ClaudeGone => {
@@ -139,6 +150,12 @@ struct Server {
     state: mcp::State,
     link: Link,
     stdout: io::Stdout,
+    /// Client tool calls waiting for their result: call id → (MCP request id, deadline).
+    calls: HashMap<String, (Value, Instant)>,
+    result_timeout: Duration,
+    /// The tool list changed and Claude has not re-listed yet: until when turns wait, and
+    /// the turn notifications held meanwhile.
+    relist: Option<(Instant, Vec<Value>)>,
 }
 
 impl Server {
@@ -206,15 +223,71 @@ impl Server {
             {
                 return end;
             }
+            if let Some(end) = self.check_deadlines() {
+                return end;
+            }
         }
+    }
+
+    /// Releases held turns once Claude re-listed or the wait ran out; fails client tool
+    /// calls whose result did not come in time.
+    fn check_deadlines(&mut self) -> Option<End> {
+        let now = Instant::now();
+        let relisted = std::mem::take(&mut self.state.listed);
+        if let Some((until, _)) = &self.relist
+            && (relisted || now >= *until)
+        {
+            let (_, held) = self.relist.take().expect("checked");
+            if !relisted {
+                log::warn!("claude did not re-list the tools within {RELIST_WAIT:?}");
+            }
+            for message in held {
+                if let Some(end) = self.emit(&message) {
+                    return Some(end);
+                }
+            }
+        }
+        let expired: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(call, _)| call.clone())
+            .collect();
+        for call in expired {
+            let (id, _) = self.calls.remove(&call).expect("listed");
+            log::warn!(
+                "client tool call {call}: no result within {:?}",
+                self.result_timeout
+            );
+            let text = format!(
+                "The client application did not return a result for this tool call within {} s (tool_result_timeout), so it failed. Tell the user the tool did not answer; do not assume it ran or did not run.",
+                self.result_timeout.as_secs()
+            );
+            if let Some(end) = self.emit(&mcp::client_tool_answer(id, &text, true)) {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// How long the next poll may sleep.
     fn next_wait(&self) -> Duration {
-        match &self.link {
-            Link::Dialing { at, .. } => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+        let now = Instant::now();
+        let wait = match &self.link {
+            Link::Dialing { at, .. } => at.saturating_duration_since(now).min(IDLE_WAIT),
             Link::Connected(link) if link.has_pending() => PENDING_WAIT,
             _ => IDLE_WAIT,
+        };
+        let deadlines = self
+            .calls
+            .values()
+            .map(|(_, d)| *d)
+            .chain(self.relist.as_ref().map(|(until, _)| *until));
+        let wait = deadlines.fold(wait, |w, d| w.min(d.saturating_duration_since(now)));
+        if self.state.listed {
+            Duration::ZERO
+        } else {
+            wait
         }
     }
 
@@ -246,6 +319,14 @@ impl Server {
                     continue;
                 }
                 Output::Forward { id, frame } => self.forward(id, &frame),
+                Output::CallClient {
+                    id,
+                    name,
+                    arguments,
+                } => match self.call_client(id, name, arguments) {
+                    Some(message) => message,
+                    None => continue,
+                },
             };
             if let Some(end) = self.emit(&message) {
                 return Some(end);
@@ -283,6 +364,42 @@ impl Server {
         }
     }
 
+    /// Forwards a client tool call to the bridge; the MCP request stays open (None) until its
+    /// result or its deadline, or is answered at once with an error when it cannot go out.
+    fn call_client(&mut self, id: Value, name: String, arguments: String) -> Option<Value> {
+        let Link::Connected(link) = &mut self.link else {
+            log::warn!("client tool {name} called while the bridge is not connected");
+            return Some(mcp::client_tool_answer(
+                id,
+                "the chat client cannot be reached (the synthesis bridge is not connected)",
+                true,
+            ));
+        };
+        let call_id = format!("call{}", uuid::Uuid::new_v4().simple());
+        let frame = ChannelFrame::ClientToolCall {
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments,
+            turn: self.state.last_turn.clone().unwrap_or_default(),
+        };
+        match link.send(&frame) {
+            Ok(()) => {
+                log::info!("client tool call {call_id} ({name}) sent to the bridge");
+                let deadline = Instant::now() + self.result_timeout;
+                self.calls.insert(call_id, (id, deadline));
+                None
+            }
+            Err(e) => {
+                log::error!("sending a client tool call to the bridge failed: {e}");
+                Some(mcp::client_tool_answer(
+                    id,
+                    &format!("the chat client cannot be reached ({e})"),
+                    true,
+                ))
+            }
+        }
+    }
+
     fn on_frame(&mut self, frame: BridgeFrame) -> Option<End> {
         match frame {
             BridgeFrame::Turn { id, content, meta } => {
@@ -291,8 +408,44 @@ impl Server {
                 if !dropped.is_empty() {
                     log::warn!("turn {id}: dropping meta keys Claude would reject: {dropped:?}");
                 }
+                if let Some((_, held)) = &mut self.relist {
+                    log::info!("turn {id} ({} bytes) waits for claude to re-list the tools", content.len());
+                    held.push(message);
+                    return None;
+                }
                 log::info!("turn {id} ({} bytes) → claude", content.len());
                 self.emit(&message)
+            }
+            BridgeFrame::ClientTools {
+                tools,
+                result_timeout_ms,
+            } => {
+                if result_timeout_ms > 0 {
+                    self.result_timeout = Duration::from_millis(result_timeout_ms);
+                }
+                let count = tools.len();
+                let changed = mcp::set_client_tools(&mut self.state, tools)?;
+                log::info!("client tools changed ({count} now); telling claude");
+                self.state.listed = false;
+                if self.relist.is_none() {
+                    self.relist = Some((Instant::now() + RELIST_WAIT, Vec::new()));
+                }
+                self.emit(&changed)
+            }
+            BridgeFrame::ClientToolResult {
+                call_id,
+                content,
+                is_error,
+            } => {
+                let Some((id, _)) = self.calls.remove(&call_id) else {
+                    log::warn!("result for unknown or expired client tool call {call_id} dropped");
+                    return None;
+                };
+                log::info!(
+                    "client tool call {call_id}: result ({} bytes, error: {is_error}) → claude",
+                    content.len()
+                );
+                self.emit(&mcp::client_tool_answer(id, &content, is_error))
             }
         }
     }

@@ -304,7 +304,9 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
             while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
                 let frame: BridgeFrame = serde_json::from_str(&line).expect("a bridge frame");
                 line.clear();
-                let BridgeFrame::Turn { id, content, .. } = frame;
+                let BridgeFrame::Turn { id, content, .. } = frame else {
+                    continue;
+                };
                 let script = *reader_script.lock().unwrap();
                 let answer = |turn: &str, text: String| {
                     ChannelFrame::Reply {
