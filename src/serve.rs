@@ -183,6 +183,9 @@ fn serve(config: Config) -> Result<(), String> {
         queue_timeout: config.queue_timeout,
         system_prompt: config.system_prompt,
         write_deadline: CLIENT_WRITE_DEADLINE,
+        client_tools: config.client_tools.clone(),
+        channel_name: config.channel_name.clone(),
+        tool_result_timeout: config.tool_result_timeout,
     });
     let http_thread =
         http::spawn_acceptor(http_server, ctx, stop.clone()).map_err(|e| e.to_string())?;

@@ -15,14 +15,15 @@ use tiny_http::Request;
 
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
+use super::tools;
 use super::sse::SseStream;
 use super::{HttpContext, respond_error};
-use crate::config::SystemPromptPolicy;
+use crate::config::{ClientToolsPolicy, SystemPromptPolicy};
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
-use crate::session::turn::{FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
+use crate::session::turn::{ClientTools, FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
@@ -83,6 +84,15 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(parsed) => parsed,
         Err(error) => return respond_error(request, &error),
     };
+    let empty = serde_json::Map::new();
+    let request_tools = match tools::parse_request_tools(
+        value.as_object().unwrap_or(&empty),
+        &ctx.client_tools,
+        &ctx.channel_name,
+    ) {
+        Ok(parsed) => parsed,
+        Err(error) => return respond_error(request, &error),
+    };
     let message_count = value
         .get("messages")
         .and_then(|m| m.as_array())
@@ -128,6 +138,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         .get("messages")
         .and_then(|m| m.as_array())
         .map_or(&[][..], Vec::as_slice);
+    let tool_results = match tools::tool_results(messages) {
+        Ok(results) => results,
+        Err(error) => return respond_error(request, &error),
+    };
     let fingerprint = openclaw::retry_fingerprint(messages);
     let marked_retry = openclaw::marks_a_retry(messages);
     let system_prompt = match ctx.system_prompt {
@@ -139,11 +153,23 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     } else {
         chat.turn_parts.clone()
     };
+    if let Some(result) = tool_results.first() {
+        // No client tool call waits in this build: every result answers an unknown call.
+        let message = format!(
+            "the `tool` message answers tool call {:?}, which no client tool call of this session is waiting for (it was answered already, timed out after tool_result_timeout, or belongs to another conversation); send the results of the latest `tool_calls` only",
+            result.call_id
+        );
+        return respond_error(request, &ApiError::new(400, "unknown_tool_call_id", message));
+    }
     if parts.is_empty() {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
         return respond_error(request, &ApiError::bad_request(message));
     }
-    let content = parts.join("\n\n");
+    let mut content = parts.join("\n\n");
+    if let Some(instruction) = tools::choice_instruction(&request_tools.choice, &request_tools.tools)
+    {
+        content = format!("{content}\n\n{instruction}");
+    }
     if content.len() > MAX_TURN_BYTES {
         let message = format!(
             "the new turn's text is {} bytes; the bridge passes at most {MAX_TURN_BYTES} bytes to Claude in one turn",
@@ -166,6 +192,12 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         fingerprint,
         marked_retry,
         system_prompt,
+        client_tools: (ctx.client_tools != ClientToolsPolicy::None).then(|| {
+            Arc::new(ClientTools {
+                tools: request_tools.tools,
+                result_timeout: ctx.tool_result_timeout,
+            })
+        }),
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.

@@ -11,6 +11,7 @@ pub mod completions;
 pub mod openai;
 pub mod openclaw;
 pub mod sse;
+pub mod tools;
 
 use serde_json::json;
 use std::io::Read;
@@ -42,6 +43,11 @@ pub struct HttpContext {
     /// Longest a whole non-streamed response may take to write (a client that reads slowly
     /// or not at all loses its response, not a thread forever).
     pub write_deadline: Duration,
+    /// Which of a request's `tools` Claude may call (docs/CLIENT_TOOLS.md).
+    pub client_tools: crate::config::ClientToolsPolicy,
+    /// The channel server's MCP name (client tools are `mcp__<name>__client_<tool>`).
+    pub channel_name: String,
+    pub tool_result_timeout: Duration,
 }
 
 /// Responder threads mostly wait; their stacks stay small.

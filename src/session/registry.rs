@@ -90,6 +90,8 @@ pub struct NewTurn {
     /// of a turn that already finished. Without that, only a queued or running turn is joined.
     pub marked_retry: bool,
     pub system_prompt: Option<Arc<str>>,
+    /// The request's client tools (None: leave the channel's set alone).
+    pub client_tools: Option<Arc<crate::session::turn::ClientTools>>,
 }
 
 /// A turn handed to a session: the responder reads its events and can cancel it.
@@ -279,6 +281,7 @@ impl Registry {
             queued_at: Instant::now(),
             history: request.history,
             admission,
+            client_tools: request.client_tools,
         };
         // Never full: the queue holds at most `max_queued_turns`, checked above.
         if handle.turns.try_send(turn).is_err() {

@@ -221,6 +221,8 @@ pub fn run(argv: Vec<String>) -> u8 {
         current: None,
         dropped: Default::default(),
         tool_calls: 0,
+        listed_tools: Vec::new(),
+        listing: None,
     };
     let ending = conversation.run(start.stdin);
     if let Some(mcp) = conversation.mcp.take() {

@@ -442,6 +442,7 @@ impl Harness {
         self.registry.submit(
             key,
             NewTurn {
+                client_tools: None,
                 content: content.into(),
                 received: Instant::now(),
                 history: None,
