@@ -118,12 +118,14 @@ impl Default for Counter {
 }
 
 /// Why a turn failed, as a metric label.
-pub const FAILURE_REASONS: [&str; 5] = [
+pub const FAILURE_REASONS: [&str; 7] = [
     "agent_unavailable",
     "agent_died",
     "timeout",
     "shutting_down",
     "client_gone",
+    "bad_answer",
+    "permission_blocked",
 ];
 
 pub struct Metrics {
@@ -147,6 +149,13 @@ pub struct Metrics {
     pub deliveries_confirmed: Counter,
     pub delivery_retries: Counter,
     pub delivery_failures: Counter,
+    /// Tool-permission questions relayed to a client (`permission_relay = chat`).
+    pub permission_questions: Counter,
+    /// Permission verdicts sent to claude: allowed, denied (by a person, by policy, or because
+    /// another message came first), and the questions that timed out (also denied).
+    pub permission_allowed: Counter,
+    pub permission_denied: Counter,
+    pub permission_timed_out: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -168,6 +177,10 @@ pub static METRICS: Metrics = Metrics {
     deliveries_confirmed: Counter::new(),
     delivery_retries: Counter::new(),
     delivery_failures: Counter::new(),
+    permission_questions: Counter::new(),
+    permission_allowed: Counter::new(),
+    permission_denied: Counter::new(),
+    permission_timed_out: Counter::new(),
 };
 
 pub fn failed(reason: &str) {
@@ -292,6 +305,28 @@ pub fn expose(gauges: &Gauges) -> String {
         "Turns claude never took in after two pushes.",
         m.delivery_failures.get(),
     );
+    counter(
+        &mut out,
+        "synthesis_permission_questions_total",
+        "Tool-permission questions relayed to a client (permission_relay = chat).",
+        m.permission_questions.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP synthesis_permission_verdicts_total Permission verdicts sent to claude, by outcome (timed_out ones were denied)."
+    );
+    let _ = writeln!(out, "# TYPE synthesis_permission_verdicts_total counter");
+    for (outcome, c) in [
+        ("allowed", &m.permission_allowed),
+        ("denied", &m.permission_denied),
+        ("timed_out", &m.permission_timed_out),
+    ] {
+        let _ = writeln!(
+            out,
+            "synthesis_permission_verdicts_total{{outcome=\"{outcome}\"}} {}",
+            c.get()
+        );
+    }
     let histograms: [(&str, &str, &Histogram); 3] = [
         (
             "synthesis_turn_duration_seconds",

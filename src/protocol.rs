@@ -104,6 +104,17 @@ pub enum ChannelFrame {
         #[serde(default)]
         turn: String,
     },
+    /// Claude asks for permission to use a tool (its
+    /// `notifications/claude/channel/permission_request`); answered by `permission_verdict`.
+    PermissionRequest {
+        request_id: String,
+        #[serde(default)]
+        tool_name: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        input_preview: String,
+    },
 }
 
 /// One tool of the client (OpenAI `tools[].function`), as the channel server lists it.
@@ -148,6 +159,13 @@ pub enum BridgeFrame {
         content: String,
         #[serde(default)]
         is_error: bool,
+    },
+    /// The answer to a `permission_request`, sent on to Claude as
+    /// `notifications/claude/channel/permission {request_id, behavior}`.
+    PermissionVerdict {
+        request_id: String,
+        /// `"allow"` or `"deny"`.
+        behavior: String,
     },
 }
 
@@ -250,6 +268,31 @@ mod tests {
                 content: "sunny".into(),
                 is_error: false
             }
+        );
+    }
+
+    #[test]
+    fn permission_frames_round_trip() {
+        let request: ChannelFrame = serde_json::from_str(
+            r#"{"type":"permission_request","request_id":"r1","tool_name":"Bash","description":"d","input_preview":"ls"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            request,
+            ChannelFrame::PermissionRequest {
+                request_id: "r1".into(),
+                tool_name: "Bash".into(),
+                description: "d".into(),
+                input_preview: "ls".into(),
+            }
+        );
+        let verdict = BridgeFrame::PermissionVerdict {
+            request_id: "r1".into(),
+            behavior: "allow".into(),
+        };
+        assert_eq!(
+            verdict.to_json(),
+            r#"{"type":"permission_verdict","request_id":"r1","behavior":"allow"}"#
         );
     }
 

@@ -160,6 +160,8 @@ fn serve(config: Config) -> Result<(), String> {
             turn_slots: SlotPool::new(limits.max_concurrent_turns),
             retry_grace: config.retry_grace,
             delivery_timeout: config.delivery_timeout,
+            permission_relay: config.permission_relay,
+            permission_timeout: config.permission_timeout,
         },
         limits,
     ));

@@ -339,6 +339,15 @@ pub fn turn_notification(
     (message, dropped)
 }
 
+/// The notification that answers a permission request (`behavior`: "allow" or "deny").
+pub fn permission_verdict(request_id: &str, behavior: &str) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/claude/channel/permission",
+        "params": { "request_id": request_id, "behavior": behavior },
+    })
+}
+
 /// Answer to a `reply` call whose frame went out.
 pub fn reply_sent(id: Value) -> Value {
     tool_result(id, "sent", false)

@@ -447,6 +447,13 @@ impl Server {
                 );
                 self.emit(&mcp::client_tool_answer(id, &content, is_error))
             }
+            BridgeFrame::PermissionVerdict {
+                request_id,
+                behavior,
+            } => {
+                log::info!("permission {request_id}: {behavior} → claude");
+                self.emit(&mcp::permission_verdict(&request_id, &behavior))
+            }
         }
     }
 

@@ -145,6 +145,16 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "a pushed turn must show up in claude's transcript within this, else it is sent once more (default 10s)",
     ),
     (
+        "permission_relay",
+        "MODE",
+        "when Claude asks for a tool permission: chat (ask the person in the chat), deny (answer no at once) or off (the turn fails naming this setting) (default chat)",
+    ),
+    (
+        "permission_timeout",
+        "DUR",
+        "a permission question nobody answers is denied after this (default 10m)",
+    ),
+    (
         "client_read_timeout",
         "DUR",
         "an HTTP client silent this long (slow request, idle keep-alive) gets 408 and is closed (default 30s)",

@@ -73,6 +73,10 @@ pub struct Config {
     pub queue_timeout: Duration,
     pub retry_grace: Duration,
     pub delivery_timeout: Duration,
+    /// What to do when Claude asks for a tool permission (chat | deny | off).
+    pub permission_relay: crate::session::pending::PermissionRelay,
+    /// How long a relayed permission question waits for an answer before it is denied.
+    pub permission_timeout: Duration,
     pub client_read_timeout: Duration,
     pub strip_openclaw_context: bool,
     pub system_prompt: SystemPromptPolicy,
@@ -195,6 +199,8 @@ impl Default for Config {
             queue_timeout: Duration::ZERO,
             retry_grace: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(10),
+            permission_relay: crate::session::pending::PermissionRelay::Chat,
+            permission_timeout: Duration::from_secs(10 * 60),
             client_read_timeout: Duration::from_secs(30),
             strip_openclaw_context: false,
             system_prompt: SystemPromptPolicy::Ignore,
@@ -402,6 +408,10 @@ impl Config {
             "queue_timeout" => self.queue_timeout = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,
             "delivery_timeout" => self.delivery_timeout = parse_duration(value)?,
+            "permission_relay" => {
+                self.permission_relay = crate::session::pending::PermissionRelay::parse(value)?
+            }
+            "permission_timeout" => self.permission_timeout = parse_duration(value)?,
             "client_read_timeout" => self.client_read_timeout = parse_duration(value)?,
             "insecure_public" => self.insecure_public = parse_bool(value)?,
             "allow_bypass_permissions" => self.allow_bypass_permissions = parse_bool(value)?,
@@ -523,6 +533,7 @@ impl Config {
             ("idle_kill", self.idle_kill),
             ("client_read_timeout", self.client_read_timeout),
             ("delivery_timeout", self.delivery_timeout),
+            ("permission_timeout", self.permission_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {

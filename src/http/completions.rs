@@ -21,6 +21,7 @@ use super::{HttpContext, respond_error};
 use crate::config::{ClientToolsPolicy, SystemPromptPolicy};
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
+use crate::session::pending::{Answer, Pending, parse_verdicts, question_text};
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{ClientTools, FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
@@ -165,6 +166,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
         return respond_error(request, &ApiError::bad_request(message));
     }
+    let answers = classify_answers(&parts);
     let mut content = parts.join("\n\n");
     if let Some(instruction) = tools::choice_instruction(&request_tools.choice, &request_tools.tools)
     {
@@ -198,6 +200,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                 result_timeout: ctx.tool_result_timeout,
             })
         }),
+        answers,
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.
@@ -224,6 +227,23 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     {
         continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
     }
+}
+
+/// The answers to a suspended turn's questions in the new turn, when it holds nothing else
+/// (session/pending.rs): a person's `yes kqwfz` (OpenClaw's timestamp prefix allowed).
+/// Empty for an ordinary turn.
+pub fn classify_answers(parts: &[String]) -> Vec<Answer> {
+    let text: Vec<&str> = parts
+        .iter()
+        .map(|p| openclaw::strip_timestamp(p).trim())
+        .collect();
+    parse_verdicts(&text.join("\n")).unwrap_or_default()
+}
+
+/// The machine-readable form of a suspended turn's questions, added to the chunk (or
+/// message) that carries their text.
+pub fn pending_json(pending: &[Pending]) -> serde_json::Value {
+    serde_json::to_value(pending).expect("pending questions always serialise")
 }
 
 /// `Content-Type` names exactly the media type `application/json` (parameters such as
@@ -434,6 +454,8 @@ fn failure_error(failure: &TurnFailure) -> ApiError {
         FailureKind::Timeout => (504, "turn_timeout"),
         FailureKind::ShuttingDown => (503, "shutting_down"),
         FailureKind::Cancelled => (500, "cancelled"),
+        FailureKind::BadAnswer => (400, "unknown_question_id"),
+        FailureKind::PermissionBlocked => (409, "permission_relay_off"),
     };
     ApiError::new(status, code, failure.message.clone())
 }
@@ -491,6 +513,31 @@ fn stream(
                         )?;
                     }
                     completed = Some(read_at);
+                    break;
+                }
+                Ok(TurnEvent::Suspended(pending)) => {
+                    // The question ends this response normally; the answer comes in the
+                    // session's next request, which gets the rest of the turn.
+                    let text = question_text(&pending);
+                    let content = if reply.is_empty() {
+                        text
+                    } else {
+                        format!("\n\n{text}")
+                    };
+                    reply.push_str(&content);
+                    let chunk = completion.chunk(json!({"content": content}), None);
+                    let mut chunk: serde_json::Value =
+                        serde_json::from_str(&chunk).expect("chunks are JSON");
+                    chunk["synthesis_pending"] = pending_json(&pending);
+                    sse.event(&chunk.to_string())?;
+                    sse.event(&completion.chunk(json!({}), Some("stop")))?;
+                    if chat.include_usage {
+                        sse.event(
+                            &completion
+                                .usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
+                        )?;
+                    }
+                    completed = Some(Instant::now());
                     break;
                 }
                 Ok(TurnEvent::Failed(failure)) => {
@@ -551,6 +598,7 @@ fn respond_whole(
     }
     let mut answer = Answer::NotStarted(request);
     let mut text = String::new();
+    let mut suspended: Option<Vec<Pending>> = None;
     let read_at = loop {
         let event = turn.events.recv_timeout(ctx.heartbeat_interval);
         let failure = match event {
@@ -562,6 +610,14 @@ fn respond_whole(
                 continue;
             }
             Ok(TurnEvent::Done(read_at)) => break read_at,
+            Ok(TurnEvent::Suspended(pending)) => {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(&question_text(&pending));
+                suspended = Some(pending);
+                break Instant::now();
+            }
             Ok(TurnEvent::Failed(failure)) => failure_error(&failure),
             Err(RecvTimeoutError::Disconnected) => worker_vanished(),
             Err(RecvTimeoutError::Timeout) => {
@@ -601,7 +657,12 @@ fn respond_whole(
         }
         return None;
     };
-    let body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
+    let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
+    if let Some(pending) = suspended {
+        let mut value: serde_json::Value = serde_json::from_str(&body).expect("bodies are JSON");
+        value["choices"][0]["message"]["synthesis_pending"] = pending_json(&pending);
+        body = value.to_string();
+    }
     match answer {
         Answer::NotStarted(request) => {
             super::respond_json_within(request, 200, body, ctx.write_deadline)
@@ -618,4 +679,36 @@ fn respond_whole(
     }
     METRICS.bridge_outbound.record(read_at.elapsed());
     Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_of_nothing_but_verdicts_carries_answers_and_anything_else_none() {
+        let parts = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            classify_answers(&parts(&["[Tue 2026-11-24 10:14 UTC] yes kqwfz"])),
+            vec![Answer::Verdict {
+                id: "kqwfz".into(),
+                allow: true
+            }]
+        );
+        assert_eq!(
+            classify_answers(&parts(&["no abcde", "y fghjk"])),
+            vec![
+                Answer::Verdict {
+                    id: "abcde".into(),
+                    allow: false
+                },
+                Answer::Verdict {
+                    id: "fghjk".into(),
+                    allow: true
+                }
+            ]
+        );
+        assert!(classify_answers(&parts(&["yes kqwfz", "and run lint too"])).is_empty());
+        assert!(classify_answers(&parts(&["hello"])).is_empty());
+    }
 }

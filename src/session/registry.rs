@@ -92,6 +92,8 @@ pub struct NewTurn {
     pub system_prompt: Option<Arc<str>>,
     /// The request's client tools (None: leave the channel's set alone).
     pub client_tools: Option<Arc<crate::session::turn::ClientTools>>,
+    /// Answers to the session's pending questions (empty for an ordinary turn).
+    pub answers: Vec<super::pending::Answer>,
 }
 
 /// A turn handed to a session: the responder reads its events and can cancel it.
@@ -280,6 +282,7 @@ impl Registry {
             received: request.received,
             queued_at: Instant::now(),
             history: request.history,
+            answers: request.answers,
             admission,
             client_tools: request.client_tools,
         };

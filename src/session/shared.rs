@@ -85,6 +85,9 @@ pub enum PhaseName {
     /// Claude is still finishing the previous turn (it answered, or was interrupted, and has
     /// not reported the end of its turn yet); the next turn waits.
     Draining,
+    /// Claude's turn waits inside claude for answers to questions the client was asked
+    /// (session/pending.rs); the session's next request carries them.
+    Suspended,
     /// Claimed by the registry for an idle kill, an eviction or an operator stop.
     Stopping,
     /// The worker has ended; the session left the registry.
@@ -92,12 +95,13 @@ pub enum PhaseName {
 }
 
 impl PhaseName {
-    pub const ALL: [PhaseName; 7] = [
+    pub const ALL: [PhaseName; 8] = [
         PhaseName::Idle,
         PhaseName::Starting,
         PhaseName::Ready,
         PhaseName::Busy,
         PhaseName::Draining,
+        PhaseName::Suspended,
         PhaseName::Stopping,
         PhaseName::Retired,
     ];
@@ -109,6 +113,7 @@ impl PhaseName {
             PhaseName::Ready => "ready",
             PhaseName::Busy => "busy",
             PhaseName::Draining => "draining",
+            PhaseName::Suspended => "suspended",
             PhaseName::Stopping => "stopping",
             PhaseName::Retired => "retired",
         }
@@ -118,7 +123,11 @@ impl PhaseName {
     pub fn has_usable_process(self) -> bool {
         matches!(
             self,
-            PhaseName::Starting | PhaseName::Ready | PhaseName::Busy | PhaseName::Draining
+            PhaseName::Starting
+                | PhaseName::Ready
+                | PhaseName::Busy
+                | PhaseName::Draining
+                | PhaseName::Suspended
         )
     }
 }
@@ -131,6 +140,8 @@ pub struct SessionInfo {
     pub process_started: Option<std::time::SystemTime>,
     pub turns: u64,
     pub last_error: Option<String>,
+    /// The questions the session's suspended turn waits on (empty unless `Suspended`).
+    pub pending: Vec<super::pending::Pending>,
 }
 
 /// What others may read about a session without asking its worker.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::pending::{Answer, Pending};
 use super::shared::SessionStatus;
 use crate::poll::Waker;
 
@@ -33,6 +34,9 @@ pub struct Turn {
     /// When it was put in the session's queue.
     pub queued_at: Instant,
     pub history: Option<HistoryRenderer>,
+    /// Answers to the questions of the session's suspended turn (session/pending.rs); a turn
+    /// with answers resumes that turn instead of starting a new one.
+    pub answers: Vec<Answer>,
     /// Counts the turn as the session's until it is dropped (see `Admission`).
     pub admission: Admission,
     /// The client tools Claude may call during this turn; None leaves the channel's set as
@@ -93,7 +97,7 @@ impl std::fmt::Debug for Turn {
 }
 
 /// What a session worker reports about a turn, in order: any number of `Text`, then
-/// exactly one `Done` or `Failed`.
+/// exactly one `Done`, `Suspended` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
     /// One `reply` from Claude: progress (`is_final: false`) or the closing one.
@@ -104,6 +108,10 @@ pub enum TurnEvent {
     /// The turn ended normally; carries when the worker read the frame that ended it (the
     /// start of the bridge's own outbound time).
     Done(Instant),
+    /// Claude's turn waits for answers to these questions (it keeps running inside claude):
+    /// this response ends normally with them, and a later request of the session carries
+    /// the answers and gets the rest of the turn (session/pending.rs).
+    Suspended(Vec<Pending>),
     Failed(TurnFailure),
 }
 
@@ -122,6 +130,8 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::ShuttingDown => "shutting_down",
             FailureKind::Cancelled => "client_gone",
+            FailureKind::BadAnswer => "bad_answer",
+            FailureKind::PermissionBlocked => "permission_blocked",
         }
     }
 }
@@ -139,6 +149,11 @@ pub enum FailureKind {
     ShuttingDown,
     /// Every client of the turn went away before it could run (nobody sees this).
     Cancelled,
+    /// The request answers a question that is not pending (400).
+    BadAnswer,
+    /// Claude asked for a tool permission that nobody can give (`permission_relay = off`):
+    /// the turn was interrupted (409).
+    PermissionBlocked,
 }
 
 impl TurnFailure {
@@ -216,7 +231,9 @@ impl TurnOutput {
     pub fn emit(&self, event: TurnEvent) {
         let mut state = crate::session::shared::lock(&self.inner);
         match &event {
-            TurnEvent::Done(_) => state.ended = Some((Instant::now(), true)),
+            TurnEvent::Done(_) | TurnEvent::Suspended(_) => {
+                state.ended = Some((Instant::now(), true))
+            }
             TurnEvent::Failed(_) => state.ended = Some((Instant::now(), false)),
             TurnEvent::Text { .. } => {}
         }

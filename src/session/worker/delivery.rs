@@ -50,7 +50,7 @@ impl Worker {
         let recorded = self.settings.agents.transcript_mentions_turn(
             &self.identity.workspace,
             &self.identity.claude_session,
-            &turn.turn.id,
+            &turn.claude_id,
         );
         if recorded {
             delivery.confirmed = true;

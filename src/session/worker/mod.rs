@@ -20,7 +20,7 @@
 //! the worker owns at once with `poll(2)` until the next deadline, and `handle` reacts to
 //! what happened. The pieces live beside this file: events.rs (the poll-based event source),
 //! start.rs (spawn, start-up screens, back-off), running.rs (a turn: send, replies, turn end,
-//! cancel, deadlines), delivery.rs (proof that claude took the turn in), prompt.rs (the
+//! cancel, deadlines), suspended.rs (a turn waiting for the client's answers), delivery.rs (proof that claude took the turn in), prompt.rs (the
 //! client's system prompt file), agent_port.rs (the trait between worker and agent).
 //!
 //! Resources are owned: the process slot sits in `Running`, the turn slot in `ActiveTurn`,
@@ -34,6 +34,7 @@ mod events;
 mod prompt;
 mod running;
 pub mod start;
+mod suspended;
 #[cfg(test)]
 mod tests;
 
@@ -73,6 +74,10 @@ pub struct WorkerSettings {
     pub retry_grace: Duration,
     /// How long a pushed turn may take to show up in claude's transcript.
     pub delivery_timeout: Duration,
+    /// What to do when Claude asks for a tool permission (`permission_relay`).
+    pub permission_relay: super::pending::PermissionRelay,
+    /// How long a permission question waits for an answer before it is denied.
+    pub permission_timeout: Duration,
 }
 
 /// Longest single wait when nothing is due: the loop re-checks its state at least this often.
@@ -114,6 +119,9 @@ struct ActiveTurn {
     /// A Stop report that names no turn may end this one: false when the previous turn never
     /// reported its end (such a report is then more likely the previous turn's).
     anonymous_end_ok: bool,
+    /// The id claude knows the turn by: this request's own id, or, for a request that
+    /// resumed a suspended turn, the id of the request that started it.
+    claude_id: String,
     /// The process was already up when the turn started (for the inbound-time metric).
     warm: bool,
     started: Instant,
@@ -143,6 +151,12 @@ enum Phase {
         previous: String,
         until: Instant,
     },
+    /// Claude's turn waits inside claude for the client's answers to `turn.pending`; no
+    /// request is its client and it holds no turn slot (suspended.rs).
+    Suspended {
+        agent: Running,
+        turn: suspended::SuspendedTurn,
+    },
     /// The worker is done; its thread ends.
     Retired,
 }
@@ -155,6 +169,7 @@ impl Phase {
             Phase::Ready { .. } => PhaseName::Ready,
             Phase::Busy { .. } => PhaseName::Busy,
             Phase::Draining { .. } => PhaseName::Draining,
+            Phase::Suspended { .. } => PhaseName::Suspended,
             Phase::Retired => PhaseName::Retired,
         }
     }
@@ -164,7 +179,8 @@ impl Phase {
             Phase::Starting { agent, .. }
             | Phase::Ready { agent }
             | Phase::Busy { agent, .. }
-            | Phase::Draining { agent, .. } => Some(agent),
+            | Phase::Draining { agent, .. }
+            | Phase::Suspended { agent, .. } => Some(agent),
             Phase::Idle | Phase::Retired => None,
         }
     }
@@ -174,7 +190,8 @@ impl Phase {
             Phase::Starting { agent, .. }
             | Phase::Ready { agent }
             | Phase::Busy { agent, .. }
-            | Phase::Draining { agent, .. } => Some(agent),
+            | Phase::Draining { agent, .. }
+            | Phase::Suspended { agent, .. } => Some(agent),
             Phase::Idle | Phase::Retired => None,
         }
     }
@@ -238,6 +255,8 @@ pub struct Worker {
     /// The phase last entered: the transition log's "from" (while `take_phase` has taken the
     /// phase apart, `phase` reads `Idle`).
     entered: PhaseName,
+    /// Said at the start of the session's next turn (a question that was denied unseen).
+    notice: Option<String>,
 }
 
 impl Worker {
@@ -272,6 +291,7 @@ impl Worker {
             running_prompt: None,
             previous_end_unreported: false,
             entered: PhaseName::Idle,
+            notice: None,
         }
     }
 
@@ -341,8 +361,15 @@ impl Worker {
             .pid
             .store(pid, std::sync::atomic::Ordering::SeqCst);
         *lock(&self.status.spawn_id) = next.agent().map(|a| a.spawn_id.clone());
-        if next.agent().is_none() {
-            lock(&self.status.info).process_started = None;
+        {
+            let mut info = lock(&self.status.info);
+            if next.agent().is_none() {
+                info.process_started = None;
+            }
+            info.pending = match &next {
+                Phase::Suspended { turn, .. } => turn.pending.clone(),
+                _ => Vec::new(),
+            };
         }
         if let Some(step) = phase_step(to) {
             self.status.set_step(step);
@@ -377,7 +404,10 @@ impl Worker {
         if matches!(self.phase, Phase::Draining { .. }) && self.check_draining() {
             return true;
         }
-        if self.waiting.is_none() && matches!(self.phase, Phase::Idle | Phase::Ready { .. }) {
+        let suspended = matches!(self.phase, Phase::Suspended { .. });
+        if self.waiting.is_none()
+            && (suspended || matches!(self.phase, Phase::Idle | Phase::Ready { .. }))
+        {
             match self.turns.try_recv() {
                 Ok(turn) => self.waiting = Some(turn),
                 Err(TryRecvError::Empty) => {}
@@ -390,7 +420,12 @@ impl Worker {
                 }
             }
         }
-        if let Some(turn) = self.waiting.take() {
+        if suspended && let Some(turn) = self.waiting.take() {
+            return self.resume(turn);
+        }
+        if matches!(self.phase, Phase::Idle | Phase::Ready { .. })
+            && let Some(turn) = self.waiting.take()
+        {
             return self.try_begin(turn);
         }
         if matches!(self.phase, Phase::Idle)
@@ -419,7 +454,7 @@ impl Worker {
         }
         if matches!(
             self.phase,
-            Phase::Idle | Phase::Ready { .. } | Phase::Draining { .. }
+            Phase::Idle | Phase::Ready { .. } | Phase::Draining { .. } | Phase::Suspended { .. }
         ) {
             self.stop_agent("the bridge is shutting down");
             self.enter(Phase::Retired, "shutdown");
@@ -485,6 +520,7 @@ impl Worker {
             Phase::Starting { deadline, .. } => next.min(*deadline),
             Phase::Busy { turn, .. } => next.min(self.turn_wake_up(turn)),
             Phase::Draining { until, .. } => next.min(*until).min(now + IDLE_FILE_POLL),
+            Phase::Suspended { turn, .. } => next.min(turn.deadline),
             Phase::Idle | Phase::Ready { .. } | Phase::Retired => next,
         }
     }
@@ -584,7 +620,8 @@ impl Worker {
             Phase::Starting { agent, .. }
             | Phase::Ready { agent }
             | Phase::Busy { agent, .. }
-            | Phase::Draining { agent, .. } => Some(agent),
+            | Phase::Draining { agent, .. }
+            | Phase::Suspended { agent, .. } => Some(agent),
             Phase::Idle => None,
             Phase::Retired => {
                 self.phase = Phase::Retired;
@@ -605,6 +642,7 @@ fn phase_step(phase: PhaseName) -> Option<&'static str> {
         PhaseName::Starting => Some("waiting for the channel's hello"),
         PhaseName::Busy => Some("waiting for claude's reply"),
         PhaseName::Draining => Some("waiting for claude to finish the previous turn"),
+        PhaseName::Suspended => Some("waiting for the client's answer"),
         PhaseName::Stopping | PhaseName::Retired => None,
     }
 }

@@ -73,27 +73,51 @@ impl Worker {
     }
 
     pub(super) fn on_frame(&mut self, frame: ChannelFrame) {
-        let ChannelFrame::Reply {
-            turn: id,
-            text,
-            is_final,
-        } = frame
-        else {
-            return log::debug!("session {:?}: frame dropped: {frame:?}", self.key);
+        let (id, text, is_final) = match frame {
+            ChannelFrame::Reply {
+                turn,
+                text,
+                is_final,
+            } => (turn, text, is_final),
+            ChannelFrame::PermissionRequest {
+                request_id,
+                tool_name,
+                description,
+                input_preview,
+            } => {
+                return self.on_permission_request(
+                    request_id,
+                    tool_name,
+                    description,
+                    input_preview,
+                );
+            }
+            other => return log::debug!("session {:?}: frame dropped: {other:?}", self.key),
         };
+        if matches!(self.phase, Phase::Suspended { .. }) {
+            return self.hold_reply(&id, text, is_final);
+        }
         let Phase::Busy { turn, .. } = &mut self.phase else {
             return log::info!(
                 "session {:?}: stray frame dropped: a reply for {id} with no turn in flight",
                 self.key
             );
         };
-        if turn.turn.id != id {
+        if turn.claude_id != id {
             return log::info!(
                 "session {:?} {}: stray frame dropped: a reply for {id}, which is not the turn in flight",
                 self.key,
                 turn.turn.id
             );
         }
+        self.deliver_reply(text, is_final);
+    }
+
+    /// Busy: a reply of the turn in flight goes to its clients; a final one ends the turn.
+    pub(super) fn deliver_reply(&mut self, text: String, is_final: bool) {
+        let Phase::Busy { turn, .. } = &mut self.phase else {
+            return;
+        };
         turn.replied = true;
         if let Some(delivery) = turn.delivery.as_mut() {
             delivery.confirmed = true;
@@ -120,7 +144,7 @@ impl Worker {
         match &mut self.phase {
             Phase::Busy { turn, .. } => {
                 let ours = match &ended {
-                    Some(id) => *id == turn.turn.id,
+                    Some(id) => *id == turn.claude_id,
                     None => turn.anonymous_end_ok,
                 };
                 if !ours {
@@ -157,6 +181,17 @@ impl Worker {
                 };
                 self.enter(Phase::Ready { agent }, "the previous turn reported its end");
             }
+            Phase::Suspended { turn, .. }
+                if ended
+                    .as_ref()
+                    .map_or(turn.anonymous_end_ok, |id| *id == turn.claude_id) =>
+            {
+                self.lose_suspended("Claude ended its turn without waiting for the answer");
+                let Phase::Suspended { agent, .. } = self.take_phase() else {
+                    unreachable!("matched above");
+                };
+                self.enter(Phase::Ready { agent }, "the suspended turn ended");
+            }
             _ => log::info!(
                 "session {:?}: turn end ({ended:?}) in phase {} dropped",
                 self.key,
@@ -184,7 +219,7 @@ impl Worker {
         if reported {
             self.enter(Phase::Ready { agent }, why);
         } else {
-            let previous = turn.turn.id.clone();
+            let previous = turn.claude_id.clone();
             self.enter(
                 Phase::Draining {
                     agent,
@@ -199,7 +234,7 @@ impl Worker {
 
     /// Ends the turn in flight with `failure` after interrupting claude (Esc); the process
     /// stays and drains.
-    fn interrupt_turn(&mut self, failure: TurnFailure) {
+    pub(super) fn interrupt_turn(&mut self, failure: TurnFailure) {
         let Phase::Busy { mut agent, turn } = self.take_phase() else {
             unreachable!("interrupt_turn outside Busy");
         };
@@ -233,6 +268,7 @@ impl Worker {
         match &self.phase {
             Phase::Starting { .. } => self.check_start_deadline(),
             Phase::Busy { .. } => self.check_turn(),
+            Phase::Suspended { .. } => self.check_suspended(),
             _ => {}
         }
     }
@@ -320,6 +356,10 @@ impl Worker {
                 log::info!("session {:?}: claude exited while idle ({how})", self.key);
                 self.stop_agent("exited");
             }
+            Phase::Suspended { .. } => {
+                self.lose_suspended(&format!("Claude exited ({how})"));
+                self.stop_agent("exited while a question was open");
+            }
             Phase::Idle | Phase::Retired => {}
         }
     }
@@ -366,6 +406,10 @@ impl Worker {
             }
             Phase::Ready { .. } | Phase::Draining { .. } => {
                 self.stop_agent(&format!("channel closed while idle: {why}"))
+            }
+            Phase::Suspended { .. } => {
+                self.lose_suspended(&format!("Claude's channel closed ({why})"));
+                self.stop_agent(&format!("channel closed while a question was open: {why}"));
             }
             Phase::Starting { .. } | Phase::Idle | Phase::Retired => {}
         }

@@ -33,7 +33,14 @@ impl Worker {
             self.apply_system_prompt(&prompt);
         }
         let warm = super::events::is_connected(&self.phase);
+        if let Some(notice) = self.notice.take() {
+            turn.output.emit(crate::session::turn::TurnEvent::Text {
+                text: notice,
+                is_final: false,
+            });
+        }
         let active = ActiveTurn {
+            claude_id: turn.id.clone(),
             turn,
             _slot: slot,
             deadline,

@@ -28,6 +28,9 @@ const EVENT_WAIT: Duration = Duration::from_secs(5);
 /// How long a test watches for something that must not happen.
 const QUIET: Duration = Duration::from_millis(300);
 
+/// The suspended turn (suspended.rs): questions, answers, timeouts.
+mod suspended;
+
 // ---------------------------------------------------------------------------------------------
 // The fake agent process
 // ---------------------------------------------------------------------------------------------
@@ -254,6 +257,8 @@ struct ChannelEnd {
     script: Arc<Mutex<Script>>,
     /// Every turn frame the worker sent: (turn id, content).
     turns: Receiver<(String, String)>,
+    /// Every permission verdict the worker sent: (request id, behavior).
+    verdicts: Receiver<(String, String)>,
 }
 
 impl ChannelEnd {
@@ -270,6 +275,26 @@ impl ChannelEnd {
         (&self.writer)
             .write_all(format!("{}\n", frame.to_json()).as_bytes())
             .expect("write a reply");
+    }
+
+    /// Claude asks for permission (the channel forwards its `permission_request`).
+    fn permission_request(&self, request_id: &str, tool_name: &str, input_preview: &str) {
+        let frame = ChannelFrame::PermissionRequest {
+            request_id: request_id.into(),
+            tool_name: tool_name.into(),
+            description: "a test tool call".into(),
+            input_preview: input_preview.into(),
+        };
+        (&self.writer)
+            .write_all(format!("{}\n", frame.to_json()).as_bytes())
+            .expect("write a permission request");
+    }
+
+    /// The next permission verdict the worker sent: (request id, behavior).
+    fn next_verdict(&self) -> (String, String) {
+        self.verdicts
+            .recv_timeout(EVENT_WAIT)
+            .expect("the worker sent no verdict")
     }
 
     /// The next turn frame the worker sent.
@@ -289,6 +314,7 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
     ours.set_nonblocking(true).expect("nonblocking");
     let script = Arc::new(Mutex::new(Script::Silent));
     let (turns_tx, turns_rx) = unbounded();
+    let (verdicts_tx, verdicts_rx) = unbounded();
     let writer = theirs.try_clone().expect("clone");
     let reader_script = script.clone();
     std::thread::Builder::new()
@@ -304,8 +330,16 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
             while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
                 let frame: BridgeFrame = serde_json::from_str(&line).expect("a bridge frame");
                 line.clear();
-                let BridgeFrame::Turn { id, content, .. } = frame else {
-                    continue;
+                let (id, content) = match frame {
+                    BridgeFrame::Turn { id, content, .. } => (id, content),
+                    BridgeFrame::PermissionVerdict {
+                        request_id,
+                        behavior,
+                    } => {
+                        let _ = verdicts_tx.send((request_id, behavior));
+                        continue;
+                    }
+                    _ => continue,
                 };
                 let script = *reader_script.lock().unwrap();
                 let answer = |turn: &str, text: String| {
@@ -342,6 +376,7 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
             writer,
             script,
             turns: turns_rx,
+            verdicts: verdicts_rx,
         },
     )
 }
@@ -378,6 +413,8 @@ struct Options {
     ready_timeout: Duration,
     turn_timeout: Duration,
     retry_grace: Duration,
+    permission_relay: crate::session::pending::PermissionRelay,
+    permission_timeout: Duration,
 }
 
 impl Default for Options {
@@ -389,6 +426,8 @@ impl Default for Options {
             ready_timeout: Duration::from_secs(10),
             turn_timeout: Duration::from_secs(30),
             retry_grace: Duration::from_millis(50),
+            permission_relay: crate::session::pending::PermissionRelay::Chat,
+            permission_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -421,6 +460,8 @@ impl Harness {
             turn_slots: SlotPool::new(options.max_concurrent_turns),
             retry_grace: options.retry_grace,
             delivery_timeout: Duration::from_secs(10),
+            permission_relay: options.permission_relay,
+            permission_timeout: options.permission_timeout,
         };
         let limits = Limits {
             max_processes: options.max_processes,
@@ -449,6 +490,7 @@ impl Harness {
                 fingerprint: None,
                 marked_retry: false,
                 system_prompt: None,
+                answers: Vec::new(),
             },
             Duration::ZERO,
         )
@@ -569,6 +611,7 @@ fn expect_done(turn: &SubmittedTurn) -> String {
                 }
             }
             TurnEvent::Done(_) => return last.expect("a final reply before Done"),
+            TurnEvent::Suspended(p) => panic!("turn {} suspended: {p:?}", turn.id),
             TurnEvent::Failed(f) => panic!("turn {} failed: {f:?}", turn.id),
         }
     }
@@ -578,7 +621,9 @@ fn expect_failed(turn: &SubmittedTurn) -> TurnFailure {
     loop {
         match next_event(turn) {
             TurnEvent::Text { .. } => {}
-            TurnEvent::Done(_) => panic!("turn {} succeeded; a failure was expected", turn.id),
+            TurnEvent::Done(_) | TurnEvent::Suspended(_) => {
+                panic!("turn {} succeeded; a failure was expected", turn.id)
+            }
             TurnEvent::Failed(f) => return f,
         }
     }

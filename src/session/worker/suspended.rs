@@ -1,0 +1,428 @@
+//! The suspended turn (docs/ARCHITECTURE.md "Suspended turns"): Claude's turn keeps running
+//! inside claude, blocked on answers (a tool permission; a client tool's result), while the
+//! response that carried it so far has ended with the questions. The session's next request
+//! carries the answers and becomes the turn's client again.
+//!
+//! Rules, all here:
+//! - A question arriving while `Busy` suspends the turn: the response gets
+//!   `TurnEvent::Suspended(questions)` and ends; the worker enters `Suspended`.
+//! - A suspended turn gives its `max_concurrent_turns` slot back (claude uses no CPU while it
+//!   waits) and takes one again when an answer resumes it; `turn_timeout` does not run while
+//!   it is suspended (the resumed turn gets a full `turn_timeout` of its own). Its wait is
+//!   bounded by the question's own timeout (`permission_timeout`).
+//! - The worker takes the next queued turn at once while `Suspended` (it must not wait for
+//!   the Claude turn to end). A turn with answers: every answer must name a pending id (else
+//!   that request fails with 400 and the question stays open); the answers go to the
+//!   channel, and the request streams the rest of the same Claude turn (or, if questions are
+//!   still open, is suspended again with them). A turn without answers (any other message):
+//!   every open question is denied, claude finishes its turn unseen (`Draining`), and the
+//!   message then runs as the next turn, which starts with a line saying what was denied.
+//! - No answer within the timeout: the questions are denied, claude finishes its turn
+//!   unseen, and the session's next turn starts with a line saying so.
+//! - Replies claude sends while suspended are held and delivered to the resuming request.
+
+use std::time::Instant;
+
+use super::delivery::Delivery;
+use super::{ActiveTurn, PREVIOUS_TURN_WAIT, Phase, Worker};
+use crate::metrics::METRICS;
+use crate::protocol::BridgeFrame;
+use crate::session::pending::{Answer, Pending, PendingKind, PermissionRelay, new_id};
+use crate::session::shared::TurnSlot;
+use crate::session::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
+
+/// The Claude side of a turn that has no client while it waits for answers.
+pub(super) struct SuspendedTurn {
+    /// The id claude knows the turn by (its first request's turn id): replies carry it.
+    pub claude_id: String,
+    pub delivery: Option<Delivery>,
+    pub replied: bool,
+    pub anonymous_end_ok: bool,
+    /// What the turn waits on, oldest first.
+    pub pending: Vec<Pending>,
+    /// When the oldest open question gives up (denied).
+    pub deadline: Instant,
+    /// Replies (text, final) that arrived while suspended, for the resuming request.
+    pub held: Vec<(String, bool)>,
+}
+
+impl Worker {
+    /// Claude asks for permission to use a tool (a `permission_request` frame).
+    pub(super) fn on_permission_request(
+        &mut self,
+        request_id: String,
+        tool_name: String,
+        description: String,
+        input_preview: String,
+    ) {
+        let kind = PendingKind::Permission {
+            request_id: request_id.clone(),
+            tool_name: tool_name.clone(),
+            description,
+            input_preview,
+        };
+        let policy = self.settings.permission_relay;
+        match (&mut self.phase, policy) {
+            (Phase::Busy { .. }, PermissionRelay::Chat) => {
+                METRICS.permission_questions.inc();
+                self.suspend(kind);
+            }
+            (Phase::Suspended { turn, .. }, PermissionRelay::Chat) => {
+                // Claude asked again before the first answer (parallel tool calls): the
+                // question joins the others; the resuming request shows what is still open.
+                METRICS.permission_questions.inc();
+                let id = new_id(&turn.pending);
+                log::info!(
+                    "session {:?} {}: another permission question ({tool_name}) while suspended: {id}",
+                    self.key,
+                    turn.claude_id
+                );
+                turn.pending.push(Pending { id, kind });
+                let pending = turn.pending.clone();
+                crate::session::shared::lock(&self.status.info).pending = pending;
+            }
+            (Phase::Busy { .. }, PermissionRelay::Off) => {
+                log::warn!(
+                    "session {:?}: claude asked for permission to use {tool_name}; permission_relay = off",
+                    self.key
+                );
+                self.interrupt_turn(TurnFailure::new(
+                    FailureKind::PermissionBlocked,
+                    format!(
+                        "Claude asked for permission to use {tool_name}, and permission_relay = off, so nobody can answer; the turn was interrupted. Set permission_relay = chat (ask in the chat) or deny, allow the tool in the workspace's permissions.allow, or choose a permission_mode that does not ask"
+                    ),
+                ));
+            }
+            _ => {
+                let why = match policy {
+                    PermissionRelay::Deny => "permission_relay = deny",
+                    _ => "no turn is waiting for it",
+                };
+                log::info!(
+                    "session {:?}: permission request {request_id} ({tool_name}) denied: {why}",
+                    self.key
+                );
+                METRICS.permission_denied.inc();
+                self.send_verdicts(&[(request_id, false)]);
+            }
+        }
+    }
+
+    /// Busy → Suspended with the first question `kind`.
+    fn suspend(&mut self, kind: PendingKind) {
+        let Phase::Busy { agent, turn } = self.take_phase() else {
+            unreachable!("suspend outside Busy");
+        };
+        let pending = vec![Pending {
+            id: new_id(&[]),
+            kind,
+        }];
+        log::info!(
+            "session {:?} {}: suspended, waiting for an answer to {}",
+            self.key,
+            turn.turn.id,
+            pending[0].id
+        );
+        turn.turn.output.emit(TurnEvent::Suspended(pending.clone()));
+        let suspended = SuspendedTurn {
+            claude_id: turn.claude_id,
+            delivery: turn.delivery,
+            replied: turn.replied,
+            anonymous_end_ok: turn.anonymous_end_ok,
+            pending,
+            deadline: Instant::now() + self.settings.permission_timeout,
+            held: Vec::new(),
+        };
+        // The request's `Turn` (its response has ended) and its turn slot are dropped here.
+        self.enter(
+            Phase::Suspended {
+                agent,
+                turn: suspended,
+            },
+            "waiting for an answer",
+        );
+    }
+
+    /// Suspended: the session's next turn. True unless it went back to waiting for a slot.
+    pub(super) fn resume(&mut self, turn: Turn) -> bool {
+        if turn.output.abandoned_since().is_some() {
+            self.fail(
+                &turn,
+                TurnFailure::new(
+                    FailureKind::Cancelled,
+                    "every client left before the turn started",
+                ),
+            );
+            return true;
+        }
+        if turn.answers.is_empty() {
+            let Phase::Suspended {
+                turn: suspended, ..
+            } = &self.phase
+            else {
+                unreachable!("resume outside Suspended");
+            };
+            let ids: Vec<String> = suspended.pending.iter().map(|p| p.id.clone()).collect();
+            self.give_up(&format!(
+                "(A new message arrived while Claude was waiting for an answer, so the open question{} {} {} denied.)",
+                if ids.len() == 1 { "" } else { "s" },
+                ids.join(", "),
+                if ids.len() == 1 { "was" } else { "were" },
+            ));
+            // The message runs as the next turn once claude has finished the denied one.
+            self.waiting = Some(turn);
+            return true;
+        }
+        let Phase::Suspended {
+            turn: suspended, ..
+        } = &self.phase
+        else {
+            unreachable!("resume outside Suspended");
+        };
+        let unknown: Vec<&str> = turn
+            .answers
+            .iter()
+            .map(Answer::id)
+            .filter(|id| !suspended.pending.iter().any(|p| p.id == *id))
+            .collect();
+        if !unknown.is_empty() {
+            let open: Vec<String> = suspended
+                .pending
+                .iter()
+                .map(|p| format!("`{}`", p.id))
+                .collect();
+            let message = format!(
+                "no open question has the id {}; the open one{} {}: answer `yes <id>` or `no <id>`",
+                unknown.join(", "),
+                if open.len() == 1 { " is" } else { "s are" },
+                open.join(", ")
+            );
+            self.fail(&turn, TurnFailure::new(FailureKind::BadAnswer, message));
+            return true;
+        }
+        let Some(slot) = self.settings.turn_slots.try_acquire() else {
+            self.status
+                .set_step("waiting for a max_concurrent_turns slot");
+            self.waiting = Some(turn);
+            return false;
+        };
+        let Phase::Suspended {
+            agent,
+            turn: mut suspended,
+        } = self.take_phase()
+        else {
+            unreachable!("checked above");
+        };
+        let mut verdicts = Vec::new();
+        for answer in &turn.answers {
+            let Some(index) = suspended.pending.iter().position(|p| p.id == answer.id()) else {
+                continue; // answered twice in one message
+            };
+            let question = suspended.pending.remove(index);
+            match (question.kind, answer) {
+                (PendingKind::Permission { request_id, .. }, Answer::Verdict { allow, .. }) => {
+                    if *allow {
+                        METRICS.permission_allowed.inc();
+                    } else {
+                        METRICS.permission_denied.inc();
+                    }
+                    verdicts.push((request_id, *allow));
+                }
+            }
+        }
+        log::info!(
+            "session {:?} {}: resumed by {} ({} answer(s), {} question(s) still open)",
+            self.key,
+            suspended.claude_id,
+            turn.id,
+            verdicts.len(),
+            suspended.pending.len()
+        );
+        self.phase = Phase::Suspended {
+            agent,
+            turn: SuspendedTurn {
+                pending: Vec::new(),
+                held: Vec::new(),
+                ..suspended
+            },
+        };
+        if !self.send_verdicts(&verdicts) {
+            self.fail(
+                &turn,
+                TurnFailure::new(
+                    FailureKind::AgentDied,
+                    "could not send the answer to claude's channel; its process was stopped; retry",
+                ),
+            );
+            return true;
+        }
+        let Phase::Suspended { agent, turn: shell } = self.take_phase() else {
+            unreachable!("send_verdicts keeps the phase unless it fails");
+        };
+        let active = ActiveTurn {
+            turn,
+            _slot: TurnSlot(slot),
+            deadline: Instant::now() + self.settings.turn_timeout,
+            delivery: shell.delivery,
+            replied: shell.replied,
+            anonymous_end_ok: shell.anonymous_end_ok,
+            claude_id: shell.claude_id,
+            warm: true,
+            started: Instant::now(),
+        };
+        if !suspended.pending.is_empty() {
+            // Questions still open: this request is suspended again and shows them.
+            active
+                .turn
+                .output
+                .emit(TurnEvent::Suspended(suspended.pending.clone()));
+            let again = SuspendedTurn {
+                claude_id: active.claude_id,
+                delivery: active.delivery,
+                replied: active.replied,
+                anonymous_end_ok: active.anonymous_end_ok,
+                pending: suspended.pending,
+                deadline: Instant::now() + self.settings.permission_timeout,
+                held: suspended.held,
+            };
+            self.enter(
+                Phase::Suspended { agent, turn: again },
+                "questions still open",
+            );
+            return true;
+        }
+        self.status.set_step("waiting for claude's reply");
+        self.enter(
+            Phase::Busy {
+                agent,
+                turn: active,
+            },
+            "answered",
+        );
+        for (text, is_final) in suspended.held {
+            self.deliver_reply(text, is_final);
+        }
+        true
+    }
+
+    /// Sends verdicts to the channel. False (and the process stopped, the phase `Idle`)
+    /// when the channel could not take them.
+    fn send_verdicts(&mut self, verdicts: &[(String, bool)]) -> bool {
+        let Some(agent) = self.phase.agent_mut() else {
+            return true;
+        };
+        for (request_id, allow) in verdicts {
+            let frame = BridgeFrame::PermissionVerdict {
+                request_id: request_id.clone(),
+                behavior: if *allow { "allow" } else { "deny" }.into(),
+            };
+            let sent = match agent.link.as_mut() {
+                Some(link) => link.send(&frame),
+                None => Err("no channel attached".into()),
+            };
+            if let Err(e) = sent {
+                log::warn!(
+                    "session {:?}: could not send a permission verdict: {e}",
+                    self.key
+                );
+                self.notice = Some(format!(
+                    "(Claude's channel failed while it waited for an answer ({e}); its process was stopped.)"
+                ));
+                self.stop_agent("could not send a permission verdict");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Suspended: denies every open question and lets claude finish its turn unseen
+    /// (`Draining`); `notice` starts the session's next turn.
+    pub(super) fn give_up(&mut self, notice: &str) {
+        let Phase::Suspended { turn, .. } = &self.phase else {
+            return;
+        };
+        let claude_id = turn.claude_id.clone();
+        let verdicts: Vec<(String, bool)> = turn
+            .pending
+            .iter()
+            .map(|p| match &p.kind {
+                PendingKind::Permission { request_id, .. } => (request_id.clone(), false),
+            })
+            .collect();
+        for _ in &verdicts {
+            METRICS.permission_denied.inc();
+        }
+        log::info!("session {:?} {claude_id}: {notice}", self.key);
+        self.notice = Some(notice.to_string());
+        if !self.send_verdicts(&verdicts) {
+            return;
+        }
+        let Phase::Suspended { agent, .. } = self.take_phase() else {
+            unreachable!("checked above");
+        };
+        self.enter(
+            Phase::Draining {
+                agent,
+                previous: claude_id,
+                until: Instant::now() + PREVIOUS_TURN_WAIT,
+            },
+            "the open questions were denied",
+        );
+    }
+
+    /// Suspended: gives up once the wait for an answer is over, or at shutdown.
+    pub(super) fn check_suspended(&mut self) {
+        let Phase::Suspended { turn, .. } = &self.phase else {
+            return;
+        };
+        if Instant::now() < turn.deadline {
+            return;
+        }
+        let limit = self.settings.permission_timeout;
+        let ids: Vec<String> = turn.pending.iter().map(|p| p.id.clone()).collect();
+        for _ in &ids {
+            METRICS.permission_timed_out.inc();
+        }
+        self.give_up(&format!(
+            "(Nobody answered the permission question{} {} within permission_timeout ({limit:?}), so {} denied and Claude went on without {}.)",
+            if ids.len() == 1 { "" } else { "s" },
+            ids.join(", "),
+            if ids.len() == 1 { "it was" } else { "they were" },
+            if ids.len() == 1 { "it" } else { "them" },
+        ));
+    }
+
+    /// Suspended: a reply for the suspended turn arrived (sent just before claude asked);
+    /// held for the request that resumes it.
+    pub(super) fn hold_reply(&mut self, id: &str, text: String, is_final: bool) {
+        let Phase::Suspended { turn, .. } = &mut self.phase else {
+            return;
+        };
+        if turn.claude_id != id {
+            return log::info!(
+                "session {:?} {}: stray frame dropped: a reply for {id} while suspended",
+                self.key,
+                turn.claude_id
+            );
+        }
+        turn.replied = true;
+        if let Some(delivery) = turn.delivery.as_mut() {
+            delivery.confirmed = true;
+        }
+        turn.held.push((text, is_final));
+    }
+
+    /// Ends the suspended turn without giving up on it (claude ended it, exited, or its
+    /// channel closed); `why` is said at the start of the next turn.
+    pub(super) fn lose_suspended(&mut self, why: &str) {
+        let Phase::Suspended { turn, .. } = &self.phase else {
+            return;
+        };
+        let ids: Vec<String> = turn.pending.iter().map(|p| p.id.clone()).collect();
+        self.notice = Some(format!(
+            "(The open question{} {} can no longer be answered: {why}.)",
+            if ids.len() == 1 { "" } else { "s" },
+            ids.join(", ")
+        ));
+    }
+}
