@@ -92,17 +92,15 @@ pub enum ChannelFrame {
         #[serde(default)]
         token: String,
     },
-    /// Claude called one of the client's tools (docs/CLIENT_TOOLS.md). The channel holds
-    /// Claude's MCP request until a `client_tool_result` with the same `call_id` comes back,
-    /// or fails it after the timeout of the last `client_tools` frame. `call_id` is
-    /// alphanumeric (OpenClaw requires it); `arguments` is the JSON text of the call's input.
-    ClientToolCall {
-        call_id: String,
-        name: String,
-        arguments: String,
-        /// The turn in flight when Claude called it (the last `turn` frame's id).
+    /// Claude called the client's tools (docs/CLIENT_TOOLS.md): every call made within the
+    /// channel's short gathering window, so parallel calls reach the client together. The
+    /// channel holds each MCP request until a `client_tool_result` with its `call_id` comes
+    /// back, or fails it after the timeout of the last `client_tools` frame.
+    ClientToolCalls {
+        /// The turn in flight when Claude called them (the last `turn` frame's id).
         #[serde(default)]
         turn: String,
+        calls: Vec<ClientToolCall>,
     },
     /// Claude asks for permission to use a tool (its
     /// `notifications/claude/channel/permission_request`); answered by `permission_verdict`.
@@ -115,6 +113,15 @@ pub enum ChannelFrame {
         #[serde(default)]
         input_preview: String,
     },
+}
+
+/// One call of a client tool. `call_id` is alphanumeric (OpenClaw requires it);
+/// `arguments` is the JSON text of the call's input.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClientToolCall {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 /// One tool of the client (OpenAI `tools[].function`), as the channel server lists it.
@@ -232,16 +239,18 @@ mod tests {
 
     #[test]
     fn client_tool_frames_round_trip() {
-        let call = ChannelFrame::ClientToolCall {
-            call_id: "call0a1b".into(),
-            name: "get_weather".into(),
-            arguments: r#"{"city":"Oslo"}"#.into(),
+        let call = ChannelFrame::ClientToolCalls {
             turn: "turn-3".into(),
+            calls: vec![ClientToolCall {
+                call_id: "call0a1b".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            }],
         };
         let json = call.to_json();
         assert_eq!(
             json,
-            r#"{"type":"client_tool_call","call_id":"call0a1b","name":"get_weather","arguments":"{\"city\":\"Oslo\"}","turn":"turn-3"}"#
+            r#"{"type":"client_tool_calls","turn":"turn-3","calls":[{"call_id":"call0a1b","name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}]}"#
         );
         assert_eq!(serde_json::from_str::<ChannelFrame>(&json).unwrap(), call);
         let tools = BridgeFrame::ClientTools {

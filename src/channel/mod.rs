@@ -44,6 +44,14 @@ const PENDING_WAIT: Duration = Duration::from_millis(20);
 const RELIST_WAIT: Duration = Duration::from_secs(2);
 /// Result timeout when the bridge named none.
 const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Client tool calls Claude makes within this window after the first go to the bridge in
+/// one frame, so the client gets parallel calls together (Claude sends parallel tool uses
+/// within a few milliseconds).
+const GATHER_WINDOW: Duration = Duration::from_millis(100);
+/// The bridge fails a call whose result is late (it knows the session and tells the next
+/// turn); the channel's own deadline is this much later, a backstop for a bridge that is
+/// gone or stuck, so Claude is never left waiting forever.
+const RESULT_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Everything the channel learns from its environment (set by the bridge on `claude`, which
 /// passes its whole environment to MCP servers).
@@ -129,6 +137,7 @@ pub fn run() -> u8 {
         calls: HashMap::new(),
         result_timeout: DEFAULT_RESULT_TIMEOUT,
         relist: None,
+        gathering: None,
     };
     match server.serve(stdin) {
         End::ClaudeGone => {
@@ -156,6 +165,8 @@ struct Server {
     /// The tool list changed and Claude has not re-listed yet: until when turns wait, and
     /// the turn notifications held meanwhile.
     relist: Option<(Instant, Vec<Value>)>,
+    /// Client tool calls being gathered: when the window closes, and the calls so far.
+    gathering: Option<(Instant, Vec<protocol::ClientToolCall>)>,
 }
 
 impl Server {
@@ -247,6 +258,12 @@ impl Server {
                 }
             }
         }
+        if let Some((until, _)) = &self.gathering
+            && now >= *until
+            && let Some(end) = self.send_gathered()
+        {
+            return Some(end);
+        }
         let expired: Vec<String> = self
             .calls
             .iter()
@@ -282,7 +299,8 @@ impl Server {
             .calls
             .values()
             .map(|(_, d)| *d)
-            .chain(self.relist.as_ref().map(|(until, _)| *until));
+            .chain(self.relist.as_ref().map(|(until, _)| *until))
+            .chain(self.gathering.as_ref().map(|(until, _)| *until));
         let wait = deadlines.fold(wait, |w, d| w.min(d.saturating_duration_since(now)));
         if self.state.listed {
             Duration::ZERO
@@ -364,38 +382,67 @@ impl Server {
         }
     }
 
-    /// Forwards a client tool call to the bridge; the MCP request stays open (None) until its
-    /// result or its deadline, or is answered at once with an error when it cannot go out.
+    /// Takes a client tool call: its MCP request stays open (None) until its result or its
+    /// deadline, and the call joins the ones gathered for the next `client_tool_calls` frame;
+    /// answered at once with an error when the bridge is not connected.
     fn call_client(&mut self, id: Value, name: String, arguments: String) -> Option<Value> {
-        let Link::Connected(link) = &mut self.link else {
+        if !matches!(self.link, Link::Connected(_)) {
             log::warn!("client tool {name} called while the bridge is not connected");
             return Some(mcp::client_tool_answer(
                 id,
                 "the chat client cannot be reached (the synthesis bridge is not connected)",
                 true,
             ));
-        };
+        }
         let call_id = format!("call{}", uuid::Uuid::new_v4().simple());
-        let frame = ChannelFrame::ClientToolCall {
-            call_id: call_id.clone(),
-            name: name.clone(),
+        log::info!("client tool call {call_id} ({name}) from claude");
+        let now = Instant::now();
+        self.calls.insert(
+            call_id.clone(),
+            (id, now + self.result_timeout + RESULT_BACKSTOP),
+        );
+        let (_, calls) = self
+            .gathering
+            .get_or_insert_with(|| (now + GATHER_WINDOW, Vec::new()));
+        calls.push(protocol::ClientToolCall {
+            call_id,
+            name,
             arguments,
+        });
+        None
+    }
+
+    /// Sends the gathered client tool calls as one frame; on failure their MCP requests are
+    /// answered with the error.
+    fn send_gathered(&mut self) -> Option<End> {
+        let (_, calls) = self.gathering.take()?;
+        let frame = ChannelFrame::ClientToolCalls {
             turn: self.state.last_turn.clone().unwrap_or_default(),
+            calls,
         };
-        match link.send(&frame) {
+        let sent = match &mut self.link {
+            Link::Connected(link) => link.send(&frame),
+            _ => Err("the synthesis bridge is not connected".into()),
+        };
+        let ChannelFrame::ClientToolCalls { calls, .. } = frame else {
+            unreachable!("built above");
+        };
+        match sent {
             Ok(()) => {
-                log::info!("client tool call {call_id} ({name}) sent to the bridge");
-                let deadline = Instant::now() + self.result_timeout;
-                self.calls.insert(call_id, (id, deadline));
+                log::info!("{} client tool call(s) sent to the bridge", calls.len());
                 None
             }
             Err(e) => {
-                log::error!("sending a client tool call to the bridge failed: {e}");
-                Some(mcp::client_tool_answer(
-                    id,
-                    &format!("the chat client cannot be reached ({e})"),
-                    true,
-                ))
+                log::error!("sending client tool calls to the bridge failed: {e}");
+                for call in calls {
+                    if let Some((id, _)) = self.calls.remove(&call.call_id) {
+                        let text = format!("the chat client cannot be reached ({e})");
+                        if let Some(end) = self.emit(&mcp::client_tool_answer(id, &text, true)) {
+                            return Some(end);
+                        }
+                    }
+                }
+                None
             }
         }
     }
@@ -409,7 +456,10 @@ impl Server {
                     log::warn!("turn {id}: dropping meta keys Claude would reject: {dropped:?}");
                 }
                 if let Some((_, held)) = &mut self.relist {
-                    log::info!("turn {id} ({} bytes) waits for claude to re-list the tools", content.len());
+                    log::info!(
+                        "turn {id} ({} bytes) waits for claude to re-list the tools",
+                        content.len()
+                    );
                     held.push(message);
                     return None;
                 }

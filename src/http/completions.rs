@@ -15,8 +15,8 @@ use tiny_http::Request;
 
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
-use super::tools;
 use super::sse::SseStream;
+use super::tools;
 use super::{HttpContext, respond_error};
 use crate::config::{ClientToolsPolicy, SystemPromptPolicy};
 use crate::metrics::{self, METRICS};
@@ -154,21 +154,27 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     } else {
         chat.turn_parts.clone()
     };
-    if let Some(result) = tool_results.first() {
-        // No client tool call waits in this build: every result answers an unknown call.
-        let message = format!(
-            "the `tool` message answers tool call {:?}, which no client tool call of this session is waiting for (it was answered already, timed out after tool_result_timeout, or belongs to another conversation); send the results of the latest `tool_calls` only",
-            result.call_id
-        );
-        return respond_error(request, &ApiError::new(400, "unknown_tool_call_id", message));
-    }
-    if parts.is_empty() {
+    if parts.is_empty() && tool_results.is_empty() {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
         return respond_error(request, &ApiError::bad_request(message));
     }
-    let answers = classify_answers(&parts);
+    // `tool` messages answer client tool calls; any text beside them is not passed on (the
+    // turn they resume is already running in Claude).
+    let answers = if tool_results.is_empty() {
+        classify_answers(&parts)
+    } else {
+        tool_results
+            .into_iter()
+            .map(|r| Answer::ToolResult {
+                call_id: r.call_id,
+                content: r.content,
+                is_error: r.is_error,
+            })
+            .collect()
+    };
     let mut content = parts.join("\n\n");
-    if let Some(instruction) = tools::choice_instruction(&request_tools.choice, &request_tools.tools)
+    if let Some(instruction) =
+        tools::choice_instruction(&request_tools.choice, &request_tools.tools)
     {
         content = format!("{content}\n\n{instruction}");
     }
@@ -518,19 +524,30 @@ fn stream(
                 Ok(TurnEvent::Suspended(pending)) => {
                     // The question ends this response normally; the answer comes in the
                     // session's next request, which gets the rest of the turn.
+                    let calls = tools::calls_of(&pending);
                     let text = question_text(&pending);
-                    let content = if reply.is_empty() {
-                        text
+                    if !text.is_empty() || calls.is_empty() {
+                        let content = if reply.is_empty() {
+                            text
+                        } else {
+                            format!("\n\n{text}")
+                        };
+                        reply.push_str(&content);
+                        let chunk = completion.chunk(json!({"content": content}), None);
+                        let mut chunk: serde_json::Value =
+                            serde_json::from_str(&chunk).expect("chunks are JSON");
+                        chunk["synthesis_pending"] = pending_json(&pending);
+                        sse.event(&chunk.to_string())?;
+                    }
+                    let finish = if calls.is_empty() {
+                        "stop"
                     } else {
-                        format!("\n\n{text}")
+                        // Client tool calls: one chunk carries them whole (docs/CLIENT_TOOLS.md).
+                        let delta = json!({"tool_calls": tools::tool_calls_json(&calls)});
+                        sse.event(&completion.chunk(delta, None))?;
+                        "tool_calls"
                     };
-                    reply.push_str(&content);
-                    let chunk = completion.chunk(json!({"content": content}), None);
-                    let mut chunk: serde_json::Value =
-                        serde_json::from_str(&chunk).expect("chunks are JSON");
-                    chunk["synthesis_pending"] = pending_json(&pending);
-                    sse.event(&chunk.to_string())?;
-                    sse.event(&completion.chunk(json!({}), Some("stop")))?;
+                    sse.event(&completion.chunk(json!({}), Some(finish)))?;
                     if chat.include_usage {
                         sse.event(
                             &completion
@@ -611,10 +628,11 @@ fn respond_whole(
             }
             Ok(TurnEvent::Done(read_at)) => break read_at,
             Ok(TurnEvent::Suspended(pending)) => {
-                if !text.is_empty() {
+                let question = question_text(&pending);
+                if !text.is_empty() && !question.is_empty() {
                     text.push_str("\n\n");
                 }
-                text.push_str(&question_text(&pending));
+                text.push_str(&question);
                 suspended = Some(pending);
                 break Instant::now();
             }
@@ -660,7 +678,16 @@ fn respond_whole(
     let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
     if let Some(pending) = suspended {
         let mut value: serde_json::Value = serde_json::from_str(&body).expect("bodies are JSON");
-        value["choices"][0]["message"]["synthesis_pending"] = pending_json(&pending);
+        let calls = tools::calls_of(&pending);
+        if calls.is_empty() || calls.len() < pending.len() {
+            value["choices"][0]["message"]["synthesis_pending"] = pending_json(&pending);
+        }
+        if !calls.is_empty() {
+            let message = tools::tool_calls_message(&text, &calls);
+            value["choices"][0]["message"]["content"] = message["content"].clone();
+            value["choices"][0]["message"]["tool_calls"] = message["tool_calls"].clone();
+            value["choices"][0]["finish_reason"] = json!("tool_calls");
+        }
         body = value.to_string();
     }
     match answer {

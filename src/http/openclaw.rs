@@ -165,7 +165,11 @@ mod tests {
         };
         let sunny = retry_fingerprint(&with("sunny"));
         assert!(sunny.is_some());
-        assert_eq!(sunny, retry_fingerprint(&with("sunny")), "a resend is the same turn");
+        assert_eq!(
+            sunny,
+            retry_fingerprint(&with("sunny")),
+            "a resend is the same turn"
+        );
         assert_ne!(sunny, retry_fingerprint(&with("rain")));
     }
 

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::openai::{ApiError, content_text, new_turn_start};
 use crate::config::ClientToolsPolicy;
 use crate::protocol::ClientTool;
+use crate::session::pending::{Pending, PendingKind};
 
 /// Prefix of a client tool's name on the channel server: Claude sees
 /// `mcp__<channel_name>__client_<name>`, which can never shadow a built-in tool or `reply`.
@@ -252,6 +253,25 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// The client tool calls among a suspended turn's questions, in order.
+pub fn calls_of(pending: &[Pending]) -> Vec<ToolCall> {
+    pending
+        .iter()
+        .filter_map(|p| match &p.kind {
+            PendingKind::ClientToolCall {
+                call_id,
+                name,
+                arguments,
+            } => Some(ToolCall {
+                id: call_id.clone(),
+                name: name.clone(),
+                arguments: arguments.clone(),
+            }),
+            PendingKind::Permission { .. } => None,
+        })
+        .collect()
+}
+
 /// The `tool_calls` array: `index`, `id`, `type: "function"`, `function.{name, arguments}`.
 /// The same shape serves the streamed delta (one chunk carries every call whole) and the
 /// non-streamed message.
@@ -310,14 +330,21 @@ mod tests {
         assert_eq!(got.tools[0].mcp_name, "client_get_weather");
         assert_eq!(got.tools[0].description, "Weather");
         assert_eq!(got.tools[0].parameters["required"], json!(["city"]));
-        assert_eq!(got.tools[1].parameters, json!({"type": "object", "properties": {}}));
+        assert_eq!(
+            got.tools[1].parameters,
+            json!({"type": "object", "properties": {}})
+        );
 
         let none = parse(json!({}), &all).unwrap();
         assert!(!none.declared && none.tools.is_empty());
 
         // The policy filters; `none` hides them for the turn.
         let only = ClientToolsPolicy::Only(vec!["get_*".into()]);
-        let got = parse(json!({"tools": [weather(), {"function": {"name": "ping"}}]}), &only).unwrap();
+        let got = parse(
+            json!({"tools": [weather(), {"function": {"name": "ping"}}]}),
+            &only,
+        )
+        .unwrap();
         assert_eq!(got.tools.len(), 1);
         let hidden = parse(json!({"tools": [weather()], "tool_choice": "none"}), &all).unwrap();
         assert!(hidden.tools.is_empty());
@@ -329,9 +356,17 @@ mod tests {
     #[test]
     fn tool_choice_forms_and_instructions() {
         let all = ClientToolsPolicy::All;
-        let got = parse(json!({"tools": [weather()], "tool_choice": "required"}), &all).unwrap();
+        let got = parse(
+            json!({"tools": [weather()], "tool_choice": "required"}),
+            &all,
+        )
+        .unwrap();
         assert_eq!(got.choice, ToolChoice::Required);
-        assert!(choice_instruction(&got.choice, &got.tools).unwrap().contains("client_"));
+        assert!(
+            choice_instruction(&got.choice, &got.tools)
+                .unwrap()
+                .contains("client_")
+        );
         let named = json!({"tools": [weather()],
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
         let got = parse(named, &all).unwrap();
@@ -383,17 +418,34 @@ mod tests {
             {"role": "tool", "tool_call_id": "call3", "content": "x", "status": "error"},
         ]);
         let messages = messages.as_array().unwrap();
-        assert_eq!(new_turn_start(messages), 2, "tool messages start the new turn");
+        assert_eq!(
+            new_turn_start(messages),
+            2,
+            "tool messages start the new turn"
+        );
         let results = tool_results(messages).unwrap();
         assert_eq!(
             results,
             vec![
-                ToolResult { call_id: "call1".into(), content: "sunny".into(), is_error: false },
-                ToolResult { call_id: "call2".into(), content: "boom".into(), is_error: true },
-                ToolResult { call_id: "call3".into(), content: "x".into(), is_error: true },
+                ToolResult {
+                    call_id: "call1".into(),
+                    content: "sunny".into(),
+                    is_error: false
+                },
+                ToolResult {
+                    call_id: "call2".into(),
+                    content: "boom".into(),
+                    is_error: true
+                },
+                ToolResult {
+                    call_id: "call3".into(),
+                    content: "x".into(),
+                    is_error: true
+                },
             ]
         );
-        let missing = json!([{"role": "assistant", "content": "a"}, {"role": "tool", "content": "x"}]);
+        let missing =
+            json!([{"role": "assistant", "content": "a"}, {"role": "tool", "content": "x"}]);
         let err = tool_results(missing.as_array().unwrap()).unwrap_err();
         assert!(err.message.contains("tool_call_id"));
         // Tool messages before the last assistant message are history, not answers.
@@ -405,16 +457,30 @@ mod tests {
     #[test]
     fn tool_calls_render_the_openai_way() {
         let calls = vec![
-            ToolCall { id: "call0a".into(), name: "get_weather".into(), arguments: r#"{"city":"Oslo"}"#.into() },
-            ToolCall { id: "call0b".into(), name: "ping".into(), arguments: "{}".into() },
+            ToolCall {
+                id: "call0a".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            },
+            ToolCall {
+                id: "call0b".into(),
+                name: "ping".into(),
+                arguments: "{}".into(),
+            },
         ];
         let json = tool_calls_json(&calls);
-        assert_eq!(json[0], json!({"index": 0, "id": "call0a", "type": "function",
-            "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}));
+        assert_eq!(
+            json[0],
+            json!({"index": 0, "id": "call0a", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}})
+        );
         assert_eq!(json[1]["index"], 1);
         let message = tool_calls_message("", &calls);
         assert_eq!(message["content"], Value::Null);
         assert_eq!(message["role"], "assistant");
-        assert_eq!(tool_calls_message("let me check", &calls)["content"], "let me check");
+        assert_eq!(
+            tool_calls_message("let me check", &calls)["content"],
+            "let me check"
+        );
     }
 }

@@ -103,7 +103,9 @@ enum Wait {
     /// `[sim:hang]`: until interrupted.
     Forever,
     /// Client tool calls are out: request id → tool name, for those not answered yet.
-    Tools { pending: Vec<(u64, String)> },
+    Tools {
+        pending: Vec<(u64, String)>,
+    },
 }
 
 impl Conversation<'_> {
@@ -322,8 +324,7 @@ impl Conversation<'_> {
                 self.screen
                     .line(&format!("  ⎿  Error: no tool {listed} is offered"));
                 if let Some(turn) = self.current.as_mut() {
-                    turn.tool_results
-                        .push(format!("[tool {name} not offered]"));
+                    turn.tool_results.push(format!("[tool {name} not offered]"));
                 }
                 continue;
             }
@@ -335,7 +336,11 @@ impl Conversation<'_> {
             });
             self.screen
                 .line(&format!("⏺ {} - {listed} (MCP)(n: {n})", self.channel));
-            match self.mcp.as_mut().map(|m| m.send_request("tools/call", params)) {
+            match self
+                .mcp
+                .as_mut()
+                .map(|m| m.send_request("tools/call", params))
+            {
                 Some(Ok(id)) => pending.push((id, name)),
                 Some(Err(e)) => self.screen.line(&format!("  ⎿  Error: {e}")),
                 None => {}
