@@ -228,6 +228,16 @@ fn tools_call(state: &State, id: Value, params: &Value) -> Vec<Output> {
             arguments,
         }];
     }
+    if name.starts_with("client_") {
+        // Claude may keep a tool the server stopped listing (docs/CLIENT_TOOLS.md).
+        return vec![Output::Send(tool_result(
+            id,
+            &format!(
+                "`{name}` is not offered by the chat client in this turn (it hid its tools or sent another set); do not call it, answer without it"
+            ),
+            true,
+        ))];
+    }
     if name != REPLY_TOOL {
         return vec![Output::Send(tool_result(
             id,

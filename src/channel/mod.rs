@@ -42,6 +42,10 @@ const PENDING_WAIT: Duration = Duration::from_millis(20);
 /// After `notifications/tools/list_changed`, turns wait this long at most for Claude to
 /// re-list (it does so ~300 ms later), so the turn sees the new tools.
 const RELIST_WAIT: Duration = Duration::from_secs(2);
+/// After Claude re-listed, turns wait this much longer: Claude 2.1.331 asks `tools/list` at
+/// once but a turn pushed right after still ran with the old tools (docs/CLIENT_TOOLS.md);
+/// its tool refresh is debounced by 300 ms.
+const RELIST_SETTLE: Duration = Duration::from_millis(500);
 /// Result timeout when the bridge named none.
 const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Client tool calls Claude makes within this window after the first go to the bridge in
@@ -99,6 +103,15 @@ enum Link {
         failures: usize,
     },
     Connected(Box<BridgeLink>),
+}
+
+/// Turns held until Claude has re-listed the changed tools.
+struct Relist {
+    /// When the held turns go out (re-listed or not).
+    until: Instant,
+    held: Vec<Value>,
+    /// Claude asked `tools/list` since the change.
+    relisted: bool,
 }
 
 /// Why the loop ended.
@@ -164,7 +177,7 @@ struct Server {
     result_timeout: Duration,
     /// The tool list changed and Claude has not re-listed yet: until when turns wait, and
     /// the turn notifications held meanwhile.
-    relist: Option<(Instant, Vec<Value>)>,
+    relist: Option<Relist>,
     /// Client tool calls being gathered: when the window closes, and the calls so far.
     gathering: Option<(Instant, Vec<protocol::ClientToolCall>)>,
 }
@@ -244,11 +257,22 @@ impl Server {
     /// calls whose result did not come in time.
     fn check_deadlines(&mut self) -> Option<End> {
         let now = Instant::now();
-        let relisted = std::mem::take(&mut self.state.listed);
-        if let Some((until, _)) = &self.relist
-            && (relisted || now >= *until)
+        let listed_now = std::mem::take(&mut self.state.listed);
+        if let Some(relist) = &mut self.relist
+            && listed_now
+            && !relist.relisted
         {
-            let (_, held) = self.relist.take().expect("checked");
+            log::info!(
+                "claude re-listed the tools; {} held turn(s) go out in {RELIST_SETTLE:?}",
+                relist.held.len()
+            );
+            relist.relisted = true;
+            relist.until = now + RELIST_SETTLE;
+        }
+        if let Some(relist) = &self.relist
+            && now >= relist.until
+        {
+            let Relist { held, relisted, .. } = self.relist.take().expect("checked");
             if !relisted {
                 log::warn!("claude did not re-list the tools within {RELIST_WAIT:?}");
             }
@@ -299,7 +323,7 @@ impl Server {
             .calls
             .values()
             .map(|(_, d)| *d)
-            .chain(self.relist.as_ref().map(|(until, _)| *until))
+            .chain(self.relist.as_ref().map(|r| r.until))
             .chain(self.gathering.as_ref().map(|(until, _)| *until));
         let wait = deadlines.fold(wait, |w, d| w.min(d.saturating_duration_since(now)));
         if self.state.listed {
@@ -455,7 +479,7 @@ impl Server {
                 if !dropped.is_empty() {
                     log::warn!("turn {id}: dropping meta keys Claude would reject: {dropped:?}");
                 }
-                if let Some((_, held)) = &mut self.relist {
+                if let Some(Relist { held, .. }) = &mut self.relist {
                     log::info!(
                         "turn {id} ({} bytes) waits for claude to re-list the tools",
                         content.len()
@@ -478,7 +502,11 @@ impl Server {
                 log::info!("client tools changed ({count} now); telling claude");
                 self.state.listed = false;
                 if self.relist.is_none() {
-                    self.relist = Some((Instant::now() + RELIST_WAIT, Vec::new()));
+                    self.relist = Some(Relist {
+                        until: Instant::now() + RELIST_WAIT,
+                        held: Vec::new(),
+                        relisted: false,
+                    });
                 }
                 self.emit(&changed)
             }
