@@ -319,3 +319,26 @@ fn a_resent_result_request_attaches_like_a_retry() {
         "the resent request attached to the resumed turn instead of answering again"
     );
 }
+
+#[test]
+fn a_new_message_instead_of_results_fails_the_calls_and_runs_as_the_next_turn() {
+    let bridge = Bridge::demo().start();
+    let user = json!({"role": "user", "content": "weather? [sim:tool=get_weather]"});
+    let first = json!({"model": "m", "tools": [tool("get_weather")], "messages": [user]});
+    let response = post(bridge.http, Some("switch"), &first);
+    let calls = response.json()["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let next = json!({"model": "m", "messages": [user,
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "user", "content": "never mind"}]});
+    let response = post(bridge.http, Some("switch"), &next);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let text = response.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("A new message arrived"), "{text}");
+    assert!(text.contains("never mind"), "{text}");
+}
