@@ -9,7 +9,11 @@
 //! - A suspended turn gives its `max_concurrent_turns` slot back (claude uses no CPU while it
 //!   waits) and takes one again when an answer resumes it; `turn_timeout` does not run while
 //!   it is suspended (the resumed turn gets a full `turn_timeout` of its own). Its wait is
-//!   bounded by the question's own timeout (`permission_timeout`).
+//!   bounded by the question's own timeout (`permission_timeout`, or for client tool calls
+//!   the turn's `tool_result_timeout`).
+//! - Client tool calls (docs/CLIENT_TOOLS.md) are questions too: their pending id is the
+//!   call id, the answers are `tool` results, and giving up sends each an error result that
+//!   tells Claude why.
 //! - The worker takes the next queued turn at once while `Suspended` (it must not wait for
 //!   the Claude turn to end). A turn with answers: every answer must name a pending id (else
 //!   that request fails with 400 and the question stays open); the answers go to the
