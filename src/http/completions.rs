@@ -223,15 +223,17 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     );
     let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let completion = Completion::new(&model);
-    let reply = if chat.stream {
-        stream(request, &ctx, &chat, &completion, turn, &key.key)
-    } else {
-        respond_whole(request, &ctx, &chat, &completion, turn)
+    // Remembered before the response's last bytes go out: a client that answers at once
+    // (a tool loop sending its results) must find the session by this reply.
+    let remember = |reply: &str| {
+        if let (Some(continuations), Some(chain)) = (&ctx.continuations, chain_before_reply) {
+            continuations.remember(identity::chain(chain, "assistant", reply), &key.key);
+        }
     };
-    if let (Some(continuations), Some(chain), Some(reply)) =
-        (&ctx.continuations, chain_before_reply, reply)
-    {
-        continuations.remember(identity::chain(chain, "assistant", &reply), &key.key);
+    if chat.stream {
+        stream(request, &ctx, &chat, &completion, turn, &key.key, &remember);
+    } else {
+        respond_whole(request, &ctx, &chat, &completion, turn, &remember);
     }
 }
 
@@ -482,6 +484,7 @@ fn stream(
     completion: &Completion,
     turn: SubmittedTurn,
     key: &str,
+    remember: &dyn Fn(&str),
 ) -> Option<String> {
     let mut sse = match SseStream::start(request) {
         Ok(sse) => sse,
@@ -511,6 +514,7 @@ fn stream(
                     sse.event(&completion.chunk(json!({"content": content}), None))?;
                 }
                 Ok(TurnEvent::Done(read_at)) => {
+                    remember(&reply);
                     sse.event(&completion.chunk(json!({}), Some("stop")))?;
                     if chat.include_usage {
                         sse.event(
@@ -547,6 +551,7 @@ fn stream(
                         sse.event(&completion.chunk(delta, None))?;
                         "tool_calls"
                     };
+                    remember(&reply);
                     sse.event(&completion.chunk(json!({}), Some(finish)))?;
                     if chat.include_usage {
                         sse.event(
@@ -604,6 +609,7 @@ fn respond_whole(
     chat: &ChatRequest,
     completion: &Completion,
     turn: SubmittedTurn,
+    remember: &dyn Fn(&str),
 ) -> Option<String> {
     // Until the first heartbeat the status is still open (a quick failure gets its own
     // status); after it, the 200 and a space every heartbeat tell whether the client is still
@@ -675,6 +681,7 @@ fn respond_whole(
         }
         return None;
     };
+    remember(&text);
     let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
     if let Some(pending) = suspended {
         let mut value: serde_json::Value = serde_json::from_str(&body).expect("bodies are JSON");
