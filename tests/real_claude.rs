@@ -296,3 +296,71 @@ fn the_real_claude_calls_a_client_tool_and_uses_its_result() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Two client tool calls in one model response (parallel tool uses) reach the client in one
+/// response, and both results go back into the same Claude turn.
+#[test]
+fn parallel_client_tool_calls_of_the_real_claude_come_back_together() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude-parallel");
+    seed_claude_config(&dir, FAKE_KEY);
+    let bridge = start(&claude, &api, dir, &marker);
+    let tool = |name: &str| {
+        serde_json::json!({"type": "function", "function": {"name": name,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+    };
+    let tools = serde_json::json!([tool("get_weather"), tool("get_time")]);
+    let user =
+        serde_json::json!({"role": "user", "content": "both [fake:tool=get_weather+get_time]"});
+    let first = serde_json::json!({"model": "m", "tools": tools, "messages": [user]});
+    let response = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Session-Key", "par"),
+            ("Content-Type", "application/json"),
+        ],
+        &first.to_string(),
+    );
+    let body = response.json();
+    let calls = body["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["function"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["get_weather", "get_time"],
+        "{body}\nlog:\n{}",
+        bridge.log()
+    );
+    let answer = serde_json::json!({"model": "m", "tools": tools, "messages": [
+        user,
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "rain"},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": "noon"},
+    ]});
+    let response = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Session-Key", "par"),
+            ("Content-Type", "application/json"),
+        ],
+        &answer.to_string(),
+    );
+    let body = response.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "tool result: rain | noon",
+        "{body}\nlog:\n{}",
+        bridge.log()
+    );
+}

@@ -271,7 +271,15 @@ fn client_tool(tool: &ClientTool) -> Value {
     } else {
         tool.description.clone()
     };
-    json!({ "name": tool.mcp_name, "description": description, "inputSchema": schema })
+    // `readOnlyHint`: the tool runs in the client's application and changes nothing on this
+    // machine. Claude Code runs such tools concurrently, so parallel calls reach the client
+    // together; without it they come one at a time (docs/CLIENT_TOOLS.md, evidence).
+    json!({
+        "name": tool.mcp_name,
+        "description": description,
+        "inputSchema": schema,
+        "annotations": { "readOnlyHint": true },
+    })
 }
 
 /// Replaces the client tools offered. Returns the `notifications/tools/list_changed` to
@@ -534,6 +542,7 @@ mod tests {
         assert_eq!(tools.len(), 2);
         assert_eq!(tools[1]["name"], "client_get_weather");
         assert_eq!(tools[1]["description"], "Weather in a city");
+        assert_eq!(tools[1]["annotations"]["readOnlyHint"], true);
         assert_eq!(tools[1]["inputSchema"]["type"], "object");
         assert_eq!(
             tools[1]["inputSchema"]["properties"]["city"]["type"],

@@ -4,10 +4,11 @@
 //! the last assistant message, one `tool_use` of `mcp__<server>__reply` with
 //! `{"text": "reply to: <content>", "final": true, "turn_id": <attr>}`; if there is none and
 //! the last user message carries a tool result, the text "done"; otherwise "ok from fake".
-//! Client tools (docs/CLIENT_TOOLS.md): a channel block containing `[fake:tool=NAME]` gets a
-//! `tool_use` of `mcp__<server>__client_NAME` instead (input `{"city": "Oslo"}`) when Claude
-//! offers that tool; the result of such a call gets a final `reply` quoting it
-//! (`tool result: <text>`), for the turn of the last channel block.
+//! Client tools (docs/CLIENT_TOOLS.md): a channel block containing `[fake:tool=NAME]` (or
+//! `[fake:tool=A+B]`: parallel calls) gets a `tool_use` of `mcp__<server>__client_NAME` each
+//! instead (input `{"city": "Oslo"}`) when Claude offers that tool; the results of such calls
+//! get a final `reply` quoting them (`tool result: <text>`, joined by ` | `), for the turn of
+//! the last channel block.
 //! Streams use the real API's event sequence (message_start … message_stop). Every request
 //! body is recorded so a test can check what Claude sent (e.g. earlier turns after a resume).
 
@@ -218,10 +219,16 @@ fn decide(body: &Value) -> (Vec<Value>, &'static str) {
             let server = attr("source").unwrap_or_else(|| "synthesis".into());
             if let Some(start) = inner.find("[fake:tool=") {
                 let rest = &inner[start + "[fake:tool=".len()..];
-                let name = rest.split(']').next().unwrap_or("");
-                let tool = format!("mcp__{server}__client_{name}");
-                if tools.contains(&tool) {
-                    blocks.push(json!({"type": "tool_use", "id": format!("toolu_client_{}", uuid::Uuid::new_v4().simple()), "name": tool, "input": {"city": "Oslo"}}));
+                let names = rest.split(']').next().unwrap_or("");
+                let offered: Vec<String> = names
+                    .split('+')
+                    .map(|name| format!("mcp__{server}__client_{name}"))
+                    .filter(|tool| tools.contains(tool))
+                    .collect();
+                if !offered.is_empty() {
+                    for tool in offered {
+                        blocks.push(json!({"type": "tool_use", "id": format!("toolu_client_{}", uuid::Uuid::new_v4().simple()), "name": tool, "input": {"city": "Oslo"}}));
+                    }
                     continue;
                 }
             }
@@ -269,20 +276,25 @@ fn reply_to_client_tool_result(messages: &[Value], tools: &[String]) -> Option<V
         .iter()
         .rposition(|m| m["role"] == "assistant")
         .map_or(0, |i| i + 1);
-    let result = messages[tail_start..]
+    let results: Vec<String> = messages[tail_start..]
         .iter()
         .filter_map(|m| m["content"].as_array())
         .flatten()
-        .find(|b| {
+        .filter(|b| {
             b["type"] == "tool_result"
                 && b["tool_use_id"]
                     .as_str()
                     .is_some_and(|id| id.starts_with("toolu_client_"))
-        })?;
-    let text = match &result["content"] {
-        Value::String(s) => s.clone(),
-        other => text_of(other),
-    };
+        })
+        .map(|result| match &result["content"] {
+            Value::String(s) => s.clone(),
+            other => text_of(other),
+        })
+        .collect();
+    if results.is_empty() {
+        return None;
+    }
+    let text = results.join(" | ");
     let (attrs, _) = messages
         .iter()
         .flat_map(|m| channel_blocks(&text_of(&m["content"])))
