@@ -63,6 +63,7 @@ pub fn run(args: &[String]) -> u8 {
     }
     check_ports(&mut report, &config);
     check_state_dir(&mut report, &config.state_dir);
+    check_openclaw_plugin(&mut report);
     if probe {
         run_probe(&mut report, &serve_args);
     }
@@ -248,6 +249,133 @@ fn check_state_dir(report: &mut Report, dir: &Path) {
             "choose --state-dir, or fix its permissions",
         ),
     }
+}
+
+/// The OpenClaw plugin's id (openclaw-plugin/openclaw.plugin.json) and the model it offers.
+const OPENCLAW_PLUGIN_ID: &str = "synthesis-bridge";
+const OPENCLAW_PLUGIN_MODEL: &str = "synthesis/claude-code";
+
+/// When this machine has an OpenClaw config (`OPENCLAW_CONFIG_PATH`, else
+/// `$OPENCLAW_STATE_DIR/openclaw.json`, else `~/.openclaw/openclaw.json`): is the plugin
+/// installed (`<state>/extensions/synthesis-bridge`, a `plugins.load.paths` entry from a
+/// `--link` install, or at least its `plugins.entries` record) and enabled, and is `synthesis/claude-code` the default model.
+/// Without an OpenClaw config, says nothing.
+fn check_openclaw_plugin(report: &mut Report) {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let state_dir = std::env::var_os("OPENCLAW_STATE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| home.map(|h| h.join(".openclaw")));
+    let Some(config_path) = std::env::var_os("OPENCLAW_CONFIG_PATH")
+        .map(PathBuf::from)
+        .or_else(|| state_dir.as_ref().map(|s| s.join("openclaw.json")))
+    else {
+        return;
+    };
+    let Ok(text) = std::fs::read_to_string(&config_path) else {
+        return;
+    };
+    let shown = config_path.display();
+    let config: Value = match serde_json::from_str(&text) {
+        Ok(config) => config,
+        Err(e) => {
+            return report.warn(
+                "OpenClaw plugin",
+                &format!("cannot read {shown} as JSON ({e}), so cannot tell whether the plugin is installed"),
+                &format!("run `openclaw plugins inspect {OPENCLAW_PLUGIN_ID}`"),
+            );
+        }
+    };
+    // A copy under `<state>/extensions/`, or a `--link` install's `plugins.load.paths` entry.
+    let linked = config
+        .pointer("/plugins/load/paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(PathBuf::from)
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("openclaw.plugin.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .is_some_and(|manifest| manifest["id"] == OPENCLAW_PLUGIN_ID)
+        });
+    let extension = state_dir
+        .map(|s| s.join("extensions").join(OPENCLAW_PLUGIN_ID))
+        .filter(|dir| dir.join("openclaw.plugin.json").is_file())
+        .or(linked);
+    let entry = config.pointer(&format!("/plugins/entries/{OPENCLAW_PLUGIN_ID}"));
+    if extension.is_none() && entry.is_none() {
+        let hand_written = config
+            .pointer("/models/providers")
+            .and_then(Value::as_object)
+            .is_some_and(|providers| {
+                providers.values().any(|p| {
+                    p["models"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m["id"] == "claude-code"))
+                })
+            });
+        if hand_written {
+            return report.pass(
+                "OpenClaw plugin",
+                &format!(
+                    "not installed; {shown} has a hand-written provider with model claude-code"
+                ),
+            );
+        }
+        return report.warn(
+            "OpenClaw plugin",
+            &format!("not installed (OpenClaw config {shown})"),
+            "openclaw plugins install <checkout>/openclaw-plugin --force, then openclaw config set agents.defaults.model synthesis/claude-code (docs/OPENCLAW.md)",
+        );
+    }
+    let where_ = extension.map_or("no plugin directory found".to_string(), |dir| {
+        dir.display().to_string()
+    });
+    let disabled = entry.is_some_and(|e| e["enabled"] == Value::Bool(false))
+        || config.pointer("/plugins/enabled") == Some(&Value::Bool(false))
+        || config
+            .pointer("/plugins/deny")
+            .and_then(Value::as_array)
+            .is_some_and(|deny| deny.iter().any(|id| id == OPENCLAW_PLUGIN_ID));
+    if disabled {
+        return report.warn(
+            "OpenClaw plugin",
+            &format!("installed ({where_}) but disabled in {shown}"),
+            &format!("openclaw plugins enable {OPENCLAW_PLUGIN_ID} (and check plugins.enabled / plugins.deny)"),
+        );
+    }
+    if let Some(binary) = entry
+        .and_then(|e| e.pointer("/config/binary"))
+        .and_then(Value::as_str)
+        && !is_executable(Path::new(binary))
+    {
+        return report.fail(
+            "OpenClaw plugin",
+            &format!("plugins.entries.{OPENCLAW_PLUGIN_ID}.config.binary is {binary}, not an executable file"),
+            &format!("openclaw config set plugins.entries.{OPENCLAW_PLUGIN_ID}.config.binary /path/to/synthesis-bridge"),
+        );
+    }
+    report.pass(
+        "OpenClaw plugin",
+        &format!("installed ({where_}) and enabled in {shown}"),
+    );
+    let model = config.pointer("/agents/defaults/model");
+    let primary = model
+        .and_then(|m| m.as_str().or_else(|| m["primary"].as_str()))
+        .unwrap_or("");
+    if primary != OPENCLAW_PLUGIN_MODEL {
+        report.warn(
+            "OpenClaw model",
+            &format!("the default model is {primary:?}, not {OPENCLAW_PLUGIN_MODEL}"),
+            &format!("openclaw config set agents.defaults.model {OPENCLAW_PLUGIN_MODEL} (or pick it per agent)"),
+        );
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Starts the bridge as `serve` would run (scratch state dir, free ports), sends one turn.

@@ -64,6 +64,12 @@ pub fn run(args: &[String]) -> u8 {
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    // First, so a wrong parent_pid is refused before anything is bound or started. Until the
+    // SIGTERM handler is installed below, the parent's death ends the bridge at once, which
+    // is harmless: it has no child yet.
+    if let Some(parent) = config.parent_pid {
+        exit_with_parent(parent)?;
+    }
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the bridge's own binary: {e}"))?;
     let (program, prefix_args) = if config.demo {
@@ -188,7 +194,12 @@ fn serve(config: Config) -> Result<(), String> {
         client_tools: config.client_tools.clone(),
         channel_name: config.channel_name.clone(),
         tool_result_timeout: config.tool_result_timeout,
+        session_key_sources: config.session_key_sources.clone(),
+        retry_grace: config.retry_grace,
+        responses: Default::default(),
+        recent_errors: Default::default(),
     });
+    http::cors::configure(config.cors_origins.clone());
     let http_thread =
         http::spawn_acceptor(http_server, ctx, stop.clone()).map_err(|e| e.to_string())?;
 
@@ -242,6 +253,40 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = hub_thread.join();
     let _ = sweeper_thread.join();
     log::info!("stopped");
+    Ok(())
+}
+
+/// `parent_pid`: the kernel sends this process SIGTERM (handled like a `kill`: the usual
+/// graceful shutdown) when its parent exits, however it exits: the OpenClaw plugin's gateway
+/// killed with SIGKILL leaves no bridge behind. `parent` must be the actual parent: if it is
+/// not (it has already exited and the bridge was reparented, or it names another process),
+/// the bridge refuses to run unwatched.
+fn exit_with_parent(parent: u32) -> Result<(), String> {
+    // SAFETY: plain system calls with integer arguments.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(format!(
+            "parent_pid: cannot arm the parent-death signal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // Checked after arming: a parent that dies from here on sends the signal.
+    // SAFETY: getppid takes no arguments and cannot fail.
+    let actual = unsafe { libc::getppid() } as u32;
+    if actual != parent {
+        return Err(format!(
+            "parent_pid {parent} is not this process's parent (that is {actual}): the parent has already exited, or parent_pid names another process; not serving without it"
+        ));
+    }
+    log::info!("parent_pid {parent}: the bridge stops when that process exits");
     Ok(())
 }
 

@@ -212,6 +212,18 @@ fn text_before_the_call_a_tool_error_and_an_unknown_id() {
         message.contains("callnotthere") && message.contains(calls[0]["id"].as_str().unwrap()),
         "{message}"
     );
+    // Streamed too: a real 400 before the stream starts, not an error event.
+    let response = post(
+        bridge.http,
+        Some("err"),
+        &json!({"model": "m", "stream": true, "messages": wrong}),
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("callnotthere"),
+        "{}",
+        response.text()
+    );
 
     let messages = answering(&[user], json!("progress 1/1"), &calls, &[("boom", true)]);
     let response = post(

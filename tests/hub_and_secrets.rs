@@ -205,7 +205,8 @@ fn d8_control_characters_in_a_session_key_never_reach_the_log_raw() {
     let bridge = Bridge::demo().start();
     let body = serde_json::json!({
         "model": "claude-code",
-        "user": "evil\nFORGED 2099-01-01T00:00:00.000Z ERROR [x] pwned\x1b[31m\u{202e}",
+        // A body session key (`user` is no longer one by default, issue #15).
+        "metadata": {"session_key": "evil\nFORGED 2099-01-01T00:00:00.000Z ERROR [x] pwned\x1b[31m\u{202e}"},
         "messages": [{"role": "user", "content": "hi"}],
     })
     .to_string();

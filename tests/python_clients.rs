@@ -4,9 +4,11 @@
 //! (`[sim:tool=get_weather]`) and quotes its result, so the final answer shows that the
 //! client's result reached the same Claude turn.
 //!
-//! The packages are installed from PyPI into a venv (`SYNTHESIS_PY_CLIENTS_VENV`, default
-//! `~/.cache/synthesis-bridge/py-clients`) on first use; without python3, its venv module or
-//! the registry, each test says SKIPPED on stderr and passes.
+//! The packages come from `scripts/install-openai-sdk.sh` (one venv shared with
+//! tests/openai_sdk.rs): CI runs it once and sets `SYNTHESIS_OPENAI_PYTHON`; without that
+//! variable the test runs the script itself on first use. Without python3, its venv module or
+//! the registry, each test says SKIPPED on stderr and passes (the LangChain test also when
+//! only LangChain is missing).
 
 mod support;
 
@@ -17,49 +19,37 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::*;
 
-const PACKAGES: &[&str] = &["openai", "langchain", "langchain-openai"];
-const IMPORTS: &str = "import openai, langchain, langchain_openai";
-
-/// The venv's python with the packages importable, or why not.
+/// The venv's python with `openai` importable, or why not.
 fn python() -> Result<PathBuf, String> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON.get_or_init(install).clone()
 }
 
 fn install() -> Result<PathBuf, String> {
-    let venv = match std::env::var_os("SYNTHESIS_PY_CLIENTS_VENV") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var("HOME").map_err(|_| "HOME is not set")?)
-            .join(".cache/synthesis-bridge/py-clients"),
-    };
-    let python = venv.join("bin/python");
-    let importable = |python: &PathBuf| {
-        run_bounded(
-            Command::new(python).args(["-c", IMPORTS]),
-            Duration::from_secs(60),
-        )
-        .is_ok()
-    };
-    if python.is_file() && importable(&python) {
-        return Ok(python);
+    if let Some(python) = std::env::var_os("SYNTHESIS_OPENAI_PYTHON").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(python));
     }
-    run_bounded(
-        Command::new("python3").args(["-m", "venv", venv.to_str().unwrap()]),
-        Duration::from_secs(120),
-    )
-    .map_err(|e| format!("python3 -m venv failed ({e}); install python3 and python3-venv"))?;
-    run_bounded(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(PACKAGES),
-        Duration::from_secs(600),
-    )
-    .map_err(|e| format!("pip install {PACKAGES:?} failed: {e}"))?;
-    if importable(&python) {
-        Ok(python)
-    } else {
-        Err(format!("{PACKAGES:?} installed but not importable"))
+    let script = format!(
+        "{}/scripts/install-openai-sdk.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = run_bounded(Command::new("bash").arg(&script), Duration::from_secs(1500))
+        .map_err(|e| format!("{script} failed: {e}"))?;
+    match out.lines().last().map(str::trim) {
+        Some(python) if !python.is_empty() => Ok(PathBuf::from(python)),
+        _ => Err(format!(
+            "{script} could not install the openai SDK (its stderr says why)"
+        )),
     }
+}
+
+/// Whether `python` can import `modules` (a comma-separated list).
+fn can_import(python: &PathBuf, modules: &str) -> bool {
+    run_bounded(
+        Command::new(python).args(["-c", &format!("import {modules}")]),
+        Duration::from_secs(60),
+    )
+    .is_ok()
 }
 
 /// Runs `command` to completion within `limit` (killed and reaped beyond it); Ok(stdout).
@@ -102,8 +92,9 @@ fn run_bounded(command: &mut Command, limit: Duration) -> Result<String, String>
     }
 }
 
-/// Runs a client script from tests/fixtures/clients against `bridge`; its JSON line.
-fn run_client(bridge: &Bridge, script: &str) -> Option<Value> {
+/// Runs a client script from tests/fixtures/clients against `bridge` (None, after saying
+/// SKIPPED, when `modules` do not import); its JSON line.
+fn run_client(bridge: &Bridge, script: &str, modules: &str) -> Option<Value> {
     let python = match python() {
         Ok(python) => python,
         Err(why) => {
@@ -111,6 +102,10 @@ fn run_client(bridge: &Bridge, script: &str) -> Option<Value> {
             return None;
         }
     };
+    if !can_import(&python, modules) {
+        eprintln!("SKIPPED: {python:?} cannot import {modules}; run scripts/install-openai-sdk.sh");
+        return None;
+    }
     let script = format!(
         "{}/tests/fixtures/clients/{script}",
         env!("CARGO_MANIFEST_DIR")
@@ -131,7 +126,7 @@ fn run_client(bridge: &Bridge, script: &str) -> Option<Value> {
 #[test]
 fn the_openai_python_sdk_tool_loop_gets_an_answer_that_used_the_tool() {
     let bridge = Bridge::demo().start();
-    let Some(result) = run_client(&bridge, "openai_tool_loop.py") else {
+    let Some(result) = run_client(&bridge, "openai_tool_loop.py", "openai") else {
         return;
     };
     for run in ["non_streamed", "streamed"] {
@@ -154,7 +149,8 @@ fn the_openai_python_sdk_tool_loop_gets_an_answer_that_used_the_tool() {
 #[test]
 fn a_langchain_agent_with_one_tool_gets_an_answer_that_used_the_tool() {
     let bridge = Bridge::demo().start();
-    let Some(result) = run_client(&bridge, "langchain_agent.py") else {
+    let Some(result) = run_client(&bridge, "langchain_agent.py", "langchain, langchain_openai")
+    else {
         return;
     };
     assert_eq!(result["ran"], 1, "{result}");

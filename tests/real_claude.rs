@@ -364,3 +364,140 @@ fn parallel_client_tool_calls_of_the_real_claude_come_back_together() {
         bridge.log()
     );
 }
+
+/// Issue #15: a stateless client (no session id) edits its second message. The bridge forks:
+/// a new Claude conversation whose model request holds exactly the branch point's context
+/// (the first exchange) and the edited message, never the abandoned second and third turns.
+#[test]
+fn an_edited_turn_forks_with_exactly_the_context_of_its_branch_point() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude-fork");
+    seed_claude_config(&dir, FAKE_KEY);
+    let bridge = start(&claude, &api, dir, &marker);
+    let post = |messages: &Value| {
+        let body = serde_json::json!({"model": "claude-code", "messages": messages}).to_string();
+        let r = request(
+            bridge.http,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        assert_eq!(r.status, 200, "{}\nlog:\n{}", r.text(), bridge.log());
+        let key = r.headers["x-session-key"].clone();
+        let text = r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (key, text)
+    };
+    let mut messages = vec![];
+    let mut keys = vec![];
+    for text in ["apple one", "banana two", "cherry three"] {
+        messages.push(serde_json::json!({"role": "user", "content": text}));
+        let (key, reply) = post(&Value::Array(messages.clone()));
+        assert_eq!(reply, format!("reply to: {text}"));
+        messages.push(serde_json::json!({"role": "assistant", "content": reply}));
+        keys.push(key);
+    }
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one conversation: {keys:?}"
+    );
+    let before = api.requests().len();
+    let edited =
+        serde_json::json!([messages[0], messages[1], {"role": "user", "content": "banana EDITED"}]);
+    let (fork_key, reply) = post(&edited);
+    assert_ne!(fork_key, keys[0], "the edit forks");
+    assert!(reply.ends_with("banana EDITED"), "{reply}");
+    let seen = api.requests()[before..]
+        .iter()
+        .find(|r| all_text(r).contains("banana EDITED"))
+        .cloned()
+        .expect("the fake API saw the edited turn");
+    let context = all_text(&seen);
+    assert!(
+        context.contains("apple one") && context.contains("reply to: apple one"),
+        "the branch point's context: {context}"
+    );
+    assert!(
+        !context.contains("banana two") && !context.contains("cherry three"),
+        "nothing after the branch point: {context}"
+    );
+}
+
+/// A Claude Code fact the bridge may build on later (docs/HTTP_API.md §6.2): `--resume
+/// <uuid> --fork-session --resume-session-at <assistant message uuid>` starts a copy of the
+/// conversation cut at that message. Checked in `--print` mode: the model request of the
+/// forked turn holds the first exchange and the new message, not the later turns. (The
+/// bridge forks with the restored history instead; see the test above.)
+#[test]
+fn claude_code_can_fork_a_conversation_at_an_earlier_message() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let dir = TempDir::new("real-claude-fork-flags");
+    seed_claude_config(&dir, FAKE_KEY);
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    let home = dir.path().join("home");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&claude)
+            .args(args)
+            .current_dir(&workspace)
+            .env("HOME", &home)
+            .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
+            .env("ANTHROPIC_BASE_URL", format!("http://{}", api.addr))
+            .env("ANTHROPIC_API_KEY", FAKE_KEY)
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let session = uuid::Uuid::new_v4().to_string();
+    run(&["-p", "apple one", "--session-id", &session]);
+    run(&["-p", "banana two", "--resume", &session]);
+    run(&["-p", "cherry three", "--resume", &session]);
+    let transcript = std::fs::read_dir(home.join(".claude/projects"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(format!("{session}.jsonl")))
+        .find(|p| p.exists())
+        .expect("the transcript");
+    let first_reply = std::fs::read_to_string(transcript)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "assistant")
+        .and_then(|v| v["uuid"].as_str().map(String::from))
+        .expect("an assistant message");
+    let before = api.requests().len();
+    run(&[
+        "-p",
+        "banana EDITED",
+        "--resume",
+        &session,
+        "--fork-session",
+        "--resume-session-at",
+        &first_reply,
+    ]);
+    let forked: Vec<String> = api.requests()[before..].iter().map(all_text).collect();
+    assert!(
+        forked
+            .iter()
+            .any(|t| t.contains("apple one") && t.contains("banana EDITED")),
+        "{forked:?}"
+    );
+    assert!(
+        forked
+            .iter()
+            .all(|t| !t.contains("banana two") && !t.contains("cherry three")),
+        "{forked:?}"
+    );
+}

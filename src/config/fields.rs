@@ -105,6 +105,16 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "with conversation_match off: key for requests naming no session (default default::default)",
     ),
     (
+        "session_key_sources",
+        "LIST",
+        "comma-separated places a session key is read from, first found wins (default every one but `user`: x-session-key,x-openclaw-session-key,x-agent-id+x-chat-id,x-session-affinity,session_id,prompt_cache_key,metadata.session_key,runtime_line; add `user` to make OpenAI's end-user id a session key)",
+    ),
+    (
+        "cors_origins",
+        "LIST",
+        "comma-separated browser origins allowed to call the API (CORS), e.g. https://app.example.com, or * for any (default: none)",
+    ),
+    (
         "workspace_mode",
         "MODE",
         "shared (every session in `workspace`) or per_session (a dir each under state_dir)",
@@ -188,6 +198,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "allow_bypass_permissions",
         "BOOL",
         "allow permission_mode bypassPermissions (default false)",
+    ),
+    (
+        "parent_pid",
+        "PID",
+        "stop (as on SIGTERM) when this process, the bridge's parent, exits, even by SIGKILL; the OpenClaw plugin sets it (default: none)",
     ),
     (
         "setting_sources",

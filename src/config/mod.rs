@@ -64,6 +64,10 @@ pub struct Config {
     pub max_queued_turns: usize,
     pub fallback_session_key: String,
     pub conversation_match: bool,
+    /// Where a session key may come from, in `identity::KEY_SOURCES` order (default: all but `user`).
+    pub session_key_sources: Vec<String>,
+    /// Browser origins answered with CORS headers (`*` = any); empty = no CORS.
+    pub cors_origins: Vec<String>,
     pub workspace_mode: WorkspaceMode,
     pub idle_kill: Duration,
     pub max_processes: usize,
@@ -85,6 +89,8 @@ pub struct Config {
     pub insecure_public: bool,
     pub allow_bypass_permissions: bool,
     pub setting_sources: Option<String>,
+    /// Stop when this process (which must be the bridge's parent) exits: `PR_SET_PDEATHSIG`.
+    pub parent_pid: Option<u32>,
 }
 
 /// What happens to the client's system prompt. `Ignore` by default: OpenClaw's prompt
@@ -191,6 +197,11 @@ impl Default for Config {
             max_queued_turns: 8,
             fallback_session_key: "default::default".into(),
             conversation_match: true,
+            session_key_sources: crate::session::identity::DEFAULT_KEY_SOURCES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            cors_origins: Vec::new(),
             workspace_mode: WorkspaceMode::Shared,
             idle_kill: Duration::from_secs(30 * 60),
             max_processes: default_max_processes(),
@@ -209,6 +220,7 @@ impl Default for Config {
             insecure_public: false,
             allow_bypass_permissions: false,
             setting_sources: None,
+            parent_pid: None,
         }
     }
 }
@@ -398,6 +410,39 @@ impl Config {
             "max_queued_turns" => self.max_queued_turns = parse_count(value, 1, MAX_QUEUED_TURNS)?,
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
             "conversation_match" => self.conversation_match = parse_bool(value)?,
+            "session_key_sources" => {
+                let sources: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if let Some(unknown) = sources
+                    .iter()
+                    .find(|s| !crate::session::identity::KEY_SOURCES.contains(&s.as_str()))
+                {
+                    return Err(format!(
+                        "unknown source {unknown:?}; use any of {}",
+                        crate::session::identity::KEY_SOURCES.join(",")
+                    ));
+                }
+                self.session_key_sources = sources;
+            }
+            "cors_origins" => {
+                self.cors_origins = value
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/'))
+                    .filter(|o| !o.is_empty())
+                    .map(String::from)
+                    .collect();
+                if let Some(bad) = self.cors_origins.iter().find(|o| {
+                    o.as_str() != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
+                }) {
+                    return Err(format!(
+                        "{bad:?} is not an origin; write scheme://host[:port] (e.g. https://app.example.com) or *"
+                    ));
+                }
+            }
             "workspace_mode" => self.workspace_mode = value.parse()?,
             "idle_kill" => self.idle_kill = parse_duration(value)?,
             "max_processes" => self.max_processes = parse_count(value, 1, MAX_PROCESSES)?,
@@ -415,6 +460,15 @@ impl Config {
             "client_read_timeout" => self.client_read_timeout = parse_duration(value)?,
             "insecure_public" => self.insecure_public = parse_bool(value)?,
             "allow_bypass_permissions" => self.allow_bypass_permissions = parse_bool(value)?,
+            "parent_pid" => {
+                self.parent_pid = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|pid| *pid > 1)
+                        .ok_or_else(|| format!("a process id greater than 1, not `{value}`"))?,
+                )
+            }
             "setting_sources" => {
                 let ok = value
                     .split(',')

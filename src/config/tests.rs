@@ -288,3 +288,63 @@ fn client_tools_policy_and_result_timeout() {
     assert!(glob_match("a*b*c", "axxbyyc"));
     assert!(!glob_match("a*b", "axxbc"));
 }
+
+#[test]
+fn session_key_sources_and_cors_origins_parse_and_name_bad_values() {
+    let c = run(&[], &[]).unwrap();
+    assert!(!c.session_key_sources.iter().any(|s| s == "user"));
+    assert!(
+        c.session_key_sources
+            .iter()
+            .any(|s| s == "prompt_cache_key")
+    );
+    assert!(c.cors_origins.is_empty());
+    let c = run(
+        &[
+            "--session-key-sources",
+            "x-session-key, user",
+            "--cors-origins",
+            "https://a.example/,http://localhost:3000",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.session_key_sources, vec!["x-session-key", "user"]);
+    assert_eq!(
+        c.cors_origins,
+        vec!["https://a.example", "http://localhost:3000"]
+    );
+    let e = run(&["--session-key-sources", "cookie"], &[]).unwrap_err();
+    assert!(
+        e.contains("--session-key-sources") && e.contains("cookie"),
+        "{e}"
+    );
+    let e = run(&[], &[("SYNTHESIS_CORS_ORIGINS", "example.com")]).unwrap_err();
+    assert!(
+        e.contains("SYNTHESIS_CORS_ORIGINS") && e.contains("scheme"),
+        "{e}"
+    );
+    assert_eq!(
+        run(&["--cors-origins", "*"], &[]).unwrap().cors_origins,
+        vec!["*"]
+    );
+}
+
+#[test]
+fn parent_pid_takes_a_process_id_above_1() {
+    assert_eq!(run(&[], &[]).unwrap().parent_pid, None);
+    assert_eq!(
+        run(&["--parent-pid", "4242"], &[]).unwrap().parent_pid,
+        Some(4242)
+    );
+    assert_eq!(
+        run(&[], &[("SYNTHESIS_PARENT_PID", "77")])
+            .unwrap()
+            .parent_pid,
+        Some(77)
+    );
+    for bad in ["0", "1", "-3", "abc", ""] {
+        let err = run(&["--parent-pid", bad], &[]).unwrap_err();
+        assert!(err.contains("parent-pid"), "{bad}: {err}");
+    }
+}

@@ -5,26 +5,33 @@
 //! session's `TurnEvent`s into either an SSE stream or one `chat.completion`. While it waits
 //! it sends an empty-content chunk every `heartbeat_interval` (OpenClaw's watchdog counts
 //! JSON chunks, not SSE comments). If the client goes away mid-stream, it cancels the turn.
+//! A turn that only answers a suspended turn's questions (`yes kqwfz`, or `tool` messages
+//! with client tool results) is classified here and an unknown id refused before the response
+//! starts (`answers.rs`, docs/PERMISSIONS.md, docs/CLIENT_TOOLS.md); a suspended turn's
+//! response ends with its questions (`synthesis_pending`) or its client tool calls
+//! (`tool_calls`, `tools.rs`).
 
-use crossbeam_channel::RecvTimeoutError;
 use serde_json::json;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::Request;
 
+use super::answers::{check_answers, classify_answers, question_chunk, with_pending};
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
+use super::params::{Params, ReplyFormat, StopFilter};
 use super::sse::SseStream;
 use super::tools;
+use super::turn_wait::{Waited, check_format, wait_turn};
 use super::{HttpContext, respond_error};
 use crate::config::{ClientToolsPolicy, SystemPromptPolicy};
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
-use crate::session::pending::{Answer, Pending, parse_verdicts, question_text};
+use crate::session::pending::{self, Pending};
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
-use crate::session::turn::{ClientTools, FailureKind, HistoryRenderer, TurnEvent, TurnFailure};
+use crate::session::turn::{ClientTools, HistoryRenderer};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
@@ -44,53 +51,11 @@ static PARSING: Permits = Permits::new(PARSE_PERMITS);
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // Declared first, dropped last: once the body and its parsed form are gone.
     let mut trim = TrimOnDrop::default();
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.to_string());
-    if let Some(content_type) = content_type
-        && !is_json_media_type(&content_type)
-    {
-        let message =
-            format!("Content-Type is {content_type:?}; send the request body as application/json");
-        return respond_error(
-            request,
-            &ApiError::new(415, "unsupported_media_type", message),
-        );
-    }
-    let body = match read_body(&mut request, ctx.max_body_bytes) {
-        Ok(body) => body,
+    let (body, permit) = match read_json_request(&mut request, &ctx, &mut trim) {
+        Ok(read) => read,
         Err(error) => return respond_error(request, &error),
-    };
-    if body.len() >= TRIM_AFTER_BYTES {
-        trim.arm();
-    }
-    let containers = count_json_containers(&body);
-    if containers > MAX_JSON_CONTAINERS {
-        let message = format!(
-            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
-        );
-        return respond_error(request, &ApiError::bad_request(message));
-    }
-    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
-        let message =
-            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
-        return respond_error(
-            request,
-            &ApiError::new(503, "busy_parsing", message).retry_after(1),
-        );
     };
     let (chat, value) = match parse_chat_request(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => return respond_error(request, &error),
-    };
-    let empty = serde_json::Map::new();
-    let request_tools = match tools::parse_request_tools(
-        value.as_object().unwrap_or(&empty),
-        &ctx.client_tools,
-        &ctx.channel_name,
-    ) {
         Ok(parsed) => parsed,
         Err(error) => return respond_error(request, &error),
     };
@@ -105,36 +70,42 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         );
         return respond_error(request, &ApiError::bad_request(message));
     }
+    let params = match value.as_object().map(super::params::chat_params) {
+        Some(Ok(params)) => params,
+        Some(Err(error)) => return respond_error(request, &error),
+        None => Default::default(),
+    };
+    let empty = serde_json::Map::new();
+    let request_tools = match tools::parse_request_tools(
+        value.as_object().unwrap_or(&empty),
+        &ctx.client_tools,
+        &ctx.channel_name,
+    ) {
+        Ok(parsed) => parsed,
+        Err(error) => return respond_error(request, &error),
+    };
     let received = Instant::now();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
-    let key = match identity::resolve(
+    let headers = lower_case_headers(&request);
+    let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
+    let matching = ctx
+        .continuations
+        .as_ref()
+        .map(|continuations| identity::Matching {
+            continuations,
+            body_hash,
+            retry_grace: ctx.retry_grace,
+        });
+    let key = match identity::resolve_with(
         &headers,
         &value,
         &ctx.fallback_session_key,
-        ctx.continuations.as_ref(),
+        matching,
+        &ctx.session_key_sources,
     ) {
         Ok(key) => key,
         Err(message) => return respond_error(request, &ApiError::bad_request(message)),
     };
     name_this_thread(&format!("respond:{}", key.key));
-    // Only sessions found by conversation matching need the chain their next request will show.
-    let chain_before_reply = matches!(key.source, "conversation-continuation" | "new-conversation")
-        .then(|| {
-            let messages = value
-                .get("messages")
-                .and_then(|m| m.as_array())
-                .map_or(&[][..], Vec::as_slice);
-            identity::conversation_hash(identity::CHAIN_START, messages)
-        });
     let messages = value
         .get("messages")
         .and_then(|m| m.as_array())
@@ -143,8 +114,24 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(results) => results,
         Err(error) => return respond_error(request, &error),
     };
+    // Sessions found by conversation matching: the history point this request claimed (given
+    // back if the turn fails), the request remembered for an identical retry, and the chain
+    // their next request will show.
+    let matched = identity::MATCHED_SOURCES.contains(&key.source);
+    let (_claim, note) = match (&ctx.continuations, matched) {
+        (Some(continuations), true) => (
+            (key.source == "conversation-continuation")
+                .then(|| identity::history_hash(messages))
+                .flatten()
+                .map(|h| identity::ClaimGuard::new(continuations, &key.key, h)),
+            Some(continuations.note_request(body_hash, &key.key, ctx.retry_grace)),
+        ),
+        _ => (None, None),
+    };
+    let chain_before_reply =
+        matched.then(|| identity::conversation_hash(identity::CHAIN_START, messages));
     let fingerprint = openclaw::retry_fingerprint(messages);
-    let marked_retry = openclaw::marks_a_retry(messages);
+    let marked_retry = openclaw::marks_a_retry(messages) || key.source == "identical-request-retry";
     let system_prompt = match ctx.system_prompt {
         SystemPromptPolicy::Ignore => None,
         SystemPromptPolicy::Append => system_prompt_text(messages).map(Arc::from),
@@ -165,14 +152,20 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     } else {
         tool_results
             .into_iter()
-            .map(|r| Answer::ToolResult {
+            .map(|r| pending::Answer::ToolResult {
                 call_id: r.call_id,
                 content: r.content,
                 is_error: r.is_error,
             })
             .collect()
     };
+    if let Err(message) = check_answers(&ctx, &key.key, &answers) {
+        return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
+    }
     let mut content = parts.join("\n\n");
+    if let Some(instruction) = params.format.instruction() {
+        content = format!("{content}\n\n{instruction}");
+    }
     if let Some(instruction) =
         tools::choice_instruction(&request_tools.choice, &request_tools.tools)
     {
@@ -200,13 +193,13 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         fingerprint,
         marked_retry,
         system_prompt,
+        answers,
         client_tools: (ctx.client_tools != ClientToolsPolicy::None).then(|| {
             Arc::new(ClientTools {
                 tools: request_tools.tools,
                 result_timeout: ctx.tool_result_timeout,
             })
         }),
-        answers,
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.
@@ -223,35 +216,95 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     );
     let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let completion = Completion::new(&model);
-    // Remembered before the response's last bytes go out: a client that answers at once
-    // (a tool loop sending its results) must find the session by this reply.
-    let remember = |reply: &str| {
-        if let (Some(continuations), Some(chain)) = (&ctx.continuations, chain_before_reply) {
+    // Run once the reply is known, before its last bytes go out (the client's next request
+    // may follow at once): the request stops counting as running, and a matched session gets
+    // its new history point.
+    let mut note = note;
+    let continuations = ctx.continuations.as_ref();
+    let mut settle = |reply: Option<&str>| {
+        drop(note.take());
+        if let (Some(continuations), Some(chain), Some(reply)) =
+            (continuations, chain_before_reply, reply)
+        {
             continuations.remember(identity::chain(chain, "assistant", reply), &key.key);
         }
     };
     if chat.stream {
-        stream(request, &ctx, &chat, &completion, turn, &key.key, &remember);
+        stream(
+            request,
+            &ctx,
+            &chat,
+            &params,
+            &completion,
+            turn,
+            &key.key,
+            &mut settle,
+        );
     } else {
-        respond_whole(request, &ctx, &chat, &completion, turn, &remember);
+        respond_whole(
+            request,
+            &ctx,
+            &chat,
+            &params,
+            &completion,
+            turn,
+            &key.key,
+            &mut settle,
+        );
     }
 }
 
-/// The answers to a suspended turn's questions in the new turn, when it holds nothing else
-/// (session/pending.rs): a person's `yes kqwfz` (OpenClaw's timestamp prefix allowed).
-/// Empty for an ordinary turn.
-pub fn classify_answers(parts: &[String]) -> Vec<Answer> {
-    let text: Vec<&str> = parts
+/// The request's headers as (lower-case name, value) pairs.
+pub fn lower_case_headers(request: &Request) -> Vec<(String, String)> {
+    request
+        .headers()
         .iter()
-        .map(|p| openclaw::strip_timestamp(p).trim())
-        .collect();
-    parse_verdicts(&text.join("\n")).unwrap_or_default()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
+        .collect()
 }
 
-/// The machine-readable form of a suspended turn's questions, added to the chunk (or
-/// message) that carries their text.
-pub fn pending_json(pending: &[Pending]) -> serde_json::Value {
-    serde_json::to_value(pending).expect("pending questions always serialise")
+/// The body of a JSON request, read and bounded (415 for another content type, 413 over
+/// `max_body_bytes`, 400 over `MAX_JSON_CONTAINERS`), with a parse permit (503 after
+/// `PARSE_WAIT` without one). `trim` is armed for a large body.
+pub(super) fn read_json_request(
+    request: &mut Request,
+    ctx: &HttpContext,
+    trim: &mut TrimOnDrop,
+) -> Result<(Vec<u8>, Permit<'static>), ApiError> {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.to_string());
+    if let Some(content_type) = content_type
+        && !is_json_media_type(&content_type)
+    {
+        let message =
+            format!("Content-Type is {content_type:?}; send the request body as application/json");
+        return Err(ApiError::new(415, "unsupported_media_type", message));
+    }
+    let body = read_body(request, ctx.max_body_bytes)?;
+    if body.len() >= TRIM_AFTER_BYTES {
+        trim.arm();
+    }
+    let containers = count_json_containers(&body);
+    if containers > MAX_JSON_CONTAINERS {
+        let message = format!(
+            "the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; the bridge accepts at most {MAX_MESSAGES} messages of a few content parts each: send fewer, larger messages"
+        );
+        return Err(ApiError::bad_request(message));
+    }
+    let Some(permit) = PARSING.acquire(PARSE_WAIT) else {
+        let message =
+            format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
+        return Err(ApiError::new(503, "busy_parsing", message).retry_after(1));
+    };
+    Ok((body, permit))
 }
 
 /// `Content-Type` names exactly the media type `application/json` (parameters such as
@@ -289,7 +342,7 @@ struct Permits {
     freed: std::sync::Condvar,
 }
 
-struct Permit<'a>(&'a Permits);
+pub(super) struct Permit<'a>(&'a Permits);
 
 impl Permits {
     const fn new(n: usize) -> Self {
@@ -343,7 +396,7 @@ static LARGE_BODIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// peak after a burst of large bodies; trimming while others still hold theirs would miss
 /// them).
 #[derive(Default)]
-struct TrimOnDrop(bool);
+pub(super) struct TrimOnDrop(bool);
 
 impl TrimOnDrop {
     fn arm(&mut self) {
@@ -370,7 +423,7 @@ impl Drop for TrimOnDrop {
 /// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
 /// 15 bytes: `respond:agent:m…`. The responder learns its session key only after reading the
 /// request, after it was spawned as `respond`.
-fn name_this_thread(name: &str) {
+pub(super) fn name_this_thread(name: &str) {
     let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
     bytes.push(0);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
@@ -410,7 +463,7 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The client's system prompt: its system and developer messages, joined.
-fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
+pub(super) fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
     let parts: Vec<String> = messages
         .iter()
         .filter(|m| {
@@ -425,7 +478,7 @@ fn system_prompt_text(messages: &[serde_json::Value]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("\n\n"))
 }
 
-fn submit_error(error: SubmitError) -> ApiError {
+pub(super) fn submit_error(error: SubmitError) -> ApiError {
     match error {
         SubmitError::QueueFull { limit } => ApiError::new(
             429,
@@ -455,38 +508,23 @@ fn submit_error(error: SubmitError) -> ApiError {
     }
 }
 
-fn failure_error(failure: &TurnFailure) -> ApiError {
-    let (status, code) = match failure.kind {
-        FailureKind::AgentUnavailable => (503, "agent_unavailable"),
-        FailureKind::AgentDied => (502, "agent_died"),
-        FailureKind::Timeout => (504, "turn_timeout"),
-        FailureKind::ShuttingDown => (503, "shutting_down"),
-        FailureKind::Cancelled => (500, "cancelled"),
-        FailureKind::BadAnswer => (400, "unknown_question_id"),
-        FailureKind::PermissionBlocked => (409, "permission_relay_off"),
-    };
-    ApiError::new(status, code, failure.message.clone())
-}
-
-fn worker_vanished() -> ApiError {
-    ApiError::new(
-        500,
-        "session_worker_failed",
-        "the session's worker ended unexpectedly (see the bridge log); retry",
-    )
-}
-
-/// Streams the turn; returns the whole reply text when the turn ended normally.
+/// Streams the turn; returns the reply text the client got when the turn ended normally.
+/// With `stop`, the text ends before the first stop sequence (the turn still runs to its end
+/// in Claude); with a JSON `response_format`, the reply is sent as one piece once checked.
+/// `settle` gets the reply the client gets (None if there is none) before the stream ends.
+#[allow(clippy::too_many_arguments)]
 fn stream(
     request: Request,
-    ctx: &HttpContext,
+    ctx: &Arc<HttpContext>,
     chat: &ChatRequest,
+    params: &Params,
     completion: &Completion,
     turn: SubmittedTurn,
     key: &str,
-    remember: &dyn Fn(&str),
-) -> Option<String> {
-    let mut sse = match SseStream::start(request) {
+    settle: &mut dyn FnMut(Option<&str>),
+) {
+    let headers = [("X-Session-Key", key.to_string())];
+    let mut sse = match SseStream::start_with_headers(request, &headers) {
         Ok(sse) => sse,
         Err(e) => {
             log::info!(
@@ -494,102 +532,114 @@ fn stream(
                 turn.id
             );
             turn.cancel.cancel();
-            return None;
+            return;
         }
     };
-    let mut reply = String::new();
-    let mut completed: Option<Instant> = None;
-    let result = (|| -> std::io::Result<()> {
-        sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None))?;
-        loop {
-            match turn.events.recv_timeout(ctx.heartbeat_interval) {
-                Ok(TurnEvent::Text { text, .. }) => {
-                    // Separate consecutive replies (progress, then the answer) with a blank line.
-                    let content = if reply.is_empty() {
-                        text
-                    } else {
-                        format!("\n\n{text}")
-                    };
-                    reply.push_str(&content);
-                    sse.event(&completion.chunk(json!({"content": content}), None))?;
+    let opened = sse.event(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
+    if opened.is_err() {
+        turn.cancel.cancel();
+        return;
+    }
+    let mut sent = String::new();
+    let mut stop = StopFilter::new(params.stop.clone());
+    let buffered = params.format.is_json();
+    let beat = completion.chunk(json!({"content": ""}), None);
+    let waited = {
+        let sse = std::cell::RefCell::new(&mut sse);
+        let sent = std::cell::RefCell::new(&mut sent);
+        wait_turn(
+            ctx,
+            key,
+            &turn,
+            |piece| {
+                if buffered {
+                    return Ok(());
                 }
-                Ok(TurnEvent::Done(read_at)) => {
-                    remember(&reply);
-                    sse.event(&completion.chunk(json!({}), Some("stop")))?;
-                    if chat.include_usage {
-                        sse.event(
-                            &completion
-                                .usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
-                        )?;
-                    }
-                    completed = Some(read_at);
-                    break;
+                let out = stop.push(piece);
+                if out.is_empty() {
+                    return Ok(());
                 }
-                Ok(TurnEvent::Suspended(pending)) => {
-                    // The question ends this response normally; the answer comes in the
-                    // session's next request, which gets the rest of the turn.
-                    let calls = tools::calls_of(&pending);
-                    let text = question_text(&pending);
-                    if !text.is_empty() || calls.is_empty() {
-                        let content = if reply.is_empty() {
-                            text
-                        } else {
-                            format!("\n\n{text}")
-                        };
-                        reply.push_str(&content);
-                        let chunk = completion.chunk(json!({"content": content}), None);
-                        let mut chunk: serde_json::Value =
-                            serde_json::from_str(&chunk).expect("chunks are JSON");
-                        chunk["synthesis_pending"] = pending_json(&pending);
-                        sse.event(&chunk.to_string())?;
-                    }
-                    let finish = if calls.is_empty() {
-                        "stop"
-                    } else {
-                        // Client tool calls: one chunk carries them whole (docs/CLIENT_TOOLS.md).
-                        let delta = json!({"tool_calls": tools::tool_calls_json(&calls)});
-                        sse.event(&completion.chunk(delta, None))?;
-                        "tool_calls"
-                    };
-                    remember(&reply);
-                    sse.event(&completion.chunk(json!({}), Some(finish)))?;
-                    if chat.include_usage {
-                        sse.event(
-                            &completion
-                                .usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
-                        )?;
-                    }
-                    completed = Some(Instant::now());
-                    break;
-                }
-                Ok(TurnEvent::Failed(failure)) => {
-                    log::warn!("session {key:?} {}: failed: {}", turn.id, failure.message);
-                    sse.event(&failure_error(&failure).body())?;
-                    break;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    METRICS.heartbeats.inc();
-                    sse.event(&completion.chunk(json!({"content": ""}), None))?;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    sse.event(&worker_vanished().body())?;
-                    break;
-                }
+                sent.borrow_mut().push_str(&out);
+                sse.borrow_mut()
+                    .event(&completion.chunk(json!({"content": out}), None))
+            },
+            || sse.borrow_mut().event(&beat),
+        )
+    };
+    let mut pending = Vec::new();
+    let result = (|| -> Result<(String, Instant), Option<ApiError>> {
+        let (text, read_at, questions) = match waited {
+            Waited::Done {
+                text,
+                read_at,
+                pending,
+            } => (text, read_at, pending),
+            Waited::Failed(error) => return Err(Some(error)),
+            Waited::Gone => return Err(None),
+        };
+        if buffered {
+            let (checked, questions) =
+                check_format(ctx, key, &params.format, text, questions, || {
+                    sse.event(&beat)
+                })?;
+            pending = questions;
+            let out = StopFilter::apply(&params.stop, &checked);
+            sse.event(&completion.chunk(json!({"content": out}), None))
+                .map_err(|_| None)?;
+            sent = out;
+        } else {
+            pending = questions;
+            let rest = stop.finish();
+            if !rest.is_empty() {
+                sent.push_str(&rest);
+                sse.event(&completion.chunk(json!({"content": rest}), None))
+                    .map_err(|_| None)?;
             }
         }
-        sse.event("[DONE]")
+        Ok((sent.clone(), read_at))
     })();
-    match result.and_then(|()| sse.finish()) {
-        Ok(()) => {
-            let read_at = completed?;
+    settle(result.as_ref().ok().map(|(reply, _)| reply.as_str()));
+    let finished = match result {
+        Ok((reply, read_at)) => (|| -> std::io::Result<()> {
+            let calls = tools::calls_of(&pending);
+            if calls.len() < pending.len() {
+                // A suspended turn: its questions, machine-readable, before the end.
+                sse.event(&question_chunk(completion, "", &pending))?;
+            }
+            let finish = if calls.is_empty() {
+                "stop"
+            } else {
+                // Client tool calls: one chunk carries them whole (docs/CLIENT_TOOLS.md).
+                let delta = json!({"tool_calls": tools::tool_calls_json(&calls)});
+                sse.event(&completion.chunk(delta, None))?;
+                "tool_calls"
+            };
+            sse.event(&completion.chunk(json!({}), Some(finish)))?;
+            if chat.include_usage {
+                sse.event(
+                    &completion.usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
+                )?;
+            }
+            sse.event("[DONE]")?;
+            Ok(())
+        })()
+        .map(|()| Some((reply, read_at))),
+        Err(Some(error)) => sse
+            .event(&error.body())
+            .and_then(|()| sse.event("[DONE]"))
+            .map(|()| None),
+        Err(None) => return,
+    };
+    match finished.and_then(|done| sse.finish().map(|()| done)) {
+        Ok(Some((reply, read_at))) => {
             METRICS.bridge_outbound.record(read_at.elapsed());
             log::debug!(
                 "session {key:?} {}: streamed {} chars",
                 turn.id,
                 reply.len()
             );
-            Some(reply)
         }
+        Ok(None) => {}
         Err(e) => {
             log::info!(
                 "session {key:?} {}: client disconnected mid-stream ({e}); cancelling the turn",
@@ -597,152 +647,143 @@ fn stream(
             );
             metrics::failed("client_gone");
             turn.cancel.cancel();
-            None
         }
     }
 }
 
-/// Answers with one `chat.completion`; returns the reply text when the turn ended normally.
+/// Answers with one `chat.completion`; `settle` gets the reply before it is written.
+#[allow(clippy::too_many_arguments)]
 fn respond_whole(
     request: Request,
-    ctx: &HttpContext,
+    ctx: &Arc<HttpContext>,
     chat: &ChatRequest,
+    params: &Params,
     completion: &Completion,
     turn: SubmittedTurn,
-    remember: &dyn Fn(&str),
-) -> Option<String> {
-    // Until the first heartbeat the status is still open (a quick failure gets its own
-    // status); after it, the 200 and a space every heartbeat tell whether the client is still
-    // there, so a client that left cancels the turn as a streaming one does. A failure after
-    // that point is the OpenAI error object as the body of the 200.
-    enum Answer {
-        NotStarted(Request),
-        Started(SseStream),
-    }
-    let mut answer = Answer::NotStarted(request);
-    let mut text = String::new();
-    let mut suspended: Option<Vec<Pending>> = None;
-    let read_at = loop {
-        let event = turn.events.recv_timeout(ctx.heartbeat_interval);
-        let failure = match event {
-            Ok(TurnEvent::Text { text: part, .. }) => {
-                if !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(&part);
-                continue;
-            }
-            Ok(TurnEvent::Done(read_at)) => break read_at,
-            Ok(TurnEvent::Suspended(pending)) => {
-                let question = question_text(&pending);
-                if !text.is_empty() && !question.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(&question);
-                suspended = Some(pending);
-                break Instant::now();
-            }
-            Ok(TurnEvent::Failed(failure)) => failure_error(&failure),
-            Err(RecvTimeoutError::Disconnected) => worker_vanished(),
-            Err(RecvTimeoutError::Timeout) => {
-                let written = match answer {
-                    Answer::NotStarted(request) => {
-                        SseStream::start_json(request).map(Answer::Started)
-                    }
-                    Answer::Started(mut stream) => {
-                        stream.raw(b" ").map(|()| Answer::Started(stream))
-                    }
-                };
-                match written {
-                    Ok(next) => {
-                        METRICS.heartbeats.inc();
-                        answer = next;
-                        continue;
-                    }
-                    Err(e) => {
-                        log::info!(
-                            "{}: client left while waiting for a non-streamed answer ({e}); cancelling the turn",
-                            turn.id
-                        );
-                        metrics::failed("client_gone");
-                        turn.cancel.cancel();
-                        return None;
-                    }
-                }
-            }
-        };
-        match answer {
-            Answer::NotStarted(request) => respond_error(request, &failure),
-            Answer::Started(mut stream) => {
-                let _ = stream
-                    .raw(failure.body().as_bytes())
-                    .and_then(|()| stream.finish());
-            }
-        }
-        return None;
+    key: &str,
+    settle: &mut dyn FnMut(Option<&str>),
+) {
+    let headers = [("X-Session-Key", key.to_string())];
+    let mut answer = Answer::new(request, &headers);
+    let whole = whole_reply(ctx, key, &params.format, &turn, &mut answer)
+        .map(|(text, pending)| (StopFilter::apply(&params.stop, &text), pending));
+    settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
+    let (text, pending) = match whole {
+        Ok(whole) => whole,
+        Err(Some(error)) => return answer.fail(&error),
+        Err(None) => return,
     };
-    remember(&text);
     let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
-    if let Some(pending) = suspended {
-        let mut value: serde_json::Value = serde_json::from_str(&body).expect("bodies are JSON");
-        let calls = tools::calls_of(&pending);
-        if calls.is_empty() || calls.len() < pending.len() {
-            value["choices"][0]["message"]["synthesis_pending"] = pending_json(&pending);
-        }
-        if !calls.is_empty() {
-            let message = tools::tool_calls_message(&text, &calls);
-            value["choices"][0]["message"]["content"] = message["content"].clone();
-            value["choices"][0]["message"]["tool_calls"] = message["tool_calls"].clone();
-            value["choices"][0]["finish_reason"] = json!("tool_calls");
-        }
-        body = value.to_string();
+    let calls = tools::calls_of(&pending);
+    if calls.len() < pending.len() {
+        body = with_pending(body, &pending);
     }
-    match answer {
-        Answer::NotStarted(request) => {
-            super::respond_json_within(request, 200, body, ctx.write_deadline)
-        }
-        Answer::Started(mut stream) => {
-            if let Err(e) = stream.raw(body.as_bytes()).and_then(|()| stream.finish()) {
-                log::info!(
-                    "{}: client left before the answer was written ({e})",
-                    turn.id
-                );
-                return None;
-            }
-        }
+    if !calls.is_empty() {
+        body = tools::with_tool_calls(body, &text, &calls);
     }
-    METRICS.bridge_outbound.record(read_at.elapsed());
-    Some(text)
+    if let Err(e) = answer.finish(body, ctx.write_deadline) {
+        log::info!(
+            "{}: client left before the answer was written ({e})",
+            turn.id
+        );
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The whole reply of `turn`, checked against `format` (with one repair turn), while `answer`
+/// keeps the client's connection alive; with the open questions if the turn was suspended.
+pub(super) fn whole_reply(
+    ctx: &Arc<HttpContext>,
+    key: &str,
+    format: &ReplyFormat,
+    turn: &SubmittedTurn,
+    answer: &mut Answer,
+) -> Result<(String, Vec<Pending>), Option<ApiError>> {
+    let (text, pending) = match wait_turn(ctx, key, turn, |_| Ok(()), || answer.beat()) {
+        Waited::Done {
+            text,
+            read_at,
+            pending,
+        } => {
+            METRICS.bridge_outbound.record(read_at.elapsed());
+            (text, pending)
+        }
+        Waited::Failed(error) => return Err(Some(error)),
+        Waited::Gone => return Err(None),
+    };
+    check_format(ctx, key, format, text, pending, || answer.beat())
+}
 
-    #[test]
-    fn a_turn_of_nothing_but_verdicts_carries_answers_and_anything_else_none() {
-        let parts = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            classify_answers(&parts(&["[Tue 2026-11-24 10:14 UTC] yes kqwfz"])),
-            vec![Answer::Verdict {
-                id: "kqwfz".into(),
-                allow: true
-            }]
-        );
-        assert_eq!(
-            classify_answers(&parts(&["no abcde", "y fghjk"])),
-            vec![
-                Answer::Verdict {
-                    id: "abcde".into(),
-                    allow: false
-                },
-                Answer::Verdict {
-                    id: "fghjk".into(),
-                    allow: true
-                }
-            ]
-        );
-        assert!(classify_answers(&parts(&["yes kqwfz", "and run lint too"])).is_empty());
-        assert!(classify_answers(&parts(&["hello"])).is_empty());
+/// A non-streamed JSON answer. Until the first heartbeat the status is still open (a quick
+/// failure gets its own status); after it, the 200 and a space every heartbeat tell whether
+/// the client is still there, so a client that left cancels the turn as a streaming one does.
+/// A failure after that point is the OpenAI error object as the body of the 200.
+pub(super) struct Answer {
+    state: Option<AnswerState>,
+    headers: Vec<(&'static str, String)>,
+}
+
+enum AnswerState {
+    NotStarted(Request),
+    Started(SseStream),
+}
+
+impl Answer {
+    pub(super) fn new(request: Request, headers: &[(&'static str, String)]) -> Self {
+        Answer {
+            state: Some(AnswerState::NotStarted(request)),
+            headers: headers.to_vec(),
+        }
+    }
+
+    pub(super) fn beat(&mut self) -> std::io::Result<()> {
+        let next = match self.state.take() {
+            Some(AnswerState::NotStarted(request)) => {
+                SseStream::start_json_with_headers(request, &self.headers)?
+            }
+            Some(AnswerState::Started(mut stream)) => {
+                stream.raw(b" ")?;
+                stream
+            }
+            None => return Err(std::io::Error::other("the answer was already written")),
+        };
+        self.state = Some(AnswerState::Started(next));
+        Ok(())
+    }
+
+    pub(super) fn fail(mut self, error: &ApiError) {
+        match self.state.take() {
+            Some(AnswerState::NotStarted(request)) => respond_error(request, error),
+            Some(AnswerState::Started(mut stream)) => {
+                let _ = stream
+                    .raw(error.body().as_bytes())
+                    .and_then(|()| stream.finish());
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn finish(
+        mut self,
+        body: String,
+        deadline: std::time::Duration,
+    ) -> std::io::Result<()> {
+        match self.state.take() {
+            Some(AnswerState::NotStarted(request)) => {
+                super::respond_bytes_with(
+                    request,
+                    200,
+                    "application/json",
+                    body.into_bytes(),
+                    None,
+                    deadline,
+                    &self.headers,
+                );
+                Ok(())
+            }
+            Some(AnswerState::Started(mut stream)) => {
+                stream.raw(body.as_bytes()).and_then(|()| stream.finish())
+            }
+            None => Ok(()),
+        }
     }
 }

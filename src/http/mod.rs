@@ -1,4 +1,4 @@
-//! The north side: the OpenAI-compatible HTTP API (docs/ARCHITECTURE.md §6).
+//! The north side: the OpenAI-compatible HTTP API (docs/HTTP_API.md).
 //!
 //! tiny_http (vendored, vendor/tiny_http/PATCHES.md) accepts connections and reads request
 //! heads on threads of its own, within `max_connections`. The routing thread `http` only
@@ -7,11 +7,16 @@
 //! client, however slow to send or to read, holds the routing thread (docs/RELIABILITY.md,
 //! "Front door"). Every response is written under a deadline (`respond_bytes`).
 
+pub mod answers;
 pub mod completions;
+pub mod cors;
 pub mod openai;
 pub mod openclaw;
+pub mod params;
+pub mod responses;
 pub mod sse;
 pub mod tools;
+pub mod turn_wait;
 
 use serde_json::json;
 use std::io::Read;
@@ -48,6 +53,14 @@ pub struct HttpContext {
     /// The channel server's MCP name (client tools are `mcp__<name>__client_<tool>`).
     pub channel_name: String,
     pub tool_result_timeout: Duration,
+    /// Where session keys are read from (`session_key_sources`, names of `identity::KEY_SOURCES`).
+    pub session_key_sources: Vec<String>,
+    /// How long an identical request may still attach to a turn that ended (`retry_grace`).
+    pub retry_grace: Duration,
+    /// `/v1/responses` ids → their sessions (for `previous_response_id`).
+    pub responses: responses::ResponseIds,
+    /// Each session's last turn failure in full, for `/v1/sessions` after it retired.
+    pub recent_errors: turn_wait::RecentErrors,
 }
 
 /// Responder threads mostly wait; their stacks stay small.
@@ -138,7 +151,10 @@ fn dispatch(
     spawn_failures: &mut u64,
 ) {
     let completion = *request.method() == Method::Post
-        && request.url().split('?').next() == Some("/v1/chat/completions");
+        && matches!(
+            request.url().split('?').next(),
+            Some("/v1/chat/completions" | "/v1/responses")
+        );
     // The request travels through a channel so that it can be taken back if the spawn fails
     // (std drops a closure it could not run).
     let (tx, rx) = crossbeam_channel::bounded(1);
@@ -250,6 +266,10 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
     }
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
+    // Browsers send preflights without credentials.
+    if method == Method::Options {
+        return cors::preflight(request);
+    }
     if path != "/healthz" && !authorised(&request, ctx) {
         let error = ApiError::new(
             401,
@@ -279,7 +299,26 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 json!({"object": "list", "data": data}).to_string(),
             );
         }
+        (p, Method::Get) if p.starts_with("/v1/models/") => {
+            let id = percent_decode(&p["/v1/models/".len()..]);
+            match ctx.models.iter().find(|m| **m == id) {
+                Some(id) => respond_json(
+                    request,
+                    200,
+                    json!({"id": id, "object": "model", "created": 0, "owned_by": "synthesis-bridge"})
+                        .to_string(),
+                ),
+                None => {
+                    let message = format!(
+                        "the model {id:?} does not exist; this bridge serves {} (GET /v1/models lists them)",
+                        ctx.models.join(", ")
+                    );
+                    respond_error(request, &ApiError::new(404, "model_not_found", message))
+                }
+            }
+        }
         ("/v1/chat/completions", Method::Post) => completions::handle(request, ctx.clone()),
+        ("/v1/responses", Method::Post) => responses::handle(request, ctx.clone()),
         ("/metrics", Method::Get) => {
             let body = crate::metrics::expose(&ctx.registry.gauges());
             let deadline = ctx.write_deadline;
@@ -334,7 +373,12 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
             }
         }
         (
-            "/healthz" | "/v1/models" | "/v1/chat/completions" | "/metrics" | "/v1/sessions",
+            "/healthz"
+            | "/v1/models"
+            | "/v1/chat/completions"
+            | "/v1/responses"
+            | "/metrics"
+            | "/v1/sessions",
             method,
         ) => {
             let message = format!("{method} is not allowed on {path}");
@@ -342,7 +386,7 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
         }
         _ => {
             let message = format!(
-                "no route {path}; the bridge serves /v1/chat/completions, /v1/models, /v1/sessions, /metrics and /healthz"
+                "no route {path}; the bridge serves /v1/chat/completions, /v1/responses, /v1/models, /v1/sessions, /metrics and /healthz"
             );
             respond_error(request, &ApiError::new(404, "not_found", message));
         }
@@ -436,6 +480,7 @@ fn sessions_json(ctx: &HttpContext, page: &SessionsPage) -> serde_json::Value {
                 json!({
                     "key": key, "state": "absent", "pid": null, "claude_session": record.claude_session,
                     "workspace": record.workspace, "turns": record.turns, "queued_turns": 0, "last_used": record.last_used,
+                    "last_error": ctx.recent_errors.get(key),
                 })
             }
             (None, None) => serde_json::Value::Null,
@@ -554,11 +599,39 @@ pub fn respond_bytes(
     retry_after: Option<u64>,
     deadline: Duration,
 ) {
+    respond_bytes_with(
+        request,
+        status,
+        content_type,
+        body,
+        retry_after,
+        deadline,
+        &[],
+    );
+}
+
+/// `respond_bytes` with `extra` headers; the CORS headers for an allowed `Origin` are added.
+pub fn respond_bytes_with(
+    request: Request,
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+    retry_after: Option<u64>,
+    deadline: Duration,
+    extra: &[(&str, String)],
+) {
     let length = body.len();
     let mut headers = vec![
         Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
             .expect("ASCII content type"),
     ];
+    for (name, value) in cors::response_headers(&request)
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .chain(extra.iter().map(|(n, v)| (*n, v.as_str())))
+    {
+        headers.extend(cors::header(name, value));
+    }
     if let Some(seconds) = retry_after {
         headers.push(
             Header::from_bytes(&b"Retry-After"[..], seconds.to_string().as_bytes())

@@ -110,7 +110,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
     ))
 }
 
-/// The new turn is every message after the last `assistant`/`tool` message (docs/ARCHITECTURE.md §6.3):
+/// The new turn is every message after the last `assistant`/`tool` message (docs/HTTP_API.md §6.3):
 /// OpenClaw appends an internal-context user message after the real user text, so the last
 /// message alone is not the turn. Returns the text of each user message (the caller joins
 /// them with a blank line); system and developer messages are not part of the turn. Never
@@ -118,10 +118,22 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
 pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
     let mut roles = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
+        if !m.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "messages[{i}] must be an object with `role` and `content`, got {}",
+                json_kind(m)
+            )));
+        }
         let role = m
             .get("role")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::bad_request(format!("messages[{i}] needs a string `role`")))?;
+        if !KNOWN_ROLES.contains(&role) {
+            return Err(ApiError::bad_request(format!(
+                "messages[{i}].role is {role:?}; use one of {}",
+                KNOWN_ROLES.join(", ")
+            )));
+        }
         roles.push(role);
     }
     let start = new_turn_start(messages);
@@ -146,6 +158,28 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
     }
     Ok(parts)
 }
+
+/// "a string", "an array", … for error messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The message roles of OpenAI's chat API.
+pub const KNOWN_ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Index of the first message of the new turn: the one after the last `assistant`/`tool`
 /// message (0 when there is none). Everything before it is the conversation's history.
@@ -357,6 +391,18 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("messages[0]")
+        );
+        assert!(
+            turn(json!(["hi"]))
+                .unwrap_err()
+                .message
+                .contains("messages[0] must be an object")
+        );
+        assert!(
+            turn(json!([{"role": "bogus", "content": "x"}]))
+                .unwrap_err()
+                .message
+                .contains("messages[0].role is \"bogus\"")
         );
         assert!(
             turn(json!([{"role": "user", "content": 5}]))

@@ -30,8 +30,36 @@ impl SseStream {
         Self::start_with(request, "application/json")
     }
 
+    /// `start` with `extra` headers (printable ASCII values; others are left out).
+    pub fn start_with_headers(request: Request, extra: &[(&str, String)]) -> io::Result<Self> {
+        Self::start_inner(request, "text/event-stream", extra)
+    }
+
+    /// `start_json` with `extra` headers.
+    pub fn start_json_with_headers(request: Request, extra: &[(&str, String)]) -> io::Result<Self> {
+        Self::start_inner(request, "application/json", extra)
+    }
+
     fn start_with(request: Request, content_type: &str) -> io::Result<Self> {
+        Self::start_inner(request, content_type, &[])
+    }
+
+    fn start_inner(
+        request: Request,
+        content_type: &str,
+        extra: &[(&str, String)],
+    ) -> io::Result<Self> {
         let chunked = *request.http_version() >= HTTPVersion(1, 1);
+        let mut lines = String::new();
+        for (name, value) in super::cors::response_headers(&request)
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .chain(extra.iter().map(|(n, v)| (*n, v.as_str())))
+        {
+            if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                lines.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
         let mut writer = request.into_writer();
         let framing = if chunked {
             "Transfer-Encoding: chunked\r\n"
@@ -40,7 +68,7 @@ impl SseStream {
         };
         write!(
             writer,
-            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{lines}{framing}\r\n"
         )?;
         writer.flush()?;
         Ok(SseStream { writer, chunked })
@@ -55,6 +83,13 @@ impl SseStream {
             write!(self.writer, "data: {data}\n\n")?;
         }
         self.writer.flush()
+    }
+
+    /// Sends `event: <name>\ndata: <data>\n\n` (the Responses API names its events) and
+    /// flushes it.
+    pub fn named_event(&mut self, name: &str, data: &str) -> io::Result<()> {
+        let text = format!("event: {name}\ndata: {data}\n\n");
+        self.raw(text.as_bytes())
     }
 
     /// Sends `bytes` as they are (one chunk) and flushes them.

@@ -301,6 +301,17 @@ pub fn tool_calls_message(text: &str, calls: &[ToolCall]) -> Value {
     json!({"role": "assistant", "content": content, "tool_calls": tool_calls_json(calls)})
 }
 
+/// A `chat.completion` body whose message ends in `calls`: `tool_calls`, `content` the text
+/// before them or null, `finish_reason: "tool_calls"`.
+pub fn with_tool_calls(body: String, text: &str, calls: &[ToolCall]) -> String {
+    let mut value: Value = serde_json::from_str(&body).expect("bodies are JSON");
+    let message = tool_calls_message(text, calls);
+    value["choices"][0]["message"]["content"] = message["content"].clone();
+    value["choices"][0]["message"]["tool_calls"] = message["tool_calls"].clone();
+    value["choices"][0]["finish_reason"] = json!("tool_calls");
+    value.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,17 +1,19 @@
-//! Which conversation a request belongs to: the session key (docs/ARCHITECTURE.md §6.2).
+//! Which conversation a request belongs to: the session key (docs/HTTP_API.md §6.2).
 //!
-//! Resolution order, first found wins:
+//! Resolution order, first found wins, among the sources `session_key_sources` enables
+//! (`KEY_SOURCES`; by default all but `user`, which OpenAI defines as an end-user id):
 //! 1. header `X-Session-Key` (or `x-openclaw-session-key`), used as is;
 //! 2. headers `X-Agent-Id` + `X-Chat-Id` → `agent::chat`;
 //! 3. OpenClaw's affinity headers `x-session-affinity`, then `session_id`, then body
 //!    `prompt_cache_key`, each with a trailing `:<count>` removed (OpenClaw bumps that count
 //!    at each compaction of the same conversation);
-//! 4. body `user`, then body `metadata.session_key`;
+//! 4. body `user` (when enabled), then body `metadata.session_key`;
 //! 5. the `session=` value of OpenClaw's `Runtime:` line in the first user message;
-//! 6. conversation continuation (`conversation_match`, on by default), for clients that send
-//!    no id at all: a request whose history (every message before its new turn) hashes to
-//!    the chain a finished turn left behind continues that session; any other request starts
-//!    a new one (`conv-<uuid>`), as a stateless OpenAI client expects;
+//! 6. conversation matching (`conversation_match`, on by default), for clients that send no
+//!    id at all: an identical request body within `retry_grace` is a retry of that request's
+//!    session; else the conversation tree (`Continuations`): a history equal to a session's
+//!    latest unclaimed point continues it, one equal to an earlier point forks, any other
+//!    starts a new conversation (`conv-<uuid>`);
 //! 7. with `conversation_match` off, the configured fallback key (one shared conversation).
 //!
 //! Keys are opaque text. This module never turns a key into a path; whoever does must
@@ -20,6 +22,7 @@
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The resolved key and the rule that chose it (logged, and shown per session).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,69 +34,153 @@ pub struct SessionKey {
 /// Keys longer than this are refused (a header can carry 8 KiB; a key is a name, not data).
 pub const MAX_KEY_LEN: usize = 512;
 
+/// Every place a session key can come from, in the order they are tried (`session_key_sources`
+/// picks which are used; the order stays this one).
+pub const KEY_SOURCES: &[&str] = &[
+    "x-session-key",
+    "x-openclaw-session-key",
+    "x-agent-id+x-chat-id",
+    "x-session-affinity",
+    "session_id",
+    "prompt_cache_key",
+    "user",
+    "metadata.session_key",
+    "runtime_line",
+];
+
+/// The sources used unless configured: all but `user`, which OpenAI defines as an end-user
+/// id (one person's conversations are many conversations, not one).
+pub const DEFAULT_KEY_SOURCES: &[&str] = &[
+    "x-session-key",
+    "x-openclaw-session-key",
+    "x-agent-id+x-chat-id",
+    "x-session-affinity",
+    "session_id",
+    "prompt_cache_key",
+    "metadata.session_key",
+    "runtime_line",
+];
+
+/// Where the sources' rules end and conversation matching begins; sources that name a
+/// conversation matched by history rather than by an id the client sent.
+pub const MATCHED_SOURCES: &[&str] = &[
+    "conversation-continuation",
+    "conversation-fork",
+    "new-conversation",
+    "identical-request-retry",
+];
+
+/// Conversation matching for one request: the tree and the hash of the raw request body
+/// (an identical body within `retry_grace` is a retry; see `Continuations::retry_of`).
+pub struct Matching<'a> {
+    pub continuations: &'a Continuations,
+    pub body_hash: u64,
+    pub retry_grace: Duration,
+}
+
 /// `headers` are (lower-case name, value) pairs. A key that was given but cannot be used
 /// (over `MAX_KEY_LEN`, or holding NUL) is an error rather than a silent fall back to the
 /// shared key: two users must never end up in one conversation by accident.
-/// `continuations` is None when conversation matching is off.
+/// `continuations` is None when conversation matching is off. Uses `DEFAULT_KEY_SOURCES`.
 pub fn resolve(
     headers: &[(String, String)],
     body: &Value,
     fallback: &str,
     continuations: Option<&Continuations>,
 ) -> Result<SessionKey, String> {
+    let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.to_string().bytes());
+    let matching = continuations.map(|continuations| Matching {
+        continuations,
+        body_hash,
+        retry_grace: Duration::ZERO,
+    });
+    resolve_with(headers, body, fallback, matching, DEFAULT_KEY_SOURCES)
+}
+
+/// `resolve` with the configured `sources` (names from `KEY_SOURCES`). A request continuing a
+/// session by its history claims that session's latest point (see `Continuations::claim`);
+/// the caller holds a `ClaimGuard` until the turn ends.
+pub fn resolve_with<S: AsRef<str>>(
+    headers: &[(String, String)],
+    body: &Value,
+    fallback: &str,
+    matching: Option<Matching<'_>>,
+    sources: &[S],
+) -> Result<SessionKey, String> {
+    let enabled = |name: &str| sources.iter().any(|s| s.as_ref() == name);
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.trim())
             .filter(|v| !v.is_empty())
+            .filter(|_| enabled(name))
+    };
+    let body_text = |pointer: &str, source: &str| {
+        body.pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|v| !v.trim().is_empty())
+            .filter(|_| enabled(source))
     };
     let found = |key: String, source| Some(SessionKey { key, source });
     let chosen = if let Some(v) = header("x-session-key") {
         found(v.to_string(), "x-session-key")
     } else if let Some(v) = header("x-openclaw-session-key") {
         found(v.to_string(), "x-openclaw-session-key")
-    } else if let (Some(agent), Some(chat)) = (header("x-agent-id"), header("x-chat-id")) {
+    } else if let (Some(agent), Some(chat), true) = (
+        headers
+            .iter()
+            .find(|(n, _)| n == "x-agent-id")
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty()),
+        headers
+            .iter()
+            .find(|(n, _)| n == "x-chat-id")
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty()),
+        enabled("x-agent-id+x-chat-id"),
+    ) {
         found(format!("{agent}::{chat}"), "x-agent-id+x-chat-id")
     } else if let Some(v) = header("x-session-affinity") {
         found(strip_boundary_count(v).to_string(), "x-session-affinity")
     } else if let Some(v) = header("session_id") {
         found(strip_boundary_count(v).to_string(), "session_id")
-    } else if let Some(v) = body
-        .get("prompt_cache_key")
-        .and_then(Value::as_str)
-        .filter(|v| !v.trim().is_empty())
-    {
+    } else if let Some(v) = body_text("/prompt_cache_key", "prompt_cache_key") {
         found(
             strip_boundary_count(v.trim()).to_string(),
             "body.prompt_cache_key",
         )
-    } else if let Some(v) = body
-        .get("user")
-        .and_then(Value::as_str)
-        .filter(|v| !v.is_empty())
-    {
+    } else if let Some(v) = body_text("/user", "user") {
         found(v.to_string(), "body.user")
-    } else if let Some(v) = body
-        .pointer("/metadata/session_key")
-        .and_then(Value::as_str)
-        .filter(|v| !v.is_empty())
-    {
+    } else if let Some(v) = body_text("/metadata/session_key", "metadata.session_key") {
         found(v.to_string(), "body.metadata.session_key")
-    } else if let Some(v) = runtime_session(body) {
+    } else if let Some(v) = runtime_session(body).filter(|_| enabled("runtime_line")) {
         found(v, "openclaw-runtime-line")
-    } else if let Some(continuations) = continuations {
+    } else if let Some(Matching {
+        continuations,
+        body_hash,
+        retry_grace,
+    }) = matching
+    {
         let messages = body
             .get("messages")
             .and_then(Value::as_array)
             .map_or(&[][..], Vec::as_slice);
         let history = history_hash(messages);
-        match history.and_then(|h| continuations.lookup(h)) {
-            Some(key) => found(key, "conversation-continuation"),
-            None => found(
-                format!("conv-{}", uuid::Uuid::new_v4().simple()),
-                "new-conversation",
-            ),
+        if let Some(key) = continuations.retry_of(body_hash, retry_grace) {
+            found(key, "identical-request-retry")
+        } else {
+            match history.map(|h| continuations.claim(h)) {
+                Some(Claim::Continue(key)) => found(key, "conversation-continuation"),
+                Some(Claim::Fork { from }) => {
+                    let key = new_conversation_key();
+                    log::info!(
+                        "conversation {key:?} forks from an earlier point of {from:?} (an edited or regenerated turn, or a second branch)"
+                    );
+                    found(key, "conversation-fork")
+                }
+                Some(Claim::Unknown) | None => found(new_conversation_key(), "new-conversation"),
+            }
         }
     } else {
         None
@@ -112,6 +199,10 @@ pub fn resolve(
             source: "fallback",
         }),
     }
+}
+
+fn new_conversation_key() -> String {
+    format!("conv-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// The `session=` value of the `Runtime: agent=… | session=… | …` line OpenClaw puts in a
@@ -184,39 +275,250 @@ pub fn conversation_hash(hash: u64, messages: &[Value]) -> u64 {
     })
 }
 
-/// Chain hash → session key, for the most recent turns (bounded, oldest forgotten first).
+/// What a request's history is to the conversation tree (`Continuations::claim`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The latest, unclaimed point of this session: continue it (the point is now claimed).
+    Continue(String),
+    /// An earlier point of `from` (or its latest, already claimed by another request): the
+    /// request branches off; it gets a new conversation that starts from that history.
+    Fork { from: String },
+    /// No session left this history behind.
+    Unknown,
+}
+
+/// The conversation tree of the sessions found by history matching (docs/HTTP_API.md §6.2): every finished turn leaves a history point (the chain hash of the messages the
+/// client will send back, reply included). A request continues the session whose *latest*
+/// point its history equals, each point claimed by one request at most; a history equal to an
+/// earlier point (an edit, a regenerate, a second branch) forks. Bounded: beyond `capacity`
+/// points the least recently used sessions are forgotten (a request for one then starts a
+/// conversation with its history restored, as a fork does).
+///
+/// Also remembers recent requests by body hash, so a client's identical retry attaches to the
+/// turn it resent (`note_request` / `retry_of`).
 pub struct Continuations {
-    inner: Mutex<(HashMap<u64, String>, VecDeque<u64>)>,
+    inner: Mutex<Tree>,
     capacity: usize,
 }
+
+#[derive(Default)]
+struct Tree {
+    /// Point hash → sessions that have it (latest or earlier).
+    points: HashMap<u64, Vec<String>>,
+    sessions: HashMap<String, Branch>,
+    /// Sessions, least recently used first (stale entries skipped by `used`).
+    order: VecDeque<(String, u64)>,
+    total_points: usize,
+    next: u64,
+    /// Body hash → (session key, when its turn ended; None while running).
+    requests: HashMap<u64, (String, Option<Instant>)>,
+}
+
+struct Branch {
+    points: Vec<u64>,
+    /// A request continues from the latest point now.
+    claimed: bool,
+    /// Creation order: of two sessions at the same point, the older is continued first.
+    created: u64,
+    used: u64,
+}
+
+/// Requests remembered for retries at most (the oldest finished ones are dropped first).
+const MAX_REMEMBERED_REQUESTS: usize = 10_000;
 
 impl Continuations {
     pub fn new(capacity: usize) -> Self {
         Continuations {
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            inner: Mutex::new(Tree::default()),
             capacity,
         }
     }
 
+    /// The session whose latest, unclaimed point is `hash` (a query; claims nothing).
     pub fn lookup(&self, hash: u64) -> Option<String> {
-        crate::session::shared::lock(&self.inner)
-            .0
-            .get(&hash)
-            .cloned()
+        let tree = crate::session::shared::lock(&self.inner);
+        tree.latest_unclaimed(hash)
     }
 
-    /// Records that a request whose history hashes to `hash` continues `key`.
-    pub fn remember(&self, hash: u64, key: &str) {
-        let mut inner = crate::session::shared::lock(&self.inner);
-        let (map, order) = &mut *inner;
-        if map.insert(hash, key.to_string()).is_none() {
-            order.push_back(hash);
+    /// Where a request whose history hashes to `hash` belongs; `Continue` claims the point.
+    pub fn claim(&self, hash: u64) -> Claim {
+        let mut tree = crate::session::shared::lock(&self.inner);
+        if let Some(key) = tree.latest_unclaimed(hash) {
+            let used = tree.touch(&key);
+            let branch = tree.sessions.get_mut(&key).expect("found above");
+            branch.claimed = true;
+            branch.used = used;
+            return Claim::Continue(key);
         }
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        match tree.points.get(&hash).and_then(|keys| keys.first()) {
+            Some(from) => Claim::Fork { from: from.clone() },
+            None => Claim::Unknown,
+        }
+    }
+
+    /// Gives back a claim on `key`'s point `hash` whose turn ended without a reply (the point
+    /// is still the session's latest, so the next request with that history continues it).
+    pub fn release(&self, key: &str, hash: u64) {
+        let mut tree = crate::session::shared::lock(&self.inner);
+        if let Some(branch) = tree.sessions.get_mut(key)
+            && branch.points.last() == Some(&hash)
+        {
+            branch.claimed = false;
+        }
+    }
+
+    /// Records that `key`'s turn finished and left the history point `hash`: its new latest
+    /// point, unclaimed.
+    pub fn remember(&self, hash: u64, key: &str) {
+        let mut tree = crate::session::shared::lock(&self.inner);
+        let used = tree.touch(key);
+        let created = tree.next;
+        let branch = tree.sessions.entry(key.to_string()).or_insert(Branch {
+            points: Vec::new(),
+            claimed: false,
+            created,
+            used,
+        });
+        branch.claimed = false;
+        branch.used = used;
+        if branch.points.last() != Some(&hash) {
+            branch.points.push(hash);
+            tree.total_points += 1;
+            let keys = tree.points.entry(hash).or_default();
+            if !keys.iter().any(|k| k == key) {
+                keys.push(key.to_string());
             }
         }
+        while tree.total_points > self.capacity && tree.evict_one() {}
+    }
+
+    /// The session of a request with this body that is still running, or that ended less than
+    /// `retry_grace` ago (see `note_request`).
+    pub fn retry_of(&self, body_hash: u64, retry_grace: Duration) -> Option<String> {
+        let tree = crate::session::shared::lock(&self.inner);
+        tree.requests
+            .get(&body_hash)
+            .filter(|(_, ended)| ended.is_none_or(|at| at.elapsed() < retry_grace))
+            .map(|(key, _)| key.clone())
+    }
+
+    /// Remembers a request by its body hash until `retry_grace` after the returned guard is
+    /// dropped (when its turn ended).
+    pub fn note_request(
+        &self,
+        body_hash: u64,
+        key: &str,
+        retry_grace: Duration,
+    ) -> RequestNote<'_> {
+        let mut tree = crate::session::shared::lock(&self.inner);
+        let now = Instant::now();
+        tree.requests
+            .retain(|_, (_, ended)| ended.is_none_or(|at| now.duration_since(at) < retry_grace));
+        if tree.requests.len() >= MAX_REMEMBERED_REQUESTS
+            && let Some(oldest) = tree
+                .requests
+                .iter()
+                .filter_map(|(h, (_, ended))| ended.map(|at| (at, *h)))
+                .min()
+                .map(|(_, h)| h)
+        {
+            tree.requests.remove(&oldest);
+        }
+        tree.requests
+            .entry(body_hash)
+            .and_modify(|(_, ended)| *ended = None)
+            .or_insert_with(|| (key.to_string(), None));
+        RequestNote {
+            continuations: self,
+            body_hash,
+        }
+    }
+}
+
+/// Marks a remembered request's turn as ended when dropped (the request may then be retried
+/// for `retry_grace`).
+pub struct RequestNote<'a> {
+    continuations: &'a Continuations,
+    body_hash: u64,
+}
+
+impl Drop for RequestNote<'_> {
+    fn drop(&mut self) {
+        let mut tree = crate::session::shared::lock(&self.continuations.inner);
+        if let Some((_, ended)) = tree.requests.get_mut(&self.body_hash) {
+            *ended = Some(Instant::now());
+        }
+    }
+}
+
+/// A claim on a session's latest point, released when dropped unless the turn left a new
+/// point (`Continuations::remember` moved the session on, which makes the release a no-op).
+pub struct ClaimGuard<'a> {
+    continuations: &'a Continuations,
+    key: String,
+    hash: u64,
+}
+
+impl<'a> ClaimGuard<'a> {
+    pub fn new(continuations: &'a Continuations, key: &str, hash: u64) -> Self {
+        ClaimGuard {
+            continuations,
+            key: key.to_string(),
+            hash,
+        }
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        self.continuations.release(&self.key, self.hash);
+    }
+}
+
+impl Tree {
+    fn latest_unclaimed(&self, hash: u64) -> Option<String> {
+        self.points
+            .get(&hash)?
+            .iter()
+            .filter_map(|k| self.sessions.get(k).map(|b| (k, b)))
+            .filter(|(_, b)| b.points.last() == Some(&hash) && !b.claimed)
+            .min_by_key(|(_, b)| b.created)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// A fresh use stamp for `key`, queued for eviction order.
+    fn touch(&mut self, key: &str) -> u64 {
+        self.next += 1;
+        let stamp = self.next;
+        self.order.push_back((key.to_string(), stamp));
+        if self.order.len() > 4 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.order
+                .retain(|(k, s)| sessions.get(k).is_some_and(|b| b.used == *s) || *s == stamp);
+        }
+        stamp
+    }
+
+    /// Forgets the least recently used session; false when there is none.
+    fn evict_one(&mut self) -> bool {
+        while let Some((key, stamp)) = self.order.pop_front() {
+            let current = self.sessions.get(&key).map(|b| b.used);
+            if current != Some(stamp) {
+                continue;
+            }
+            let branch = self.sessions.remove(&key).expect("present");
+            self.total_points -= branch.points.len();
+            for point in branch.points {
+                if let Some(keys) = self.points.get_mut(&point) {
+                    keys.retain(|k| *k != key);
+                    if keys.is_empty() {
+                        self.points.remove(&point);
+                    }
+                }
+            }
+            return true;
+        }
+        false
     }
 }
 
@@ -300,8 +602,19 @@ mod tests {
     fn body_user_then_metadata_then_fallback() {
         assert_eq!(
             key(&[], json!({"user": "u1", "metadata": {"session_key": "m"}})).0,
-            "u1"
+            "m",
+            "`user` is OpenAI's end-user id, not a session key, unless configured"
         );
+        let with_user: Vec<&str> = KEY_SOURCES.to_vec();
+        let k = resolve_with(
+            &[],
+            &json!({"user": "u1", "metadata": {"session_key": "m"}}),
+            "d",
+            None,
+            &with_user,
+        )
+        .unwrap();
+        assert_eq!((k.key.as_str(), k.source), ("u1", "body.user"));
         assert_eq!(
             key(&[], json!({"metadata": {"session_key": "m"}})).1,
             "body.metadata.session_key"
@@ -319,7 +632,7 @@ mod tests {
         let err = resolve(&h(&[("x-session-key", &long)]), &json!({}), "d", None).unwrap_err();
         assert!(err.contains("longer than"), "{err}");
         assert!(
-            resolve(&[], &json!({"user": "a\0b"}), "d", None)
+            resolve(&[], &json!({"prompt_cache_key": "a\0b"}), "d", None)
                 .unwrap_err()
                 .contains("NUL")
         );
@@ -429,5 +742,68 @@ mod tests {
         }
         assert_eq!(c.lookup(0), None);
         assert_eq!(c.lookup(2).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn the_tree_continues_each_latest_point_once_and_forks_from_earlier_ones() {
+        let c = Continuations::new(100);
+        // Two sessions with the same history point.
+        c.remember(10, "s1");
+        c.remember(10, "s2");
+        assert_eq!(
+            c.claim(10),
+            Claim::Continue("s1".into()),
+            "the older one first"
+        );
+        assert_eq!(c.claim(10), Claim::Continue("s2".into()));
+        assert_eq!(
+            c.claim(10),
+            Claim::Fork { from: "s1".into() },
+            "both claimed"
+        );
+        // A failed turn gives its claim back.
+        c.release("s2", 10);
+        assert_eq!(c.claim(10), Claim::Continue("s2".into()));
+        // s1 moves on: its old point is an earlier one now.
+        c.remember(11, "s1");
+        c.release("s1", 10);
+        assert_eq!(c.lookup(11).as_deref(), Some("s1"));
+        assert!(matches!(c.claim(10), Claim::Fork { .. }));
+        assert_eq!(c.claim(99), Claim::Unknown);
+    }
+
+    #[test]
+    fn identical_requests_are_retries_while_running_and_within_the_grace() {
+        let c = Continuations::new(10);
+        let grace = Duration::from_secs(60);
+        let note = c.note_request(7, "k", grace);
+        assert_eq!(c.retry_of(7, grace).as_deref(), Some("k"), "running");
+        drop(note);
+        assert_eq!(
+            c.retry_of(7, grace).as_deref(),
+            Some("k"),
+            "within the grace"
+        );
+        assert_eq!(c.retry_of(7, Duration::ZERO), None, "after it");
+        assert_eq!(c.retry_of(8, grace), None);
+        let body = json!({"messages": [{"role": "user", "content": "x"}]});
+        let hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, b"same".iter().copied());
+        let _n = c.note_request(hash, "conv-a", grace);
+        let k = resolve_with(
+            &[],
+            &body,
+            "d",
+            Some(Matching {
+                continuations: &c,
+                body_hash: hash,
+                retry_grace: grace,
+            }),
+            DEFAULT_KEY_SOURCES,
+        )
+        .unwrap();
+        assert_eq!(
+            (k.key.as_str(), k.source),
+            ("conv-a", "identical-request-retry")
+        );
     }
 }

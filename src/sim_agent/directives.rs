@@ -6,8 +6,8 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`, `drop_all` or
-//! `tool=NAME` (call the client tool NAME; several `tool=` items are parallel calls). Later items win
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`, `drop_all`,
+//! `json_next` or `tool=NAME` (call the client tool NAME; several `tool=` items are parallel calls). Later items win
 //! for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub struct Directives {
     /// Client tools to call (in parallel, after the progress replies); their results are
     /// quoted in the final reply.
     pub tools: Vec<String>,
+    /// The next turn replies with this turn's last line starting with `{` (see turns.rs).
+    pub json_next: bool,
 }
 
 /// Largest `progress` honoured (a typo must not turn into a million tool calls).
@@ -97,6 +99,7 @@ impl Directives {
             ("hang", None) => self.hang = true,
             ("stray", None) => self.stray = true,
             ("tool", Some(name)) if !name.is_empty() => self.tools.push(name.to_string()),
+            ("json_next", None) => self.json_next = true,
             // Acted on when the notification arrives (see turns.rs), not part of the plan.
             ("drop_first" | "drop_all", None) => {}
             _ => return Err(format!("unknown directive `{item}`")),

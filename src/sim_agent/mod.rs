@@ -223,6 +223,7 @@ pub fn run(argv: Vec<String>) -> u8 {
         tool_calls: 0,
         listed_tools: Vec::new(),
         listing: None,
+        json_next: None,
     };
     let ending = conversation.run(start.stdin);
     if let Some(mcp) = conversation.mcp.take() {

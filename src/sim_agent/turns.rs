@@ -65,6 +65,8 @@ pub struct Conversation<'a> {
     pub listed_tools: Vec<String>,
     /// The `tools/list` request in flight, if any.
     pub listing: Option<u64>,
+    /// `[sim:json_next]`: the JSON line the next turn replies with instead of its echo.
+    pub json_next: Option<String>,
 }
 
 /// A channel notification waiting to be processed.
@@ -256,9 +258,27 @@ impl Conversation<'_> {
             return Some(code);
         }
         self.screen.line("✻ Working…");
+        // `[sim:json_next]`: this turn echoes (prose); the next one answers with the last line
+        // of this turn that is a JSON object (a model that only gets the format right when
+        // asked again).
+        let reply = self
+            .json_next
+            .take()
+            .unwrap_or_else(|| incoming.content.clone());
+        if directives.json_next {
+            self.json_next = incoming
+                .content
+                .lines()
+                .rev()
+                .find(|l| {
+                    l.trim_start().starts_with('{')
+                        && serde_json::from_str::<serde_json::Value>(l).is_ok()
+                })
+                .map(|l| l.trim().to_string());
+        }
         self.current = Some(Turn {
             turn_id: incoming.turn_id,
-            steps: directives.plan(&incoming.content).into(),
+            steps: directives.plan(&reply).into(),
             wait: Wait::Ready,
             last_reply: None,
             tool_results: Vec::new(),
