@@ -207,6 +207,30 @@ fn check_claude(report: &mut Report, config: &Config) {
             "start `claude` once while online and logged in",
         );
     }
+    check_permission_relay(report, config, &state);
+}
+
+/// Claude Code relays tool-permission prompts to the bridge only with this flag (2.1.331);
+/// without it a prompt fails the turn (docs/ARCHITECTURE.md "Permission relay").
+fn check_permission_relay(report: &mut Report, config: &Config, state: &serde_json::Value) {
+    use crate::session::pending::PermissionRelay;
+    if config.permission_relay == PermissionRelay::Off
+        || config.permission_mode == "bypassPermissions"
+    {
+        return;
+    }
+    if state["cachedGrowthBookFeatures"]["tengu_harbor_permissions"] == true {
+        report.pass(
+            "permission relay",
+            "claude relays tool-permission questions to the chat (tengu_harbor_permissions is on)",
+        );
+    } else {
+        report.warn(
+            "permission relay",
+            "claude has not cached the tengu_harbor_permissions flag: it will not relay tool-permission questions, and a turn that needs one fails after 5 s",
+            "allow the tools Claude needs in the workspace's .claude/settings.json permissions.allow, or choose permission_mode acceptEdits; the relay works once Claude Code has the flag",
+        );
+    }
 }
 
 fn check_ports(report: &mut Report, config: &Config) {

@@ -354,3 +354,69 @@ fn a_new_message_instead_of_results_fails_the_calls_and_runs_as_the_next_turn() 
     assert!(text.contains("A new message arrived"), "{text}");
     assert!(text.contains("never mind"), "{text}");
 }
+
+/// One Claude turn that calls a client tool and then asks for a permission: the first
+/// response ends with `tool_calls`, the one carrying the result ends with the permission
+/// question (`synthesis_pending`, finish `stop`), and `yes <id>` gets the final reply, which
+/// shows both answers reached the same turn.
+#[test]
+fn a_tool_call_then_a_permission_question_in_one_turn() {
+    let bridge = Bridge::demo().start();
+    let user = json!({"role": "user", "content": "check [sim:tool=get_weather,ask=Bash]"});
+    let first =
+        json!({"model": "m", "stream": true, "tools": [tool("get_weather")], "messages": [user]});
+    let (_, events) = stream_body(bridge.http, "mix", &first.to_string());
+    let first_chunks = chunks(&events);
+    let calls = streamed_calls(&first_chunks);
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(finish_reason(&first_chunks), "tool_calls");
+    assert!(
+        first_chunks
+            .iter()
+            .all(|c| c.get("synthesis_pending").is_none()),
+        "tool calls only: {events:?}"
+    );
+
+    let mut messages = answering(
+        std::slice::from_ref(&user),
+        Value::Null,
+        &calls,
+        &[("sunny", false)],
+    );
+    let second =
+        json!({"model": "m", "stream": true, "tools": [tool("get_weather")], "messages": messages});
+    let (_, events) = stream_body(bridge.http, "mix", &second.to_string());
+    let second_chunks = chunks(&events);
+    assert_eq!(finish_reason(&second_chunks), "stop", "{events:?}");
+    assert!(streamed_calls(&second_chunks).is_empty(), "{events:?}");
+    let question = streamed_text(&events);
+    assert!(
+        question.contains("Claude wants to run **Bash**"),
+        "{question}"
+    );
+    let pending: Vec<Value> = second_chunks
+        .iter()
+        .filter_map(|c| c.get("synthesis_pending").and_then(Value::as_array))
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(pending.len(), 1, "{events:?}");
+    assert_eq!(pending[0]["kind"], "permission");
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+
+    messages.push(json!({"role": "assistant", "content": question}));
+    messages.push(json!({"role": "user", "content": format!("yes {id}")}));
+    let third = json!({"model": "m", "tools": [tool("get_weather")], "messages": messages});
+    let response = post(bridge.http, Some("mix"), &third);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let text = response.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("[tool get_weather said: sunny]") && text.contains("(Bash: allowed)"),
+        "{text}\nlog:\n{}",
+        bridge.log()
+    );
+    assert_eq!(bridge.log().matches("spawned pid").count(), 1);
+}

@@ -109,3 +109,24 @@ fn the_probe_sends_one_turn_through_the_whole_bridge() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("PASS  probe: one turn answered"), "{out}");
 }
+
+#[test]
+fn doctor_warns_when_claude_will_not_relay_permission_questions() {
+    let dir = TempDir::new("doctor-no-relay");
+    seed_claude_config(&dir, FAKE_KEY);
+    let state_file = dir.path().join("home/.claude/.claude.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["cachedGrowthBookFeatures"]["tengu_harbor_permissions"] = false.into();
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let claude = fake_claude(&dir, "2.1.331");
+    let (code, out) = doctor(&dir, &["--claude-bin", &claude]);
+    assert_eq!(code, 0, "a warning, not a failure: {out}");
+    assert!(out.contains("WARN  permission relay"), "{out}");
+    assert!(out.contains("permissions.allow"), "{out}");
+    let (_, out) = doctor(
+        &dir,
+        &["--claude-bin", &claude, "--permission-relay", "off"],
+    );
+    assert!(!out.contains("permission relay"), "{out}");
+}

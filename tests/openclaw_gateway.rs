@@ -206,3 +206,39 @@ fn openclaw_runs_the_tool_claude_calls_and_claude_gets_its_result() {
     );
     eprintln!("OpenClaw's reply with the tool result: {reply}");
 }
+
+#[test]
+fn a_permission_question_is_answered_through_openclaw() {
+    let Some((node, cli)) = tools() else { return };
+    let bridge = Bridge::demo()
+        .arg("--api-key", API_KEY)
+        .arg("--heartbeat-interval", "1s")
+        .start();
+    let gateway = Gateway::new(node, cli, &bridge, 30);
+    let question = gateway.turn("perm", "run the tests [sim:ask=Bash]");
+    assert!(
+        question.contains("Claude wants to run **Bash**"),
+        "{question}\nlog:\n{}",
+        bridge.log()
+    );
+    let id = question
+        .split("`yes ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no id in {question}"))
+        .to_string();
+    assert_eq!(sessions(&bridge)[0]["state"], "suspended");
+    let rest = gateway.turn("perm", &format!("yes {id}"));
+    assert!(
+        rest.contains("(Bash: allowed)"),
+        "{rest}\nlog:\n{}",
+        bridge.log()
+    );
+    let all = sessions(&bridge);
+    assert_eq!(
+        all.len(),
+        1,
+        "the answer continued the same session: {all:?}"
+    );
+    assert_eq!(bridge.log().matches("spawned pid").count(), 1);
+}

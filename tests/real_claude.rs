@@ -365,6 +365,166 @@ fn parallel_client_tool_calls_of_the_real_claude_come_back_together() {
     );
 }
 
+/// The short id of the question a stream ended with (its `synthesis_pending` field).
+fn question_id(events: &[(std::time::Instant, String)]) -> Option<String> {
+    events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v["synthesis_pending"][0]["id"].as_str().map(String::from))
+}
+
+#[test]
+fn a_bash_permission_question_reaches_the_chat_yes_runs_it_and_no_does_not() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-permission");
+    // The seed caches tengu_harbor_permissions too: Claude 2.1.331 relays permission prompts
+    // to a channel only with it (docs/ARCHITECTURE.md "Permission relay").
+    seed_claude_config(&dir, FAKE_KEY);
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    let channel_log = dir.path().join("channel.log");
+    let bridge = Bridge::real(&claude)
+        .dir(dir)
+        .marker(&marker)
+        .arg("--workspace", workspace.to_str().unwrap())
+        .arg("--ready-timeout", "60s")
+        .arg("--heartbeat-interval", "5s")
+        .arg("--turn-timeout", "25s")
+        .env("SYNTHESIS_CHANNEL_LOG", channel_log.to_str().unwrap())
+        .env("ANTHROPIC_BASE_URL", &format!("http://{}", api.addr))
+        .env("ANTHROPIC_API_KEY", FAKE_KEY)
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
+        .start();
+    let diagnose = || {
+        format!(
+            "bridge log:\n{}\nchannel log:\n{}\nmodel requests: {}; the last one's last messages:\n{}",
+            bridge.log(),
+            std::fs::read_to_string(&channel_log).unwrap_or_default(),
+            api.requests().len(),
+            api.requests()
+                .last()
+                .map(|r| {
+                    let m = r["messages"].as_array().cloned().unwrap_or_default();
+                    serde_json::to_string(&m[m.len().saturating_sub(2)..]).unwrap()
+                })
+                .unwrap_or_default()
+        )
+    };
+
+    // Allowed: the question ends the first response; `yes <id>` gets the rest of the turn.
+    let (response, events) = stream_chat(
+        bridge.http,
+        "perm-yes",
+        "RUN_BASH: echo relayed > proof.txt",
+    );
+    assert_eq!(response.status, 200);
+    let question = streamed_text(&events);
+    assert!(
+        question.contains("Claude wants to run **Bash**") && question.contains("proof.txt"),
+        "{question}\n{}",
+        diagnose()
+    );
+    let id = question_id(&events).expect("the question carries its id");
+    assert!(question.contains(&format!("yes {id}")), "{question}");
+    assert!(
+        !workspace.join("proof.txt").exists(),
+        "not before the answer"
+    );
+    let answered = std::time::Instant::now();
+    let (response, events) = stream_chat(bridge.http, "perm-yes", &format!("yes {id}"));
+    eprintln!(
+        "yes {id}: the rest of the turn took {:?}",
+        answered.elapsed()
+    );
+    assert_eq!(response.status, 200);
+    let rest = streamed_text(&events);
+    assert!(
+        rest.starts_with("bash result:"),
+        "{rest}\nlog:\n{}",
+        bridge.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("proof.txt")).unwrap_or_default(),
+        "relayed\n"
+    );
+
+    // Denied: the command never runs; Claude goes on with the turn and answers.
+    let (_, events) = stream_chat(
+        bridge.http,
+        "perm-no",
+        "RUN_BASH: echo relayed > denied.txt",
+    );
+    let id = question_id(&events).unwrap_or_else(|| {
+        panic!(
+            "no question: {}\nlog:\n{}",
+            streamed_text(&events),
+            bridge.log()
+        )
+    });
+    let (response, events) = stream_chat(bridge.http, "perm-no", &format!("no {id}"));
+    assert_eq!(response.status, 200);
+    let rest = streamed_text(&events);
+    assert!(
+        rest.starts_with("bash result:"),
+        "{rest}\nlog:\n{}",
+        bridge.log()
+    );
+    assert!(!workspace.join("denied.txt").exists(), "{rest}");
+    eprintln!("denied tool result as Claude reported it: {rest}");
+    let log = std::fs::read_to_string(&channel_log).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("permission") || l.contains("Permission"))
+    {
+        eprintln!("channel: {line}");
+    }
+}
+
+#[test]
+fn without_the_relay_flag_a_permission_prompt_fails_the_turn_instead_of_stalling() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-unrelayed");
+    seed_claude_config(&dir, FAKE_KEY);
+    // Without tengu_harbor_permissions Claude keeps the prompt on its terminal.
+    let state_file = dir.path().join("home/.claude/.claude.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["cachedGrowthBookFeatures"]["tengu_harbor_permissions"] = false.into();
+    std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let workspace = dir.path().join("workspace").canonicalize().unwrap();
+    let bridge = start(&claude, &api, dir, &marker);
+    let started = std::time::Instant::now();
+    let (response, events) = stream_chat(
+        bridge.http,
+        "unrelayed",
+        "RUN_BASH: echo relayed > stalled.txt",
+    );
+    let waited = started.elapsed();
+    assert_eq!(response.status, 200);
+    let error = stream_error(&events).unwrap_or_else(|| {
+        panic!(
+            "no error: {}\nlog:\n{}",
+            streamed_text(&events),
+            bridge.log()
+        )
+    });
+    assert_eq!(error["code"], "permission_relay_off", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("tengu_harbor_permissions"),
+        "{error}"
+    );
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    assert!(!workspace.join("stalled.txt").exists());
+    eprintln!("unrelayed prompt failed the turn after {waited:?}");
+}
+
 /// Issue #15: a stateless client (no session id) edits its second message. The bridge forks:
 /// a new Claude conversation whose model request holds exactly the branch point's context
 /// (the first exchange) and the edited message, never the abandoned second and third turns.

@@ -2,10 +2,12 @@
 //! messages to write and the frames to forward out.
 //!
 //! This file owns the channel contract with Claude Code (docs/ARCHITECTURE.md §8, §9.5): the legacy revision
-//! negotiation (`server/discover` → -32601, then `initialize`), the `claude/channel`
-//! capability, the `reply` tool, the client's tools (docs/CLIENT_TOOLS.md: listed next to
-//! `reply`, `notifications/tools/list_changed` when they change, a call forwarded as a
-//! `client_tool_call`), and the shape of `notifications/claude/channel`. It must
+//! negotiation (`server/discover` → -32601, then `initialize`), the `claude/channel` and
+//! `claude/channel/permission` capabilities, the `reply` tool, the client's tools
+//! (docs/CLIENT_TOOLS.md: listed next to `reply`, `notifications/tools/list_changed` when
+//! they change, a call forwarded as a `client_tool_call`), the shape of
+//! `notifications/claude/channel`, and the permission relay (Claude's
+//! `notifications/claude/channel/permission_request` in, `.../permission` out). It must
 //! never do I/O (no stdin, stdout, sockets or clocks), so every rule here is unit-tested
 //! without a process; `mod.rs` does the I/O.
 
@@ -73,6 +75,8 @@ pub enum Output {
         name: String,
         arguments: String,
     },
+    /// Forward `frame` to the bridge; nothing answers it here (a permission request).
+    Notify(ChannelFrame),
 }
 
 /// Handles one input line (already split and size-checked).
@@ -123,17 +127,24 @@ pub fn handle_message(state: &mut State, message: &Value) -> Vec<Output> {
     };
     let params = object.get("params").unwrap_or(&Value::Null);
     match id {
-        None => handle_notification(state, method),
+        None => handle_notification(state, method, params),
         Some(id) => handle_request(state, id, method, params),
     }
 }
 
-fn handle_notification(state: &mut State, method: &str) -> Vec<Output> {
+fn handle_notification(state: &mut State, method: &str, params: &Value) -> Vec<Output> {
     match method {
         "notifications/initialized" if !state.initialized => {
             state.initialized = true;
             vec![Output::Initialized]
         }
+        PERMISSION_REQUEST => match permission_request(params) {
+            Some(frame) => vec![Output::Notify(frame)],
+            None => {
+                log::warn!("{PERMISSION_REQUEST} without a request_id ignored: {params}");
+                vec![]
+            }
+        },
         other => {
             log::debug!("ignoring notification {other}");
             vec![]
@@ -162,6 +173,28 @@ fn handle_request(state: &mut State, id: Value, method: &str, params: &Value) ->
     vec![Output::Send(out)]
 }
 
+/// Claude asks the channel whether a tool may run (sent when it shows a permission prompt).
+pub const PERMISSION_REQUEST: &str = "notifications/claude/channel/permission_request";
+
+/// The frame for a permission request's params `{request_id, tool_name, description,
+/// input_preview}`; None without a request id (nothing could answer it).
+fn permission_request(params: &Value) -> Option<ChannelFrame> {
+    let text = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let request_id = text("request_id");
+    (!request_id.is_empty()).then(|| ChannelFrame::PermissionRequest {
+        request_id,
+        tool_name: text("tool_name"),
+        description: text("description"),
+        input_preview: text("input_preview"),
+    })
+}
+
 fn initialize_result(params: &Value) -> Value {
     let requested = params
         .get("protocolVersion")
@@ -175,7 +208,7 @@ fn initialize_result(params: &Value) -> Value {
     json!({
         "protocolVersion": version,
         "capabilities": {
-            "experimental": { "claude/channel": {} },
+            "experimental": { "claude/channel": {}, "claude/channel/permission": {} },
             // Claude re-lists the tools after `notifications/tools/list_changed`
             // (docs/CLIENT_TOOLS.md has the evidence).
             "tools": { "listChanged": true },
@@ -467,6 +500,10 @@ mod tests {
         );
         assert_eq!(r["capabilities"]["tools"], json!({"listChanged": true}));
         assert_eq!(
+            r["capabilities"]["experimental"]["claude/channel/permission"],
+            json!({})
+        );
+        assert_eq!(
             r["serverInfo"],
             json!({"name": "synthesis", "version": env!("CARGO_PKG_VERSION")})
         );
@@ -691,6 +728,36 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("unreachable")
+        );
+    }
+
+    #[test]
+    fn a_permission_request_is_forwarded_and_a_verdict_becomes_the_permission_notification() {
+        let mut s = State::default();
+        let out = handle_message(
+            &mut s,
+            &json!({"jsonrpc": "2.0", "method": PERMISSION_REQUEST, "params": {
+                "request_id": "abc", "tool_name": "Bash", "description": "Write a file",
+                "input_preview": "{\"command\":\"echo hi > f\"}"}}),
+        );
+        assert_eq!(
+            out,
+            vec![Output::Notify(ChannelFrame::PermissionRequest {
+                request_id: "abc".into(),
+                tool_name: "Bash".into(),
+                description: "Write a file".into(),
+                input_preview: "{\"command\":\"echo hi > f\"}".into(),
+            })]
+        );
+        let none = handle_message(
+            &mut s,
+            &json!({"jsonrpc": "2.0", "method": PERMISSION_REQUEST, "params": {}}),
+        );
+        assert!(none.is_empty());
+        assert_eq!(
+            permission_verdict("abc", "allow"),
+            json!({"jsonrpc": "2.0", "method": "notifications/claude/channel/permission",
+                   "params": {"request_id": "abc", "behavior": "allow"}})
         );
     }
 }

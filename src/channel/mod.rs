@@ -369,12 +369,28 @@ impl Server {
                     Some(message) => message,
                     None => continue,
                 },
+                Output::Notify(frame) => {
+                    self.notify(&frame);
+                    continue;
+                }
             };
             if let Some(end) = self.emit(&message) {
                 return Some(end);
             }
         }
         None
+    }
+
+    /// Sends a frame nothing answers here (a permission request: the bridge's verdict comes
+    /// back as a `permission_verdict` frame). Without a bridge, Claude's terminal prompt stays.
+    fn notify(&mut self, frame: &ChannelFrame) {
+        let Link::Connected(link) = &mut self.link else {
+            return log::warn!("{frame:?} while the bridge is not connected; not forwarded");
+        };
+        match link.send(frame) {
+            Ok(()) => log::info!("→ bridge: {frame:?}"),
+            Err(e) => log::error!("forwarding {frame:?} to the bridge failed: {e}"),
+        }
     }
 
     /// Sends a reply frame; the answer to the tool call says whether it went out.

@@ -290,6 +290,30 @@ fn client_tools_policy_and_result_timeout() {
 }
 
 #[test]
+fn permission_relay_and_permission_timeout_have_defaults_and_are_checked() {
+    use crate::session::pending::PermissionRelay;
+    let c = run(&[], &[]).unwrap();
+    assert_eq!(c.permission_relay, PermissionRelay::Chat);
+    assert_eq!(c.permission_timeout, Duration::from_secs(600));
+    let c = run(
+        &["--permission-relay", "deny", "--permission-timeout", "90s"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.permission_relay, PermissionRelay::Deny);
+    assert_eq!(c.permission_timeout, Duration::from_secs(90));
+    let c = run(&[], &[("SYNTHESIS_PERMISSION_RELAY", "off")]).unwrap();
+    assert_eq!(c.permission_relay, PermissionRelay::Off);
+    let err = run(&["--permission-relay", "ask"], &[]).unwrap_err();
+    assert!(
+        err.contains("--permission-relay") && err.contains("chat, deny or off"),
+        "{err}"
+    );
+    let err = run(&["--permission-timeout", "0"], &[]).unwrap_err();
+    assert!(err.contains("permission_timeout"), "{err}");
+}
+
+#[test]
 fn session_key_sources_and_cors_origins_parse_and_name_bad_values() {
     let c = run(&[], &[]).unwrap();
     assert!(!c.session_key_sources.iter().any(|s| s == "user"));

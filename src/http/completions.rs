@@ -254,6 +254,45 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     }
 }
 
+/// Answers `request` with the events of `turn` (an answer to a suspended turn's question, from
+/// `permissions.rs`), streamed or whole as `chat` asks, with no request parameters and no
+/// conversation point to record.
+pub(super) fn respond_turn(
+    request: Request,
+    ctx: &Arc<HttpContext>,
+    chat: &ChatRequest,
+    turn: SubmittedTurn,
+    key: &str,
+) {
+    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
+    let completion = Completion::new(&model);
+    let params = Params::default();
+    let mut settle = |_: Option<&str>| {};
+    if chat.stream {
+        stream(
+            request,
+            ctx,
+            chat,
+            &params,
+            &completion,
+            turn,
+            key,
+            &mut settle,
+        );
+    } else {
+        respond_whole(
+            request,
+            ctx,
+            chat,
+            &params,
+            &completion,
+            turn,
+            key,
+            &mut settle,
+        );
+    }
+}
+
 /// The request's headers as (lower-case name, value) pairs.
 pub fn lower_case_headers(request: &Request) -> Vec<(String, String)> {
     request

@@ -13,6 +13,7 @@ pub mod cors;
 pub mod openai;
 pub mod openclaw;
 pub mod params;
+pub mod permissions;
 pub mod responses;
 pub mod sse;
 pub mod tools;
@@ -360,6 +361,12 @@ fn route(request: Request, ctx: &Arc<HttpContext>) {
                 deadline,
             );
         }
+        (p, Method::Post) if p.starts_with("/v1/sessions/") && p.contains("/permissions/") => {
+            let rest = &p["/v1/sessions/".len()..];
+            let (key, id) = rest.rsplit_once("/permissions/").unwrap_or((rest, ""));
+            let (key, id) = (percent_decode(key), percent_decode(id));
+            permissions::handle(request, ctx.clone(), key, id)
+        }
         (p, Method::Delete) if p.starts_with("/v1/sessions/") => {
             let key = percent_decode(&p["/v1/sessions/".len()..]);
             match ctx.registry.stop_session(&key) {
@@ -473,6 +480,7 @@ fn sessions_json(ctx: &HttpContext, page: &SessionsPage) -> serde_json::Value {
                     "claude_session": s.info.claude_session, "workspace": s.info.workspace,
                     "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
                     "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
+                    "pending": s.info.pending,
                 })
             }
             (None, Some(i)) => {

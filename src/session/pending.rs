@@ -178,7 +178,7 @@ pub fn question_text(pending: &[Pending]) -> String {
                 ..
             } => {
                 let mut text = format!("Claude wants to run **{tool_name}**");
-                let preview = one_line(input_preview, 300);
+                let preview = one_line(&readable_preview(input_preview), 300);
                 if !preview.is_empty() {
                     text.push_str(&format!(": `{preview}`"));
                 }
@@ -196,6 +196,18 @@ pub fn question_text(pending: &[Pending]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n\n")
+}
+
+/// Claude's `input_preview` is the tool input as JSON (`{ "command": "npm test", ... }`); a
+/// person reads the command or the file better than the JSON.
+fn readable_preview(preview: &str) -> String {
+    let Ok(serde_json::Value::Object(input)) = serde_json::from_str(preview) else {
+        return preview.to_string();
+    };
+    ["command", "file_path", "path", "url", "pattern"]
+        .iter()
+        .find_map(|key| input.get(*key).and_then(|v| v.as_str()))
+        .map_or_else(|| preview.to_string(), String::from)
 }
 
 /// `text` on one line, without backticks (they would end the code span), cut at `max` chars.
@@ -278,6 +290,20 @@ mod tests {
         assert_eq!(
             text,
             "Claude wants to run **Bash**: `npm test` (runs the test suite). Reply `yes kqwfz` to allow or `no kqwfz` to deny."
+        );
+        let json_preview = Pending {
+            id: "kqwfz".into(),
+            kind: PendingKind::Permission {
+                request_id: "r1".into(),
+                tool_name: "Bash".into(),
+                description: "Write it".into(),
+                input_preview:
+                    r#"{ "command": "echo relayed > proof.txt", "description": "Write it" }"#.into(),
+            },
+        };
+        assert!(
+            question_text(&[json_preview]).contains(": `echo relayed > proof.txt` ("),
+            "the command, not the JSON"
         );
         let two = question_text(&[permission("abcde"), permission("fghjk")]);
         assert!(

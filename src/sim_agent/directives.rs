@@ -6,9 +6,11 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`, `drop_all`,
-//! `json_next` or `tool=NAME` (call the client tool NAME; several `tool=` items are parallel calls). Later items win
-//! for numbers; flags only ever switch on. Unknown or malformed items are reported, not fatal.
+//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
+//! `drop_all`, `json_next`, `tool=NAME` (call the client tool NAME; several `tool=` items are
+//! parallel calls) or `ask=<tool>` (a permission prompt for that tool, relayed to the channel
+//! as Claude does; repeat it for several). Later items win for numbers; flags only ever
+//! switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
 
@@ -33,6 +35,9 @@ pub struct Directives {
     /// Client tools to call (in parallel, after the progress replies); their results are
     /// quoted in the final reply.
     pub tools: Vec<String>,
+    /// Permission prompts (tool names) shown one after the other after the progress replies
+    /// and before the final one, each relayed as `permission_request` and waited on.
+    pub ask: Vec<String>,
     /// The next turn replies with this turn's last line starting with `{` (see turns.rs).
     pub json_next: bool,
 }
@@ -54,6 +59,10 @@ pub enum Step {
     StrayReply,
     /// Call these client tools at once and wait for every result.
     CallTools(Vec<String>),
+    /// A permission prompt for `tool`: wait for the channel's verdict (or a key).
+    Ask {
+        tool: String,
+    },
 }
 
 impl Directives {
@@ -99,6 +108,9 @@ impl Directives {
             ("hang", None) => self.hang = true,
             ("stray", None) => self.stray = true,
             ("tool", Some(name)) if !name.is_empty() => self.tools.push(name.to_string()),
+            ("ask", Some(tool)) if !tool.is_empty() && self.ask.len() < 10 => {
+                self.ask.push(tool.to_string())
+            }
             ("json_next", None) => self.json_next = true,
             // Acted on when the notification arrives (see turns.rs), not part of the plan.
             ("drop_first" | "drop_all", None) => {}
@@ -130,6 +142,9 @@ impl Directives {
             if !self.tools.is_empty() {
                 steps.push(Step::CallTools(self.tools.clone()));
             }
+        }
+        steps.extend(self.ask.iter().map(|tool| Step::Ask { tool: tool.clone() }));
+        if !self.no_reply {
             if !self.no_final {
                 reply(&mut steps, content.to_string(), true);
             } else if self.progress == 0 {
@@ -192,6 +207,32 @@ mod tests {
         );
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert_eq!(parse("[sim:progress=99999]").0.progress, MAX_PROGRESS);
+    }
+
+    #[test]
+    fn asks_come_after_the_progress_and_before_the_final_reply() {
+        let text = "x [sim:progress=1,ask=Bash,ask=Write]";
+        let (d, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            d.plan(text),
+            vec![
+                Step::Reply {
+                    text: "progress 1/1".into(),
+                    is_final: false
+                },
+                Step::Ask {
+                    tool: "Bash".into()
+                },
+                Step::Ask {
+                    tool: "Write".into()
+                },
+                Step::Reply {
+                    text: text.into(),
+                    is_final: true
+                },
+            ]
+        );
     }
 
     #[test]

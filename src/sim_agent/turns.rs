@@ -85,6 +85,8 @@ pub struct Turn {
     last_reply: Option<String>,
     /// What `[sim:tool=…]` calls returned, quoted in the final reply.
     tool_results: Vec<String>,
+    /// How each `[sim:ask]` prompt was answered (`Bash: allowed`), told in the final reply.
+    verdicts: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -102,12 +104,28 @@ enum Wait {
         text: String,
         is_final: bool,
     },
+    /// `[sim:ask]`: a tool permission prompt is on screen and relayed to the channel as
+    /// `permission_request`; the channel's verdict for `request_id` (or a key) answers it.
+    Verdict {
+        request_id: String,
+        tool: String,
+    },
     /// `[sim:hang]`: until interrupted.
     Forever,
     /// Client tool calls are out: request id → tool name, for those not answered yet.
     Tools {
         pending: Vec<(u64, String)>,
     },
+}
+
+/// Request ids as Claude draws them: five lower-case letters.
+fn permission_request_id(n: u64) -> String {
+    let seed = uuid::Uuid::new_v4();
+    seed.as_bytes()[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b'a' + ((u64::from(*b) + n + i as u64) % 26) as u8) as char)
+        .collect()
 }
 
 impl Conversation<'_> {
@@ -187,6 +205,7 @@ impl Conversation<'_> {
                 Wait::Ready | Wait::Until(_) => turn.wait = Wait::Ready,
                 Wait::Answer { .. }
                 | Wait::Permission { .. }
+                | Wait::Verdict { .. }
                 | Wait::Forever
                 | Wait::Tools { .. } => return None,
             }
@@ -200,15 +219,19 @@ impl Conversation<'_> {
                     self.set_wait(Wait::Permission { text, is_final })
                 }
                 Some(Step::Reply { text, is_final }) => {
-                    let text = match &turn.tool_results {
+                    let mut text = match &turn.tool_results {
                         results if is_final && !results.is_empty() => {
                             format!("{text}\n{}", results.join("\n"))
                         }
                         _ => text,
                     };
+                    if is_final && !turn.verdicts.is_empty() {
+                        text = format!("{text}\n({})", turn.verdicts.join("; "));
+                    }
                     self.call_reply(text, is_final)
                 }
                 Some(Step::CallTools(names)) => self.call_tools(names),
+                Some(Step::Ask { tool }) => self.ask_permission(tool),
                 Some(Step::StrayReply) => self.call_reply_for(
                     Some("turn-0".to_string()),
                     "a reply for a turn that is not running".to_string(),
@@ -282,6 +305,7 @@ impl Conversation<'_> {
             wait: Wait::Ready,
             last_reply: None,
             tool_results: Vec::new(),
+            verdicts: Vec::new(),
         });
         None
     }
@@ -372,6 +396,51 @@ impl Conversation<'_> {
         self.set_wait(Wait::Tools { pending })
     }
 
+    /// `[sim:ask=<tool>]`: shows the tool's permission prompt and relays it to the channel
+    /// (`notifications/claude/channel/permission_request`), as Claude does.
+    fn ask_permission(&mut self, tool: String) -> Option<Ending> {
+        self.tool_calls += 1;
+        let request_id = permission_request_id(self.tool_calls);
+        let command = format!("sim {tool} call {}", self.tool_calls);
+        let s = &self.screen;
+        s.line("");
+        s.line(&format!("{tool} command"));
+        s.line(&format!("  {command}"));
+        s.line("Do you want to proceed?");
+        s.line("❯ 1. Yes");
+        s.line("  3. No, and tell Claude what to do differently (esc)");
+        let params = json!({
+            "request_id": request_id,
+            "tool_name": tool,
+            "description": format!("a simulated {tool} call"),
+            "input_preview": json!({"command": command}).to_string(),
+        });
+        // `SYNTHESIS_SIM_NO_PERMISSION_RELAY=1`: like a Claude without the feature flag, the
+        // prompt stays on the terminal only.
+        let relay = std::env::var_os("SYNTHESIS_SIM_NO_PERMISSION_RELAY").is_none();
+        if relay
+            && let Some(mcp) = self.mcp.as_mut()
+            && let Err(e) = mcp.notify("notifications/claude/channel/permission_request", params)
+        {
+            self.screen.line(&format!("  ⎿  Error: {e}"));
+        }
+        self.set_wait(Wait::Verdict { request_id, tool })
+    }
+
+    /// The answer to the running `[sim:ask]` prompt: the turn goes on.
+    fn answer_permission(&mut self, allow: bool, how: &str) {
+        let Some(turn) = self.current.as_mut() else {
+            return;
+        };
+        let Wait::Verdict { tool, .. } = std::mem::replace(&mut turn.wait, Wait::Ready) else {
+            return;
+        };
+        let outcome = if allow { "allowed" } else { "denied" };
+        turn.verdicts.push(format!("{tool}: {outcome}"));
+        self.screen.clear();
+        self.screen.line(&format!("  ⎿  {tool} {outcome} {how}"));
+    }
+
     fn show_permission_prompt(&self, text: &str) {
         let s = &self.screen;
         s.line("");
@@ -453,6 +522,14 @@ impl Conversation<'_> {
                 Some(Wait::Permission { text, is_final }) => Some((text.clone(), *is_final)),
                 _ => None,
             };
+            let asking = matches!(
+                self.current.as_ref().map(|t| &t.wait),
+                Some(Wait::Verdict { .. })
+            );
+            if asking && matches!(key, Key::Enter | Key::Char(b'1')) {
+                self.answer_permission(true, "in the terminal");
+                continue;
+            }
             let ending = match (key, permission) {
                 (Key::Esc | Key::Char(b'3'), Some(_)) => self.interrupt(),
                 (Key::Esc, None) => self.interrupt(),
@@ -483,6 +560,23 @@ impl Conversation<'_> {
                 .mcp
                 .as_mut()
                 .and_then(|m| m.send_request("tools/list", json!({})).ok());
+            return;
+        }
+        if message.get("method").and_then(Value::as_str)
+            == Some("notifications/claude/channel/permission")
+        {
+            let params = &message["params"];
+            let waiting = match self.current.as_ref().map(|t| &t.wait) {
+                Some(Wait::Verdict { request_id, .. }) => {
+                    params["request_id"].as_str() == Some(request_id.as_str())
+                }
+                _ => false,
+            };
+            // A verdict for a prompt that is no longer shown is dropped, as Claude does.
+            if waiting {
+                let allow = params["behavior"] == "allow";
+                self.answer_permission(allow, "via channel");
+            }
             return;
         }
         let Some(id) = message.get("id").and_then(Value::as_u64) else {

@@ -9,6 +9,9 @@
 //! instead (input `{"city": "Oslo"}`) when Claude offers that tool; the results of such calls
 //! get a final `reply` quoting them (`tool result: <text>`, joined by ` | `), for the turn of
 //! the last channel block.
+//! A channel block whose content starts with `RUN_BASH: <command>` gets a `Bash` tool_use of
+//! that command instead; the request carrying its result gets a final `reply` of
+//! `bash result: <the tool result's text>` for that turn.
 //! Streams use the real API's event sequence (message_start … message_stop). Every request
 //! body is recorded so a test can check what Claude sent (e.g. earlier turns after a resume).
 
@@ -196,6 +199,48 @@ fn channel_blocks(text: &str) -> Vec<(Vec<(String, String)>, String)> {
     out
 }
 
+/// After a `Bash` tool_use of ours: a final `reply` with the tool result's text, for the turn
+/// of the last channel block.
+fn bash_result_reply(messages: &[Value], tail_start: usize, tools: &[String]) -> Option<Value> {
+    let assistant = messages.get(tail_start.checked_sub(1)?)?;
+    let bash_id = assistant["content"]
+        .as_array()?
+        .iter()
+        .find(|b| b["type"] == "tool_use" && b["name"] == "Bash")?["id"]
+        .clone();
+    let result = messages[tail_start..]
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == bash_id)?;
+    let result_text = match &result["content"] {
+        Value::String(s) => s.clone(),
+        other => text_of(other),
+    };
+    let turn_id = messages
+        .iter()
+        .flat_map(|m| channel_blocks(&text_of(&m["content"])))
+        .filter_map(|(attrs, _)| {
+            attrs
+                .into_iter()
+                .find(|(k, _)| k == "turn_id")
+                .map(|(_, v)| v)
+        })
+        .next_back();
+    let name = tools
+        .iter()
+        .find(|t| t.starts_with("mcp__") && t.ends_with("__reply"))
+        .cloned()
+        .unwrap_or("mcp__synthesis__reply".into());
+    let mut input = json!({"text": format!("bash result: {result_text}"), "final": true});
+    if let Some(turn_id) = turn_id {
+        input["turn_id"] = json!(turn_id);
+    }
+    Some(
+        json!({"type": "tool_use", "id": format!("toolu_fake_{}", uuid::Uuid::new_v4().simple()), "name": name, "input": input}),
+    )
+}
+
 /// The content blocks and stop reason Claude gets back.
 fn decide(body: &Value) -> (Vec<Value>, &'static str) {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
@@ -210,12 +255,19 @@ fn decide(body: &Value) -> (Vec<Value>, &'static str) {
         .filter_map(|t| t["name"].as_str().map(String::from))
         .collect();
     let mut blocks = Vec::new();
-    if let Some(reply) = reply_to_client_tool_result(&messages, &tools) {
+    if let Some(reply) = reply_to_client_tool_result(&messages, &tools)
+        .or_else(|| bash_result_reply(&messages, tail_start, &tools))
+    {
         return (vec![reply], "tool_use");
     }
     for m in &messages[tail_start..] {
         for (attrs, inner) in channel_blocks(&text_of(&m["content"])) {
             let attr = |k: &str| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+            if let Some(command) = inner.strip_prefix("RUN_BASH:") {
+                blocks.push(json!({"type": "tool_use", "id": format!("toolu_bash_{}", uuid::Uuid::new_v4().simple()), "name": "Bash",
+                    "input": {"command": command.trim(), "description": "Write the proof file"}}));
+                continue;
+            }
             let server = attr("source").unwrap_or_else(|| "synthesis".into());
             if let Some(start) = inner.find("[fake:tool=") {
                 let rest = &inner[start + "[fake:tool=".len()..];

@@ -555,7 +555,7 @@ pub const FAKE_KEY: &str = "sk-ant-fake-0123456789abcdefghijKLMNOPQRSTUVWXYZ";
 
 /// What a user would have after logging in, onboarding and trusting the workspace once
 /// (docs/ARCHITECTURE.md §9.7): `<dir>/home/.claude/.claude.json` for `<dir>/workspace`, with `api_key`
-/// approved and the channels flag cached.
+/// approved and the channels flags cached (`tengu_harbor_permissions`: the permission relay).
 pub fn seed_claude_config(dir: &TempDir, api_key: &str) {
     let workspace = dir.path().join("workspace");
     let config = dir.path().join("home/.claude");
@@ -568,7 +568,7 @@ pub fn seed_claude_config(dir: &TempDir, api_key: &str) {
         "lastOnboardingVersion": "2.1.331",
         "projects": {workspace.to_str().unwrap(): {"hasTrustDialogAccepted": true, "allowedTools": [], "hasCompletedProjectOnboarding": true}},
         "customApiKeyResponses": {"approved": [&api_key[api_key.len() - 20..]], "rejected": []},
-        "cachedGrowthBookFeatures": {"tengu_harbor": true},
+        "cachedGrowthBookFeatures": {"tengu_harbor": true, "tengu_harbor_permissions": true},
     });
     std::fs::write(
         config.join(".claude.json"),

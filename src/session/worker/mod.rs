@@ -257,6 +257,9 @@ pub struct Worker {
     entered: PhaseName,
     /// Said at the start of the session's next turn (a question that was denied unseen).
     notice: Option<String>,
+    /// Since when claude's terminal shows a permission prompt that was not relayed to the
+    /// channel (suspended.rs, `check_unrelayed_prompt`); cleared by every transition.
+    prompt_seen: Option<Instant>,
 }
 
 impl Worker {
@@ -292,6 +295,7 @@ impl Worker {
             previous_end_unreported: false,
             entered: PhaseName::Idle,
             notice: None,
+            prompt_seen: None,
         }
     }
 
@@ -348,6 +352,7 @@ impl Worker {
     fn enter(&mut self, next: Phase, why: &str) {
         let (from, to) = (self.entered, next.name());
         self.entered = to;
+        self.prompt_seen = None;
         if from != to {
             log::debug!(
                 "session {:?}: {} -> {} ({why})",

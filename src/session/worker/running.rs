@@ -274,6 +274,9 @@ impl Worker {
         {
             at = at.min(delivery.next_check);
         }
+        if let Some(seen) = self.prompt_seen {
+            at = at.min(seen + super::suspended::UNRELAYED_PROMPT_GRACE);
+        }
         at
     }
 
@@ -322,6 +325,9 @@ impl Worker {
                     "the turn took longer than turn_timeout ({limit:?}); claude was interrupted"
                 ),
             ));
+        }
+        if self.check_unrelayed_prompt() {
+            return;
         }
         if let Err(failure) = self.check_delivery() {
             let Phase::Busy { agent, turn } = self.take_phase() else {

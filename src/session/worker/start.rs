@@ -231,6 +231,9 @@ impl Worker {
     }
 
     pub(super) fn on_screen_changed(&mut self) {
+        if matches!(self.phase, Phase::Busy { .. }) {
+            return self.watch_for_unrelayed_prompt();
+        }
         let Phase::Starting { agent, .. } = &mut self.phase else {
             return;
         };

@@ -24,6 +24,9 @@
 //! - No answer within the timeout: the questions are denied, claude finishes its turn
 //!   unseen, and the session's next turn starts with a line saying so.
 //! - Replies claude sends while suspended are held and delivered to the resuming request.
+//! - Never a silent stall: a permission prompt on claude's terminal that claude did not relay
+//!   to the channel (Claude Code relays only with the `tengu_harbor_permissions` feature flag)
+//!   fails the turn after `UNRELAYED_PROMPT_GRACE`, naming what to do.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,15 @@ use crate::protocol::{BridgeFrame, ClientToolCall};
 use crate::session::pending::{Answer, Pending, PendingKind, PermissionRelay, new_id};
 use crate::session::shared::TurnSlot;
 use crate::session::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
+
+/// How long a permission prompt may show on claude's terminal, while busy, without the
+/// channel relaying it (claude sends the request together with the prompt) before the turn
+/// fails instead of stalling.
+pub(super) const UNRELAYED_PROMPT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// The text of every Claude Code permission prompt (2.1.331).
+const PERMISSION_PROMPT_TEXT: &str = "Do you want to proceed?";
+/// Screen lines searched for it.
+const PROMPT_LINES: usize = 30;
 
 /// The Claude side of a turn that has no client while it waits for answers.
 pub(super) struct SuspendedTurn {
@@ -73,6 +85,7 @@ impl Worker {
             input_preview,
         };
         let policy = self.settings.permission_relay;
+        self.prompt_seen = None;
         match (&mut self.phase, policy) {
             (Phase::Busy { .. }, PermissionRelay::Chat) => {
                 METRICS.permission_questions.inc();
@@ -179,6 +192,46 @@ impl Worker {
         }
     }
 
+    /// Busy, the terminal changed: notes when a permission prompt appears (and forgets it
+    /// once it is gone).
+    pub(super) fn watch_for_unrelayed_prompt(&mut self) {
+        let Some(agent) = self.phase.agent() else {
+            return;
+        };
+        let shown = agent
+            .process
+            .screen_tail(PROMPT_LINES)
+            .contains(PERMISSION_PROMPT_TEXT);
+        self.prompt_seen = match (shown, self.prompt_seen) {
+            (true, None) => Some(Instant::now()),
+            (true, seen) => seen,
+            (false, _) => None,
+        };
+    }
+
+    /// Busy: true (and the turn failed) when a permission prompt has shown for
+    /// `UNRELAYED_PROMPT_GRACE` without its request reaching the bridge.
+    pub(super) fn check_unrelayed_prompt(&mut self) -> bool {
+        if self
+            .prompt_seen
+            .is_none_or(|seen| seen.elapsed() < UNRELAYED_PROMPT_GRACE)
+        {
+            return false;
+        }
+        let screen = self.screen_tail();
+        log::warn!(
+            "session {:?}: claude shows a permission prompt that was not relayed to the channel",
+            self.key
+        );
+        self.interrupt_turn(TurnFailure::new(
+            FailureKind::PermissionBlocked,
+            format!(
+                "Claude is asking for a tool permission on its terminal and did not relay the question to the bridge (Claude Code relays it only when its tengu_harbor_permissions feature flag is on; `synthesis-bridge doctor` checks it), so nobody can answer; the turn was interrupted. Allow the tool in the workspace's permissions.allow, or choose a permission_mode that does not ask. Last screen lines:\n{screen}"
+            ),
+        ));
+        true
+    }
+
     /// Busy → Suspended with the questions `kinds` (asked together), waiting `wait` for answers.
     fn suspend(&mut self, kinds: Vec<PendingKind>, wait: Duration) {
         let Phase::Busy { agent, turn } = self.take_phase() else {
@@ -195,18 +248,17 @@ impl Worker {
             turn.turn.id,
             pending[0].id
         );
-        turn.turn.output.emit(TurnEvent::Suspended(pending.clone()));
         let suspended = SuspendedTurn {
             claude_id: turn.claude_id,
             delivery: turn.delivery,
             replied: turn.replied,
             anonymous_end_ok: turn.anonymous_end_ok,
-            pending,
+            pending: pending.clone(),
             deadline: Instant::now() + wait,
             held: Vec::new(),
             wait,
         };
-        // The request's `Turn` (its response has ended) and its turn slot are dropped here.
+        // Published (with its questions, for `/v1/sessions`) before the client sees them.
         self.enter(
             Phase::Suspended {
                 agent,
@@ -214,6 +266,8 @@ impl Worker {
             },
             "waiting for an answer",
         );
+        turn.turn.output.emit(TurnEvent::Suspended(pending));
+        // The request's `Turn` (its response has ended) and its turn slot are dropped here.
     }
 
     /// Suspended: the session's next turn. True unless it went back to waiting for a slot.
@@ -293,61 +347,36 @@ impl Worker {
             self.waiting = Some(turn);
             return false;
         };
-        let Phase::Suspended {
-            agent,
-            turn: mut suspended,
-        } = self.take_phase()
-        else {
-            unreachable!("checked above");
-        };
+        // The verdicts and tool results go out first, with the phase untouched (a failure
+        // stops the process).
+        let mut answered: Vec<&str> = Vec::new();
         let mut verdicts = Vec::new();
         let mut results = Vec::new();
         for answer in &turn.answers {
-            let Some(index) = suspended.pending.iter().position(|p| p.id == answer.id()) else {
-                continue; // answered twice in one message
-            };
-            let question = suspended.pending.remove(index);
-            match (question.kind, answer) {
-                (PendingKind::Permission { request_id, .. }, Answer::Verdict { allow, .. }) => {
-                    if *allow {
-                        METRICS.permission_allowed.inc();
-                    } else {
-                        METRICS.permission_denied.inc();
-                    }
-                    verdicts.push((request_id, *allow));
-                }
+            if answered.contains(&answer.id()) {
+                continue; // answered twice in one message: the first answer counts
+            }
+            answered.push(answer.id());
+            let question = suspended.pending.iter().find(|p| p.id == answer.id());
+            match (question.map(|q| &q.kind), answer) {
                 (
-                    PendingKind::ClientToolCall { call_id, .. },
+                    Some(PendingKind::Permission { request_id, .. }),
+                    Answer::Verdict { allow, .. },
+                ) => verdicts.push((request_id.clone(), *allow)),
+                (
+                    Some(PendingKind::ClientToolCall { call_id, .. }),
                     Answer::ToolResult {
                         content, is_error, ..
                     },
-                ) => {
-                    METRICS.client_tool_results.inc();
-                    results.push(BridgeFrame::ClientToolResult {
-                        call_id,
-                        content: content.clone(),
-                        is_error: *is_error,
-                    });
-                }
-                _ => unreachable!("answers were checked against their questions above"),
+                ) => results.push(BridgeFrame::ClientToolResult {
+                    call_id: call_id.clone(),
+                    content: content.clone(),
+                    is_error: *is_error,
+                }),
+                _ => unreachable!("unknown ids and answers of the wrong kind were refused above"),
             }
         }
-        log::info!(
-            "session {:?} {}: resumed by {} ({} answer(s), {} question(s) still open)",
-            self.key,
-            suspended.claude_id,
-            turn.id,
-            verdicts.len() + results.len(),
-            suspended.pending.len()
-        );
-        self.phase = Phase::Suspended {
-            agent,
-            turn: SuspendedTurn {
-                pending: Vec::new(),
-                held: Vec::new(),
-                ..suspended
-            },
-        };
+        let answered: Vec<String> = answered.into_iter().map(String::from).collect();
         if !self.send_verdicts(&verdicts) || !self.send_answers(&results) {
             self.fail(
                 &turn,
@@ -358,26 +387,46 @@ impl Worker {
             );
             return true;
         }
-        let Phase::Suspended { agent, turn: shell } = self.take_phase() else {
-            unreachable!("send_verdicts keeps the phase unless it fails");
+        for (_, allow) in &verdicts {
+            if *allow {
+                METRICS.permission_allowed.inc();
+            } else {
+                METRICS.permission_denied.inc();
+            }
+        }
+        for _ in &results {
+            METRICS.client_tool_results.inc();
+        }
+        let Phase::Suspended {
+            agent,
+            turn: mut suspended,
+        } = self.take_phase()
+        else {
+            unreachable!("send_verdicts and send_answers keep the phase unless they fail");
         };
+        suspended.pending.retain(|p| !answered.contains(&p.id));
+        log::info!(
+            "session {:?} {}: resumed by {} ({} answer(s), {} question(s) still open)",
+            self.key,
+            suspended.claude_id,
+            turn.id,
+            verdicts.len() + results.len(),
+            suspended.pending.len()
+        );
         let active = ActiveTurn {
             turn,
             _slot: TurnSlot(slot),
             deadline: Instant::now() + self.settings.turn_timeout,
-            delivery: shell.delivery,
-            replied: shell.replied,
-            anonymous_end_ok: shell.anonymous_end_ok,
-            claude_id: shell.claude_id,
+            delivery: suspended.delivery,
+            replied: suspended.replied,
+            anonymous_end_ok: suspended.anonymous_end_ok,
+            claude_id: suspended.claude_id,
             warm: true,
             started: Instant::now(),
         };
         if !suspended.pending.is_empty() {
             // Questions still open: this request is suspended again and shows them.
-            active
-                .turn
-                .output
-                .emit(TurnEvent::Suspended(suspended.pending.clone()));
+            let open = suspended.pending.clone();
             let again = SuspendedTurn {
                 claude_id: active.claude_id,
                 delivery: active.delivery,
@@ -392,6 +441,7 @@ impl Worker {
                 Phase::Suspended { agent, turn: again },
                 "questions still open",
             );
+            active.turn.output.emit(TurnEvent::Suspended(open));
             return true;
         }
         self.status.set_step("waiting for claude's reply");

@@ -316,3 +316,28 @@ fn shutdown_while_suspended_stops_the_process() {
         spawned.control.stopped.load(Ordering::SeqCst)
     });
 }
+
+#[test]
+fn an_answer_with_no_open_question_is_an_ordinary_turn() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, end) = h.start("a", "hi", Script::Echo);
+    assert_eq!(expect_done(&turn), "echo: hi");
+    h.turn_end(&spawned, Some(&turn.id));
+    h.wait_phase("a", PhaseName::Ready);
+    let answer = submit_answers(&h, "a", "no sorry", verdict("sorry", false));
+    assert_eq!(expect_done(&answer), "echo: no sorry");
+    assert!(end.verdicts.try_recv().is_err());
+}
+
+#[test]
+fn the_same_answer_twice_in_one_message_sends_one_verdict() {
+    let h = Harness::new(Options::default());
+    let (first, _spawned, end, question) = suspended_session(&h);
+    let mut answers = verdict(&question.id, true);
+    answers.extend(verdict(&question.id, false));
+    let answer = submit_answers(&h, "a", "yes\nno", answers);
+    assert_eq!(end.next_verdict(), ("req-1".into(), "allow".into()));
+    end.reply(&first.id, "ran", true);
+    assert_eq!(expect_done(&answer), "ran");
+    assert!(end.verdicts.try_recv().is_err(), "one verdict only");
+}
