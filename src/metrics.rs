@@ -156,6 +156,11 @@ pub struct Metrics {
     pub permission_allowed: Counter,
     pub permission_denied: Counter,
     pub permission_timed_out: Counter,
+    /// Client tool calls returned to clients as `tool_calls`, results sent back to claude,
+    /// and suspended turns whose tool results never came (docs/CLIENT_TOOLS.md).
+    pub client_tool_calls: Counter,
+    pub client_tool_results: Counter,
+    pub client_tool_timeouts: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -181,6 +186,9 @@ pub static METRICS: Metrics = Metrics {
     permission_allowed: Counter::new(),
     permission_denied: Counter::new(),
     permission_timed_out: Counter::new(),
+    client_tool_calls: Counter::new(),
+    client_tool_results: Counter::new(),
+    client_tool_timeouts: Counter::new(),
 };
 
 pub fn failed(reason: &str) {
@@ -327,6 +335,24 @@ pub fn expose(gauges: &Gauges) -> String {
             c.get()
         );
     }
+    counter(
+        &mut out,
+        "synthesis_client_tool_calls_total",
+        "Client tool calls Claude made, returned to clients as tool_calls.",
+        m.client_tool_calls.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_client_tool_results_total",
+        "Client tool results sent back to claude.",
+        m.client_tool_results.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_client_tool_timeouts_total",
+        "Suspended turns whose client tool results did not come within tool_result_timeout.",
+        m.client_tool_timeouts.get(),
+    );
     let histograms: [(&str, &str, &Histogram); 3] = [
         (
             "synthesis_turn_duration_seconds",

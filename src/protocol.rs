@@ -99,6 +99,16 @@ pub enum ChannelFrame {
         #[serde(default)]
         token: String,
     },
+    /// Claude called the client's tools (docs/CLIENT_TOOLS.md): every call made within the
+    /// channel's short gathering window, so parallel calls reach the client together. The
+    /// channel holds each MCP request until a `client_tool_result` with its `call_id` comes
+    /// back, or fails it after the timeout of the last `client_tools` frame.
+    ClientToolCalls {
+        /// The turn in flight when Claude called them (the last `turn` frame's id).
+        #[serde(default)]
+        turn: String,
+        calls: Vec<ClientToolCall>,
+    },
     /// Claude asks for permission to use a tool (its
     /// `notifications/claude/channel/permission_request`); answered by `permission_verdict`.
     PermissionRequest {
@@ -112,6 +122,30 @@ pub enum ChannelFrame {
     },
 }
 
+/// One call of a client tool. `call_id` is alphanumeric (OpenClaw requires it);
+/// `arguments` is the JSON text of the call's input.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClientToolCall {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// One tool of the client (OpenAI `tools[].function`), as the channel server lists it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClientTool {
+    /// The client's name for it (what `tool_calls` carry back).
+    pub name: String,
+    /// The name the channel server lists it under: `client_<name>`, shortened with a hash
+    /// when `mcp__<server>__client_<name>` would pass 64 characters (docs/CLIENT_TOOLS.md).
+    pub mcp_name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments (`{"type": "object"}` when the client gave none).
+    #[serde(default)]
+    pub parameters: serde_json::Value,
+}
+
 /// bridge → channel
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -123,6 +157,22 @@ pub enum BridgeFrame {
         content: String,
         #[serde(default)]
         meta: BTreeMap<String, String>,
+    },
+    /// The client tools Claude may call from now on (sent before each turn; an empty list
+    /// removes them). When the set changes the channel tells Claude
+    /// (`notifications/tools/list_changed`) and pushes the next turn once Claude re-listed.
+    ClientTools {
+        tools: Vec<ClientTool>,
+        /// How long a call waits for its result before the channel fails it.
+        #[serde(default)]
+        result_timeout_ms: u64,
+    },
+    /// The client's answer to a `client_tool_call`.
+    ClientToolResult {
+        call_id: String,
+        content: String,
+        #[serde(default)]
+        is_error: bool,
     },
     /// The answer to a `permission_request`, sent on to Claude as
     /// `notifications/claude/channel/permission {request_id, behavior}`.
@@ -192,6 +242,49 @@ mod tests {
             r#"{"type":"turn","id":"t2","content":"hello","meta":{"turn_id":"t2"}}"#
         );
         assert_eq!(serde_json::from_str::<BridgeFrame>(&json).unwrap(), frame);
+    }
+
+    #[test]
+    fn client_tool_frames_round_trip() {
+        let call = ChannelFrame::ClientToolCalls {
+            turn: "turn-3".into(),
+            calls: vec![ClientToolCall {
+                call_id: "call0a1b".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            }],
+        };
+        let json = call.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"client_tool_calls","turn":"turn-3","calls":[{"call_id":"call0a1b","name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<ChannelFrame>(&json).unwrap(), call);
+        let tools = BridgeFrame::ClientTools {
+            tools: vec![ClientTool {
+                name: "get_weather".into(),
+                mcp_name: "client_get_weather".into(),
+                description: "Weather".into(),
+                parameters: serde_json::json!({"type": "object"}),
+            }],
+            result_timeout_ms: 5000,
+        };
+        assert_eq!(
+            serde_json::from_str::<BridgeFrame>(&tools.to_json()).unwrap(),
+            tools
+        );
+        let result: BridgeFrame = serde_json::from_str(
+            r#"{"type":"client_tool_result","call_id":"c1","content":"sunny"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            result,
+            BridgeFrame::ClientToolResult {
+                call_id: "c1".into(),
+                content: "sunny".into(),
+                is_error: false
+            }
+        );
     }
 
     #[test]

@@ -42,6 +42,17 @@ struct Gateway {
 
 impl Gateway {
     fn new(node: String, cli: String, bridge: &Bridge, timeout_seconds: u64) -> Gateway {
+        Self::with_tools(node, cli, bridge, timeout_seconds, false)
+    }
+
+    /// `supports_tools`: OpenClaw sends its tools (docs/OPENCLAW.md "OpenClaw's tools").
+    fn with_tools(
+        node: String,
+        cli: String,
+        bridge: &Bridge,
+        timeout_seconds: u64,
+        supports_tools: bool,
+    ) -> Gateway {
         let dir = TempDir::new("openclaw");
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
@@ -53,7 +64,7 @@ impl Gateway {
                     "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
                     "contextWindow": 200000, "maxTokens": 32000,
                     "compat": {"sendSessionAffinityHeaders": true, "supportsPromptCacheKey": true,
-                               "requiresStringContent": true, "supportsTools": false}}]}}},
+                               "requiresStringContent": true, "supportsTools": supports_tools}}]}}},
             "agents": {"defaults": {"model": {"primary": "bridge/claude-code"}}},
             "session": {"dmScope": "per-channel-peer"},
         });
@@ -169,6 +180,31 @@ fn openclaw_turns_reach_their_own_claude_sessions_and_a_slow_turn_survives_on_he
         "keys come from OpenClaw's session affinity headers"
     );
     assert_eq!(bridge.log().matches("spawned pid").count(), 2);
+}
+
+/// Client tools through the real OpenClaw (docs/OPENCLAW.md "OpenClaw's tools"): the bridge
+/// exposes one OpenClaw tool (`client_tools = ls`), the simulated Claude calls it, OpenClaw
+/// runs it and sends the result back, and the reply OpenClaw returns quotes that result.
+#[test]
+fn openclaw_runs_the_tool_claude_calls_and_claude_gets_its_result() {
+    let Some((node, cli)) = tools() else { return };
+    let bridge = Bridge::demo()
+        .arg("--api-key", API_KEY)
+        .arg("--client-tools", "ls")
+        .start();
+    let gateway = Gateway::with_tools(node, cli, &bridge, 60, true);
+    let reply = gateway.turn("t1", "list files nonce-t1 [sim:tool=ls]");
+    assert!(
+        reply.contains("nonce-t1") && reply.contains("[tool ls "),
+        "{reply}\nlog:\n{}",
+        bridge.log()
+    );
+    assert!(
+        bridge.log().contains("resumed by"),
+        "the tool result came back into the same Claude turn:\n{}",
+        bridge.log()
+    );
+    eprintln!("OpenClaw's reply with the tool result: {reply}");
 }
 
 #[test]

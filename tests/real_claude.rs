@@ -27,9 +27,22 @@ fn real_claude() -> Option<String> {
 }
 
 fn start(claude: &str, api: &FakeAnthropic, dir: TempDir, marker: &str) -> Bridge {
+    start_with(claude, api, dir, marker, &[])
+}
+
+/// `start` with extra environment for the bridge (and so for claude and its channel).
+fn start_with(
+    claude: &str,
+    api: &FakeAnthropic,
+    dir: TempDir,
+    marker: &str,
+    env: &[(&str, &str)],
+) -> Bridge {
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
-    Bridge::real(claude)
-        .dir(dir)
+    let builder = env
+        .iter()
+        .fold(Bridge::real(claude).dir(dir), |b, (k, v)| b.env(k, v));
+    builder
         .marker(marker)
         .arg("--workspace", workspace.to_str().unwrap())
         .arg("--ready-timeout", "60s")
@@ -166,6 +179,197 @@ fn doctor_passes_and_its_probe_gets_a_reply_from_the_real_claude() {
     assert!(
         report.contains("PASS  probe: one turn answered: \"reply to: This is a connectivity check"),
         "{report}"
+    );
+}
+
+/// Client tools (docs/CLIENT_TOOLS.md) on the real Claude Code: the fake API makes Claude call
+/// the client's tool; the response ends with `tool_calls`; the client's result goes back into
+/// the same Claude turn and the reply quotes it. A second turn with another tool set shows
+/// that Claude re-listed the channel's tools (`notifications/tools/list_changed`).
+#[test]
+fn the_real_claude_calls_a_client_tool_and_uses_its_result() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude-tools");
+    seed_claude_config(&dir, FAKE_KEY);
+    let channel_log = dir.path().join("channel.log");
+    let channel_log = channel_log.to_str().unwrap().to_string();
+    let bridge = start_with(
+        &claude,
+        &api,
+        dir,
+        &marker,
+        &[("SYNTHESIS_CHANNEL_LOG", &channel_log)],
+    );
+    let tool = |name: &str| {
+        serde_json::json!({"type": "function", "function": {"name": name, "description": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+    };
+    let user =
+        serde_json::json!({"role": "user", "content": "weather please [fake:tool=get_weather]"});
+    let first = serde_json::json!({"model": "m", "stream": true, "tools": [tool("get_weather")], "messages": [user]});
+    let (_, events) = stream_body(bridge.http, "tools", &first.to_string());
+    let calls: Vec<Value> = events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c.pointer("/choices/0/delta/tool_calls").cloned())
+        .flat_map(|c| c.as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        calls.len(),
+        1,
+        "{events:?}\nAPI requests' tools: {:?}\nlog:\n{}\nchannel log:\n{}",
+        api.requests()
+            .iter()
+            .map(|r| r["tools"].as_array().map(|t| t
+                .iter()
+                .filter_map(|t| t["name"].as_str())
+                .filter(|n| n.starts_with("mcp__"))
+                .map(String::from)
+                .collect::<Vec<_>>()))
+            .collect::<Vec<_>>(),
+        bridge.log(),
+        std::fs::read_to_string(bridge.dir.path().join("channel.log")).unwrap_or_default()
+    );
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args["city"], "Oslo");
+    let offered: Vec<String> = api.requests()[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect();
+    assert!(
+        offered.contains(&"mcp__synthesis__client_get_weather".to_string()),
+        "{offered:?}"
+    );
+
+    let answer = serde_json::json!({"model": "m", "stream": true, "tools": [tool("get_weather")], "messages": [
+        user,
+        {"role": "assistant", "content": null, "tool_calls": [{"id": calls[0]["id"], "type": "function", "function": calls[0]["function"]}]},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny and 21 C"},
+    ]});
+    let (_, events) = stream_body(bridge.http, "tools", &answer.to_string());
+    assert_eq!(
+        streamed_text(&events),
+        "tool result: sunny and 21 C",
+        "log:\n{}",
+        bridge.log()
+    );
+
+    // Another tool set: the next model request offers the new tool and not the old one.
+    let before = api.requests().len();
+    let second = serde_json::json!({"model": "m", "stream": true, "tools": [tool("get_time")],
+        "messages": [{"role": "user", "content": "and now?"}]});
+    let (_, events) = stream_body(bridge.http, "tools", &second.to_string());
+    assert_eq!(streamed_text(&events), "reply to: and now?");
+    let request = api.requests()[before..]
+        .iter()
+        .find(|r| all_text(r).contains("and now?"))
+        .cloned()
+        .expect("the fake API saw the turn");
+    let offered: Vec<String> = request["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect();
+    assert!(
+        offered.contains(&"mcp__synthesis__client_get_time".to_string()),
+        "{offered:?}"
+    );
+    // Claude 2.1.331 keeps offering a tool the server no longer lists (seen here: the turn
+    // after the change still had client_get_weather); calling it gets "unknown tool".
+    eprintln!("client tools offered after the change: {offered:?}");
+    let third = serde_json::json!({"model": "m", "stream": true, "tools": [tool("get_time")],
+        "messages": [{"role": "user", "content": "third"}]});
+    let before = api.requests().len();
+    let _ = stream_body(bridge.http, "tools", &third.to_string());
+    let request = api.requests()[before..]
+        .iter()
+        .find(|r| all_text(r).contains("third"))
+        .cloned()
+        .unwrap();
+    eprintln!(
+        "one turn later: {:?}",
+        request["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .filter(|n| n.starts_with("mcp__"))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Two client tool calls in one model response (parallel tool uses) reach the client in one
+/// response, and both results go back into the same Claude turn.
+#[test]
+fn parallel_client_tool_calls_of_the_real_claude_come_back_together() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude-parallel");
+    seed_claude_config(&dir, FAKE_KEY);
+    let bridge = start(&claude, &api, dir, &marker);
+    let tool = |name: &str| {
+        serde_json::json!({"type": "function", "function": {"name": name,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+    };
+    let tools = serde_json::json!([tool("get_weather"), tool("get_time")]);
+    let user =
+        serde_json::json!({"role": "user", "content": "both [fake:tool=get_weather+get_time]"});
+    let first = serde_json::json!({"model": "m", "tools": tools, "messages": [user]});
+    let response = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Session-Key", "par"),
+            ("Content-Type", "application/json"),
+        ],
+        &first.to_string(),
+    );
+    let body = response.json();
+    let calls = body["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["function"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["get_weather", "get_time"],
+        "{body}\nlog:\n{}",
+        bridge.log()
+    );
+    let answer = serde_json::json!({"model": "m", "tools": tools, "messages": [
+        user,
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "rain"},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": "noon"},
+    ]});
+    let response = request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Session-Key", "par"),
+            ("Content-Type", "application/json"),
+        ],
+        &answer.to_string(),
+    );
+    let body = response.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "tool result: rain | noon",
+        "{body}\nlog:\n{}",
+        bridge.log()
     );
 }
 

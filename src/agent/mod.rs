@@ -95,8 +95,11 @@ impl AgentLauncher {
             args.push(file.into_os_string());
         }
         let mut push = |a: &str| args.push(OsString::from(a));
+        // The whole channel server: `reply` and the client's tools, whose set changes
+        // between turns while this flag cannot (a server-wide rule is honoured:
+        // docs/CLIENT_TOOLS.md).
         push("--allowedTools");
-        push(&format!("mcp__{}__reply", self.channel_name));
+        push(&format!("mcp__{}", self.channel_name));
         args
     }
 
@@ -487,7 +490,7 @@ mod tests {
         assert_eq!(
             args.join(" "),
             "--dangerously-load-development-channels server:synthesis --session-id uuid-1 --permission-mode default \
-             --mcp-config /state/mcp.json --strict-mcp-config --allowedTools mcp__synthesis__reply"
+             --mcp-config /state/mcp.json --strict-mcp-config --allowedTools mcp__synthesis"
         );
         assert!(!args.iter().any(|a| a == "--channels"));
         let resumed: Vec<String> = launcher()

@@ -3,13 +3,15 @@
 //!
 //! This file owns the channel contract with Claude Code (docs/ARCHITECTURE.md §8, §9.5): the legacy revision
 //! negotiation (`server/discover` → -32601, then `initialize`), the `claude/channel` and
-//! `claude/channel/permission` capabilities, the `reply` tool, the shape of
+//! `claude/channel/permission` capabilities, the `reply` tool, the client's tools
+//! (docs/CLIENT_TOOLS.md: listed next to `reply`, `notifications/tools/list_changed` when
+//! they change, a call forwarded as a `client_tool_call`), the shape of
 //! `notifications/claude/channel`, and the permission relay (Claude's
 //! `notifications/claude/channel/permission_request` in, `.../permission` out). It must
 //! never do I/O (no stdin, stdout, sockets or clocks), so every rule here is unit-tested
 //! without a process; `mod.rs` does the I/O.
 
-use crate::protocol::{ChannelFrame, is_valid_meta_key};
+use crate::protocol::{ChannelFrame, ClientTool, is_valid_meta_key};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -34,7 +36,9 @@ they should read must be sent through this server's `reply` tool. Call `reply` w
 `final: false` for progress updates while you work (each is shown to the user at once), and \
 with `final: true` on the last call of the turn, carrying the rest of your answer; the turn \
 ends with that call. Always pass the `turn_id` from the event's meta, so the answer reaches \
-the turn it belongs to.";
+the turn it belongs to. Tools named `client_…` belong to the chat client's application \
+(they act there, not on this machine); call one like any other tool: its result arrives once \
+the client has run it.";
 
 const REPLY_DESCRIPTION: &str = "\
 Send text to the user of the chat the current <channel> turn came from. Use final=false for \
@@ -48,6 +52,10 @@ pub struct State {
     pub last_turn: Option<String>,
     /// `notifications/initialized` has been seen.
     pub initialized: bool,
+    /// The client's tools offered now (from the last `client_tools` frame).
+    pub client_tools: Vec<ClientTool>,
+    /// Set when Claude asks for `tools/list`; the I/O side clears it (a held turn may go).
+    pub listed: bool,
 }
 
 /// What handling one message asks the I/O side to do, in order.
@@ -60,6 +68,13 @@ pub enum Output {
     /// A `reply` tool call: forward `frame` to the bridge, then answer request `id` with
     /// [`reply_sent`] or [`reply_failed`].
     Forward { id: Value, frame: ChannelFrame },
+    /// A call of the client's tool `name`: forward it as a `client_tool_call` and answer
+    /// request `id` when its result comes back (or the wait times out).
+    CallClient {
+        id: Value,
+        name: String,
+        arguments: String,
+    },
     /// Forward `frame` to the bridge; nothing answers it here (a permission request).
     Notify(ChannelFrame),
 }
@@ -142,7 +157,12 @@ fn handle_request(state: &mut State, id: Value, method: &str, params: &Value) ->
     let out = match method {
         "initialize" => result(id, initialize_result(params)),
         "ping" => result(id, json!({})),
-        "tools/list" => result(id, json!({ "tools": [reply_tool()] })),
+        "tools/list" => {
+            state.listed = true;
+            let mut tools = vec![reply_tool()];
+            tools.extend(state.client_tools.iter().map(client_tool));
+            result(id, json!({ "tools": tools }))
+        }
         "tools/call" => return tools_call(state, id, params),
         // `server/discover` is how the modern revision starts; answering it with "not found"
         // makes Claude fall back to `initialize` with a revision that carries channels.
@@ -190,7 +210,9 @@ fn initialize_result(params: &Value) -> Value {
         "protocolVersion": version,
         "capabilities": {
             "experimental": { "claude/channel": {}, "claude/channel/permission": {} },
-            "tools": {},
+            // Claude re-lists the tools after `notifications/tools/list_changed`
+            // (docs/CLIENT_TOOLS.md has the evidence).
+            "tools": { "listChanged": true },
         },
         "serverInfo": { "name": "synthesis", "version": env!("CARGO_PKG_VERSION") },
         "instructions": INSTRUCTIONS,
@@ -229,6 +251,27 @@ fn tools_call(state: &State, id: Value, params: &Value) -> Vec<Output> {
             "tools/call needs a tool name",
         ))];
     };
+    if let Some(tool) = state.client_tools.iter().find(|t| t.mcp_name == name) {
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => "{}".to_string(),
+            Some(args) => args.to_string(),
+        };
+        return vec![Output::CallClient {
+            id,
+            name: tool.name.clone(),
+            arguments,
+        }];
+    }
+    if name.starts_with("client_") {
+        // Claude may keep a tool the server stopped listing (docs/CLIENT_TOOLS.md).
+        return vec![Output::Send(tool_result(
+            id,
+            &format!(
+                "`{name}` is not offered by the chat client in this turn (it hid its tools or sent another set); do not call it, answer without it"
+            ),
+            true,
+        ))];
+    }
     if name != REPLY_TOOL {
         return vec![Output::Send(tool_result(
             id,
@@ -245,6 +288,48 @@ fn tools_call(state: &State, id: Value, params: &Value) -> Vec<Output> {
         Ok(frame) => vec![Output::Forward { id, frame }],
         Err(why) => vec![Output::Send(tool_result(id, &why, true))],
     }
+}
+
+/// How a client tool is listed: its client-side description and schema under its `mcp_name`.
+fn client_tool(tool: &ClientTool) -> Value {
+    let schema = match &tool.parameters {
+        Value::Object(o) if !o.is_empty() => {
+            let mut o = o.clone();
+            o.entry("type").or_insert(json!("object"));
+            Value::Object(o)
+        }
+        _ => json!({ "type": "object", "properties": {} }),
+    };
+    let description = if tool.description.trim().is_empty() {
+        format!("The chat client's tool `{}`.", tool.name)
+    } else {
+        tool.description.clone()
+    };
+    // `readOnlyHint`: the tool runs in the client's application and changes nothing on this
+    // machine. Claude Code runs such tools concurrently, so parallel calls reach the client
+    // together; without it they come one at a time (docs/CLIENT_TOOLS.md, evidence).
+    json!({
+        "name": tool.mcp_name,
+        "description": description,
+        "inputSchema": schema,
+        "annotations": { "readOnlyHint": true },
+    })
+}
+
+/// Replaces the client tools offered. Returns the `notifications/tools/list_changed` to
+/// send when the set differs from the one before, else None.
+pub fn set_client_tools(state: &mut State, tools: Vec<ClientTool>) -> Option<Value> {
+    if state.client_tools == tools {
+        return None;
+    }
+    state.client_tools = tools;
+    Some(json!({ "jsonrpc": "2.0", "method": "notifications/tools/list_changed" }))
+}
+
+/// Answer to a client tool call: the client's result text (`is_error` when the client says
+/// the tool failed, or when no result came).
+pub fn client_tool_answer(id: Value, content: &str, is_error: bool) -> Value {
+    tool_result(id, content, is_error)
 }
 
 /// The frame for one `reply` call, or why its arguments are unusable.
@@ -414,7 +499,7 @@ mod tests {
             r["capabilities"]["experimental"]["claude/channel"],
             json!({})
         );
-        assert_eq!(r["capabilities"]["tools"], json!({}));
+        assert_eq!(r["capabilities"]["tools"], json!({"listChanged": true}));
         assert_eq!(
             r["capabilities"]["experimental"]["claude/channel/permission"],
             json!({})
@@ -471,6 +556,64 @@ mod tests {
         assert_eq!(schema["properties"]["final"]["type"], "boolean");
         assert_eq!(schema["properties"]["final"]["default"], true);
         assert_eq!(schema["properties"]["turn_id"]["type"], "string");
+    }
+
+    #[test]
+    fn client_tools_are_listed_called_and_changed() {
+        let mut s = State::default();
+        let weather = ClientTool {
+            name: "get_weather".into(),
+            mcp_name: "client_get_weather".into(),
+            description: "Weather in a city".into(),
+            parameters: json!({"properties": {"city": {"type": "string"}}}),
+        };
+        let changed = set_client_tools(&mut s, vec![weather.clone()]).expect("changed");
+        assert_eq!(changed["method"], "notifications/tools/list_changed");
+        assert!(changed.get("id").is_none());
+        assert_eq!(set_client_tools(&mut s, vec![weather.clone()]), None);
+
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        assert!(!s.listed);
+        let answer = one(&mut s, list.clone());
+        assert!(s.listed);
+        let tools = answer["result"]["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[1]["name"], "client_get_weather");
+        assert_eq!(tools[1]["description"], "Weather in a city");
+        assert_eq!(tools[1]["annotations"]["readOnlyHint"], true);
+        assert_eq!(tools[1]["inputSchema"]["type"], "object");
+        assert_eq!(
+            tools[1]["inputSchema"]["properties"]["city"]["type"],
+            "string"
+        );
+
+        let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": "client_get_weather", "arguments": {"city": "Oslo"}}});
+        assert_eq!(
+            handle_message(&mut s, &call),
+            vec![Output::CallClient {
+                id: json!(5),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into()
+            }]
+        );
+        // The client's bare name is not a tool of this server.
+        let bare = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {
+            "name": "get_weather", "arguments": {}}});
+        assert_eq!(one(&mut s, bare)["result"]["isError"], true);
+
+        let answer = client_tool_answer(json!(5), "sunny", false);
+        assert_eq!(answer["result"]["content"][0]["text"], "sunny");
+        assert!(answer["result"].get("isError").is_none());
+        assert_eq!(
+            client_tool_answer(json!(5), "boom", true)["result"]["isError"],
+            true
+        );
+
+        // Removing them is a change too; the list is back to `reply` alone.
+        assert!(set_client_tools(&mut s, vec![]).is_some());
+        let answer = one(&mut s, list);
+        assert_eq!(answer["result"]["tools"].as_array().unwrap().len(), 1);
     }
 
     #[test]

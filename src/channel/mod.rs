@@ -1,7 +1,9 @@
 //! `synthesis-bridge channel`: the MCP stdio server each `claude` spawns (named in the MCP
 //! config the bridge writes). It relays between Claude and the bridge (docs/ARCHITECTURE.md §7, §8):
 //! turns from the bridge's WebSocket become `notifications/claude/channel` on stdout, and
-//! Claude's `reply` tool calls become `reply` frames on the WebSocket.
+//! Claude's `reply` tool calls become `reply` frames on the WebSocket. Calls of the client's
+//! tools become `client_tool_call` frames; their MCP requests stay open until the
+//! `client_tool_result` comes back or the result timeout fails them (docs/CLIENT_TOOLS.md).
 //!
 //! One thread serves both directions: `poll(2)` on [stdin, WebSocket] with a timeout, then
 //! reads whatever is ready. stdout carries nothing but JSON-RPC (logs go to
@@ -29,6 +31,7 @@ use bridge::BridgeLink;
 use lines::{Line, LineBuffer};
 use mcp::Output;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -49,6 +52,23 @@ const REGISTRATION_POLL: Duration = Duration::from_millis(5);
 const REGISTERED_TEXT: &str = ": Channel notifications registered";
 /// Most of claude's debug log read while waiting (it is a few lines by then).
 const MAX_DEBUG_LOG_READ: u64 = 1024 * 1024;
+/// After `notifications/tools/list_changed`, turns wait this long at most for Claude to
+/// re-list (it does so ~300 ms later), so the turn sees the new tools.
+const RELIST_WAIT: Duration = Duration::from_secs(2);
+/// After Claude re-listed, turns wait this much longer: Claude 2.1.331 asks `tools/list` at
+/// once but a turn pushed right after still ran with the old tools (docs/CLIENT_TOOLS.md);
+/// its tool refresh is debounced by 300 ms.
+const RELIST_SETTLE: Duration = Duration::from_millis(500);
+/// Result timeout when the bridge named none.
+const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Client tool calls Claude makes within this window after the first go to the bridge in
+/// one frame, so the client gets parallel calls together (Claude sends parallel tool uses
+/// within a few milliseconds).
+const GATHER_WINDOW: Duration = Duration::from_millis(100);
+/// The bridge fails a call whose result is late (it knows the session and tells the next
+/// turn); the channel's own deadline is this much later, a backstop for a bridge that is
+/// gone or stuck, so Claude is never left waiting forever.
+const RESULT_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Everything the channel learns from its environment (set by the bridge on `claude`, which
 /// passes its whole environment to MCP servers).
@@ -110,6 +130,15 @@ enum Link {
     Connected(Box<BridgeLink>),
 }
 
+/// Turns held until Claude has re-listed the changed tools.
+struct Relist {
+    /// When the held turns go out (re-listed or not).
+    until: Instant,
+    held: Vec<Value>,
+    /// Claude asked `tools/list` since the change.
+    relisted: bool,
+}
+
 /// Why the loop ended.
 enum End {
     /// stdin reached EOF (or stdout broke): claude is gone.
@@ -143,6 +172,10 @@ pub fn run() -> u8 {
         state: mcp::State::default(),
         link: Link::NotYet,
         stdout: io::stdout(),
+        calls: HashMap::new(),
+        result_timeout: DEFAULT_RESULT_TIMEOUT,
+        relist: None,
+        gathering: None,
     };
     match server.serve(stdin) {
         End::ClaudeGone => {
@@ -164,6 +197,14 @@ struct Server {
     state: mcp::State,
     link: Link,
     stdout: io::Stdout,
+    /// Client tool calls waiting for their result: call id → (MCP request id, deadline).
+    calls: HashMap<String, (Value, Instant)>,
+    result_timeout: Duration,
+    /// The tool list changed and Claude has not re-listed yet: until when turns wait, and
+    /// the turn notifications held meanwhile.
+    relist: Option<Relist>,
+    /// Client tool calls being gathered: when the window closes, and the calls so far.
+    gathering: Option<(Instant, Vec<protocol::ClientToolCall>)>,
 }
 
 impl Server {
@@ -252,18 +293,92 @@ impl Server {
             {
                 return end;
             }
+            if let Some(end) = self.check_deadlines() {
+                return end;
+            }
         }
+    }
+
+    /// Releases held turns once Claude re-listed or the wait ran out; fails client tool
+    /// calls whose result did not come in time.
+    fn check_deadlines(&mut self) -> Option<End> {
+        let now = Instant::now();
+        let listed_now = std::mem::take(&mut self.state.listed);
+        if let Some(relist) = &mut self.relist
+            && listed_now
+            && !relist.relisted
+        {
+            log::info!(
+                "claude re-listed the tools; {} held turn(s) go out in {RELIST_SETTLE:?}",
+                relist.held.len()
+            );
+            relist.relisted = true;
+            relist.until = now + RELIST_SETTLE;
+        }
+        if let Some(relist) = &self.relist
+            && now >= relist.until
+        {
+            let Relist { held, relisted, .. } = self.relist.take().expect("checked");
+            if !relisted {
+                log::warn!("claude did not re-list the tools within {RELIST_WAIT:?}");
+            }
+            for message in held {
+                if let Some(end) = self.emit(&message) {
+                    return Some(end);
+                }
+            }
+        }
+        if let Some((until, _)) = &self.gathering
+            && now >= *until
+            && let Some(end) = self.send_gathered()
+        {
+            return Some(end);
+        }
+        let expired: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(call, _)| call.clone())
+            .collect();
+        for call in expired {
+            let (id, _) = self.calls.remove(&call).expect("listed");
+            log::warn!(
+                "client tool call {call}: no result within {:?}",
+                self.result_timeout
+            );
+            let text = format!(
+                "The client application did not return a result for this tool call within {} s (tool_result_timeout), so it failed. Tell the user the tool did not answer; do not assume it ran or did not run.",
+                self.result_timeout.as_secs()
+            );
+            if let Some(end) = self.emit(&mcp::client_tool_answer(id, &text, true)) {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// How long the next poll may sleep.
     fn next_wait(&self) -> Duration {
-        match &self.link {
-            Link::Dialing { at, .. } => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
-            Link::Registering { until, .. } => until
-                .saturating_duration_since(Instant::now())
-                .min(REGISTRATION_POLL),
+        let now = Instant::now();
+        let wait = match &self.link {
+            Link::Dialing { at, .. } => at.saturating_duration_since(now).min(IDLE_WAIT),
+            Link::Registering { until, .. } => {
+                until.saturating_duration_since(now).min(REGISTRATION_POLL)
+            }
             Link::Connected(link) if link.has_pending() => PENDING_WAIT,
             _ => IDLE_WAIT,
+        };
+        let deadlines = self
+            .calls
+            .values()
+            .map(|(_, d)| *d)
+            .chain(self.relist.as_ref().map(|r| r.until))
+            .chain(self.gathering.as_ref().map(|(until, _)| *until));
+        let wait = deadlines.fold(wait, |w, d| w.min(d.saturating_duration_since(now)));
+        if self.state.listed {
+            Duration::ZERO
+        } else {
+            wait
         }
     }
 
@@ -312,6 +427,14 @@ impl Server {
                     continue;
                 }
                 Output::Forward { id, frame } => self.forward(id, &frame),
+                Output::CallClient {
+                    id,
+                    name,
+                    arguments,
+                } => match self.call_client(id, name, arguments) {
+                    Some(message) => message,
+                    None => continue,
+                },
                 Output::Notify(frame) => {
                     self.notify(&frame);
                     continue;
@@ -365,6 +488,71 @@ impl Server {
         }
     }
 
+    /// Takes a client tool call: its MCP request stays open (None) until its result or its
+    /// deadline, and the call joins the ones gathered for the next `client_tool_calls` frame;
+    /// answered at once with an error when the bridge is not connected.
+    fn call_client(&mut self, id: Value, name: String, arguments: String) -> Option<Value> {
+        if !matches!(self.link, Link::Connected(_)) {
+            log::warn!("client tool {name} called while the bridge is not connected");
+            return Some(mcp::client_tool_answer(
+                id,
+                "the chat client cannot be reached (the synthesis bridge is not connected)",
+                true,
+            ));
+        }
+        let call_id = format!("call{}", uuid::Uuid::new_v4().simple());
+        log::info!("client tool call {call_id} ({name}) from claude");
+        let now = Instant::now();
+        self.calls.insert(
+            call_id.clone(),
+            (id, now + self.result_timeout + RESULT_BACKSTOP),
+        );
+        let (_, calls) = self
+            .gathering
+            .get_or_insert_with(|| (now + GATHER_WINDOW, Vec::new()));
+        calls.push(protocol::ClientToolCall {
+            call_id,
+            name,
+            arguments,
+        });
+        None
+    }
+
+    /// Sends the gathered client tool calls as one frame; on failure their MCP requests are
+    /// answered with the error.
+    fn send_gathered(&mut self) -> Option<End> {
+        let (_, calls) = self.gathering.take()?;
+        let frame = ChannelFrame::ClientToolCalls {
+            turn: self.state.last_turn.clone().unwrap_or_default(),
+            calls,
+        };
+        let sent = match &mut self.link {
+            Link::Connected(link) => link.send(&frame),
+            _ => Err("the synthesis bridge is not connected".into()),
+        };
+        let ChannelFrame::ClientToolCalls { calls, .. } = frame else {
+            unreachable!("built above");
+        };
+        match sent {
+            Ok(()) => {
+                log::info!("{} client tool call(s) sent to the bridge", calls.len());
+                None
+            }
+            Err(e) => {
+                log::error!("sending client tool calls to the bridge failed: {e}");
+                for call in calls {
+                    if let Some((id, _)) = self.calls.remove(&call.call_id) {
+                        let text = format!("the chat client cannot be reached ({e})");
+                        if let Some(end) = self.emit(&mcp::client_tool_answer(id, &text, true)) {
+                            return Some(end);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
     fn on_frame(&mut self, frame: BridgeFrame) -> Option<End> {
         match frame {
             BridgeFrame::Turn { id, content, meta } => {
@@ -373,8 +561,51 @@ impl Server {
                 if !dropped.is_empty() {
                     log::warn!("turn {id}: dropping meta keys Claude would reject: {dropped:?}");
                 }
+                if let Some(Relist { held, .. }) = &mut self.relist {
+                    log::info!(
+                        "turn {id} ({} bytes) waits for claude to re-list the tools",
+                        content.len()
+                    );
+                    held.push(message);
+                    return None;
+                }
                 log::info!("turn {id} ({} bytes) → claude", content.len());
                 self.emit(&message)
+            }
+            BridgeFrame::ClientTools {
+                tools,
+                result_timeout_ms,
+            } => {
+                if result_timeout_ms > 0 {
+                    self.result_timeout = Duration::from_millis(result_timeout_ms);
+                }
+                let count = tools.len();
+                let changed = mcp::set_client_tools(&mut self.state, tools)?;
+                log::info!("client tools changed ({count} now); telling claude");
+                self.state.listed = false;
+                if self.relist.is_none() {
+                    self.relist = Some(Relist {
+                        until: Instant::now() + RELIST_WAIT,
+                        held: Vec::new(),
+                        relisted: false,
+                    });
+                }
+                self.emit(&changed)
+            }
+            BridgeFrame::ClientToolResult {
+                call_id,
+                content,
+                is_error,
+            } => {
+                let Some((id, _)) = self.calls.remove(&call_id) else {
+                    log::warn!("result for unknown or expired client tool call {call_id} dropped");
+                    return None;
+                };
+                log::info!(
+                    "client tool call {call_id}: result ({} bytes, error: {is_error}) → claude",
+                    content.len()
+                );
+                self.emit(&mcp::client_tool_answer(id, &content, is_error))
             }
             BridgeFrame::PermissionVerdict {
                 request_id,

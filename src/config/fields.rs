@@ -185,6 +185,16 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "ignore the client's system prompt, or append it to Claude's (default ignore)",
     ),
     (
+        "client_tools",
+        "POLICY",
+        "which of a request's `tools` Claude may call: all, none, or a comma-separated list of names and globs (default all)",
+    ),
+    (
+        "tool_result_timeout",
+        "DUR",
+        "how long a client tool call waits for its result before Claude is told it failed (default 10m)",
+    ),
+    (
         "insecure_public",
         "BOOL",
         "allow binding a non-loopback host without an api_key (default false)",

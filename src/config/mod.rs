@@ -86,6 +86,8 @@ pub struct Config {
     pub client_read_timeout: Duration,
     pub strip_openclaw_context: bool,
     pub system_prompt: SystemPromptPolicy,
+    pub client_tools: ClientToolsPolicy,
+    pub tool_result_timeout: Duration,
     pub insecure_public: bool,
     pub allow_bypass_permissions: bool,
     pub setting_sources: Option<String>,
@@ -113,6 +115,76 @@ pub enum StopHookKind {
     Http,
     /// `type: "command"`: `sh -c '<bridge> hook stop'` per turn.
     Command,
+}
+
+/// Which of a request's `tools` become tools Claude can call (docs/CLIENT_TOOLS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientToolsPolicy {
+    /// Every tool the request names (the OpenAI contract).
+    All,
+    /// None: requests' `tools` are ignored.
+    None,
+    /// Only tools whose name matches one of these names or globs (`*`, `?`).
+    Only(Vec<String>),
+}
+
+impl ClientToolsPolicy {
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            ClientToolsPolicy::All => true,
+            ClientToolsPolicy::None => false,
+            ClientToolsPolicy::Only(patterns) => patterns.iter().any(|p| glob_match(p, name)),
+        }
+    }
+}
+
+impl std::str::FromStr for ClientToolsPolicy {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "all" => Ok(ClientToolsPolicy::All),
+            "none" | "" => Ok(ClientToolsPolicy::None),
+            list => {
+                let patterns: Vec<String> = list
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                if let Some(bad) = patterns.iter().find(|p| {
+                    !p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-*?.".contains(c))
+                }) {
+                    return Err(format!(
+                        "`{bad}` is not a tool name or glob (letters, digits, `_`, `-`, `.`, `*`, `?`); use all, none or a comma-separated list"
+                    ));
+                }
+                Ok(ClientToolsPolicy::Only(patterns))
+            }
+        }
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` is any run of characters and `?` one.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 impl Default for Config {
@@ -158,6 +230,8 @@ impl Default for Config {
             client_read_timeout: Duration::from_secs(30),
             strip_openclaw_context: false,
             system_prompt: SystemPromptPolicy::Ignore,
+            client_tools: ClientToolsPolicy::All,
+            tool_result_timeout: Duration::from_secs(10 * 60),
             insecure_public: false,
             allow_bypass_permissions: false,
             setting_sources: None,
@@ -430,6 +504,8 @@ impl Config {
                 }
             }
             "strip_openclaw_context" => self.strip_openclaw_context = parse_bool(value)?,
+            "client_tools" => self.client_tools = value.parse()?,
+            "tool_result_timeout" => self.tool_result_timeout = parse_duration(value)?,
             "system_prompt" => {
                 self.system_prompt = match value {
                     "ignore" => SystemPromptPolicy::Ignore,

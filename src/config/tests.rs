@@ -271,6 +271,43 @@ fn api_key_file_gives_the_key_from_its_first_line() {
 }
 
 #[test]
+fn client_tools_policy_and_result_timeout() {
+    let c = run(&[], &[]).unwrap();
+    assert_eq!(c.client_tools, ClientToolsPolicy::All);
+    assert_eq!(c.tool_result_timeout, Duration::from_secs(600));
+    let c = run(
+        &["--client-tools", "none", "--tool-result-timeout", "90s"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.client_tools, ClientToolsPolicy::None);
+    assert!(!c.client_tools.allows("message"));
+    assert_eq!(c.tool_result_timeout, Duration::from_secs(90));
+    let c = run(&[], &[("SYNTHESIS_CLIENT_TOOLS", "message, cron_*,mem?ry")]).unwrap();
+    assert_eq!(
+        c.client_tools,
+        ClientToolsPolicy::Only(vec!["message".into(), "cron_*".into(), "mem?ry".into()])
+    );
+    for (name, allowed) in [
+        ("message", true),
+        ("messages", false),
+        ("cron_add", true),
+        ("cron_", true),
+        ("cron", false),
+        ("memory", true),
+        ("exec", false),
+    ] {
+        assert_eq!(c.client_tools.allows(name), allowed, "{name}");
+    }
+    assert!(ClientToolsPolicy::All.allows("anything"));
+    let err = run(&["--client-tools", "a b"], &[]).unwrap_err();
+    assert!(err.contains("client-tools"), "{err}");
+    assert!(glob_match("*", ""));
+    assert!(glob_match("a*b*c", "axxbyyc"));
+    assert!(!glob_match("a*b", "axxbc"));
+}
+
+#[test]
 fn permission_relay_and_permission_timeout_have_defaults_and_are_checked() {
     use crate::session::pending::PermissionRelay;
     let c = run(&[], &[]).unwrap();

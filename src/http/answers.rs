@@ -1,5 +1,6 @@
-//! The HTTP side of suspended turns (docs/PERMISSIONS.md): which part of a request answers
-//! the session's open questions (`classify_answers`, a pure function), the early 400 for an
+//! The HTTP side of suspended turns (docs/PERMISSIONS.md; client tool results are read by
+//! `tools.rs`, docs/CLIENT_TOOLS.md): which part of a request answers the session's open
+//! questions (`classify_answers`, a pure function), the early 400 for an
 //! id that is not open (`check_answers`), and the machine-readable `synthesis_pending` field
 //! added to the chunk or message that carries the questions.
 
@@ -19,9 +20,10 @@ pub fn classify_answers(parts: &[String]) -> Vec<Answer> {
     parse_verdicts(&text.join("\n")).unwrap_or_default()
 }
 
-/// Answers naming a question the session does not have open are refused before the
-/// response starts, so a stream gets a real 400 (the worker checks again when it takes the
-/// turn). A session with no open question takes `yes abcde` as an ordinary message.
+/// Answers naming a question the session does not have open (a `yes <id>`, or a `tool`
+/// message's `tool_call_id`) are refused before the response starts, so a stream gets a real
+/// 400 (the worker checks again when it takes the turn). A session with no open question
+/// takes `yes abcde` as an ordinary message.
 pub fn check_answers(ctx: &HttpContext, key: &str, answers: &[Answer]) -> Result<(), String> {
     if answers.is_empty() {
         return Ok(());
@@ -40,6 +42,13 @@ pub fn check_answers(ctx: &HttpContext, key: &str, answers: &[Answer]) -> Result
         .collect();
     if open.is_empty() || unknown.is_empty() {
         return Ok(());
+    }
+    if matches!(answers[0], Answer::ToolResult { .. }) {
+        return Err(format!(
+            "no client tool call of this session waits for tool_call_id {}; open: {}. Send one `tool` message per id of the latest `tool_calls`",
+            unknown.join(", "),
+            open.join(", ")
+        ));
     }
     Err(format!(
         "no open question has the id {}; open: {}. Answer `yes <id>` or `no <id>` with one of those",

@@ -5,9 +5,11 @@
 //! session's `TurnEvent`s into either an SSE stream or one `chat.completion`. While it waits
 //! it sends an empty-content chunk every `heartbeat_interval` (OpenClaw's watchdog counts
 //! JSON chunks, not SSE comments). If the client goes away mid-stream, it cancels the turn.
-//! A turn that only answers a suspended turn's questions (`yes kqwfz`) is classified here and
-//! an unknown id refused before the response starts (`answers.rs`, docs/PERMISSIONS.md); a
-//! suspended turn's response ends with its questions (`synthesis_pending`).
+//! A turn that only answers a suspended turn's questions (`yes kqwfz`, or `tool` messages
+//! with client tool results) is classified here and an unknown id refused before the response
+//! starts (`answers.rs`, docs/PERMISSIONS.md, docs/CLIENT_TOOLS.md); a suspended turn's
+//! response ends with its questions (`synthesis_pending`) or its client tool calls
+//! (`tool_calls`, `tools.rs`).
 
 use serde_json::json;
 use std::io::Read;
@@ -20,15 +22,16 @@ use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request
 use super::openclaw;
 use super::params::{Params, ReplyFormat, StopFilter};
 use super::sse::SseStream;
+use super::tools;
 use super::turn_wait::{Waited, check_format, wait_turn};
 use super::{HttpContext, respond_error};
-use crate::config::SystemPromptPolicy;
+use crate::config::{ClientToolsPolicy, SystemPromptPolicy};
 use crate::metrics::{self, METRICS};
 use crate::protocol::MAX_TURN_BYTES;
-use crate::session::pending::Pending;
+use crate::session::pending::{self, Pending};
 use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
-use crate::session::turn::HistoryRenderer;
+use crate::session::turn::{ClientTools, HistoryRenderer};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 use crate::session::{SubmitError, identity};
 
@@ -72,6 +75,15 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Some(Err(error)) => return respond_error(request, &error),
         None => Default::default(),
     };
+    let empty = serde_json::Map::new();
+    let request_tools = match tools::parse_request_tools(
+        value.as_object().unwrap_or(&empty),
+        &ctx.client_tools,
+        &ctx.channel_name,
+    ) {
+        Ok(parsed) => parsed,
+        Err(error) => return respond_error(request, &error),
+    };
     let received = Instant::now();
     let headers = lower_case_headers(&request);
     let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
@@ -98,6 +110,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         .get("messages")
         .and_then(|m| m.as_array())
         .map_or(&[][..], Vec::as_slice);
+    let tool_results = match tools::tool_results(messages) {
+        Ok(results) => results,
+        Err(error) => return respond_error(request, &error),
+    };
     // Sessions found by conversation matching: the history point this request claimed (given
     // back if the turn fails), the request remembered for an identical retry, and the chain
     // their next request will show.
@@ -125,16 +141,34 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     } else {
         chat.turn_parts.clone()
     };
-    if parts.is_empty() {
+    if parts.is_empty() && tool_results.is_empty() {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
         return respond_error(request, &ApiError::bad_request(message));
     }
-    let answers = classify_answers(&parts);
+    // `tool` messages answer client tool calls; any text beside them is not passed on (the
+    // turn they resume is already running in Claude).
+    let answers = if tool_results.is_empty() {
+        classify_answers(&parts)
+    } else {
+        tool_results
+            .into_iter()
+            .map(|r| pending::Answer::ToolResult {
+                call_id: r.call_id,
+                content: r.content,
+                is_error: r.is_error,
+            })
+            .collect()
+    };
     if let Err(message) = check_answers(&ctx, &key.key, &answers) {
         return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
     }
     let mut content = parts.join("\n\n");
     if let Some(instruction) = params.format.instruction() {
+        content = format!("{content}\n\n{instruction}");
+    }
+    if let Some(instruction) =
+        tools::choice_instruction(&request_tools.choice, &request_tools.tools)
+    {
         content = format!("{content}\n\n{instruction}");
     }
     if content.len() > MAX_TURN_BYTES {
@@ -160,6 +194,12 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         marked_retry,
         system_prompt,
         answers,
+        client_tools: (ctx.client_tools != ClientToolsPolicy::None).then(|| {
+            Arc::new(ClientTools {
+                tools: request_tools.tools,
+                result_timeout: ctx.tool_result_timeout,
+            })
+        }),
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.
@@ -600,11 +640,20 @@ fn stream(
     settle(result.as_ref().ok().map(|(reply, _)| reply.as_str()));
     let finished = match result {
         Ok((reply, read_at)) => (|| -> std::io::Result<()> {
-            if !pending.is_empty() {
+            let calls = tools::calls_of(&pending);
+            if calls.len() < pending.len() {
                 // A suspended turn: its questions, machine-readable, before the end.
                 sse.event(&question_chunk(completion, "", &pending))?;
             }
-            sse.event(&completion.chunk(json!({}), Some("stop")))?;
+            let finish = if calls.is_empty() {
+                "stop"
+            } else {
+                // Client tool calls: one chunk carries them whole (docs/CLIENT_TOOLS.md).
+                let delta = json!({"tool_calls": tools::tool_calls_json(&calls)});
+                sse.event(&completion.chunk(delta, None))?;
+                "tool_calls"
+            };
+            sse.event(&completion.chunk(json!({}), Some(finish)))?;
             if chat.include_usage {
                 sse.event(
                     &completion.usage_chunk(Usage::estimate(chat.prompt_chars, reply.len())),
@@ -664,8 +713,12 @@ fn respond_whole(
         Err(None) => return,
     };
     let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
-    if !pending.is_empty() {
+    let calls = tools::calls_of(&pending);
+    if calls.len() < pending.len() {
         body = with_pending(body, &pending);
+    }
+    if !calls.is_empty() {
+        body = tools::with_tool_calls(body, &text, &calls);
     }
     if let Err(e) = answer.finish(body, ctx.write_deadline) {
         log::info!(

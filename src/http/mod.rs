@@ -16,6 +16,7 @@ pub mod params;
 pub mod permissions;
 pub mod responses;
 pub mod sse;
+pub mod tools;
 pub mod turn_wait;
 
 use serde_json::json;
@@ -48,6 +49,11 @@ pub struct HttpContext {
     /// Longest a whole non-streamed response may take to write (a client that reads slowly
     /// or not at all loses its response, not a thread forever).
     pub write_deadline: Duration,
+    /// Which of a request's `tools` Claude may call (docs/CLIENT_TOOLS.md).
+    pub client_tools: crate::config::ClientToolsPolicy,
+    /// The channel server's MCP name (client tools are `mcp__<name>__client_<tool>`).
+    pub channel_name: String,
+    pub tool_result_timeout: Duration,
     /// Where session keys are read from (`session_key_sources`, names of `identity::KEY_SOURCES`).
     pub session_key_sources: Vec<String>,
     /// How long an identical request may still attach to a turn that ended (`retry_grace`).

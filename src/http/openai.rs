@@ -56,7 +56,7 @@ pub struct ChatRequest {
     pub stream: bool,
     pub include_usage: bool,
     /// The new user turn: the text of every user message after the last assistant/tool
-    /// message, one entry per message.
+    /// message, one entry per message. Empty only when the new turn carries `tool` results.
     pub turn_parts: Vec<String>,
     /// Rough size of everything sent, for the usage estimate.
     pub prompt_chars: usize,
@@ -148,7 +148,10 @@ pub fn new_turn_parts(messages: &[Value]) -> Result<Vec<String>, ApiError> {
             parts.push(text);
         }
     }
-    if parts.is_empty() {
+    let answers_tools = messages[start..]
+        .iter()
+        .any(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
+    if parts.is_empty() && !answers_tools {
         return Err(ApiError::bad_request(
             "no user text after the last assistant or tool message: send the new user turn as a `user` message",
         ));
@@ -180,16 +183,25 @@ pub const KNOWN_ROLES: &[&str] = &[
 
 /// Index of the first message of the new turn: the one after the last `assistant`/`tool`
 /// message (0 when there is none). Everything before it is the conversation's history.
+/// `tool` messages that directly follow the last `assistant` message answer its
+/// `tool_calls`: they belong to the new turn (docs/CLIENT_TOOLS.md), so the history ends with
+/// that assistant message.
 pub fn new_turn_start(messages: &[Value]) -> usize {
-    messages
+    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_owned);
+    let Some(last) = messages
         .iter()
-        .rposition(|m| {
-            matches!(
-                m.get("role").and_then(Value::as_str),
-                Some("assistant" | "tool")
-            )
-        })
-        .map_or(0, |i| i + 1)
+        .rposition(|m| matches!(role(m).as_deref(), Some("assistant" | "tool")))
+    else {
+        return 0;
+    };
+    let mut first_tool = last;
+    while first_tool > 0 && role(&messages[first_tool]).as_deref() == Some("tool") {
+        first_tool -= 1;
+    }
+    if first_tool < last && role(&messages[first_tool]).as_deref() == Some("assistant") {
+        return first_tool + 1;
+    }
+    last + 1
 }
 
 /// A message's text: a string, or an array of content parts whose `text` parts are joined.

@@ -74,7 +74,16 @@ pub fn retry_fingerprint(messages: &[Value]) -> Option<u64> {
     let mut hash = chain(history_hash(messages).unwrap_or(CHAIN_START), "turn", "");
     let mut any = false;
     for m in &messages[start..] {
-        if m.get("role").and_then(Value::as_str) != Some("user") {
+        let role = m.get("role").and_then(Value::as_str);
+        if role == Some("tool") {
+            // A tool result (docs/CLIENT_TOOLS.md): a resent result request is a retry too.
+            let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+            let text = content_text(m.get("content").unwrap_or(&Value::Null)).unwrap_or_default();
+            hash = chain(hash, "tool", &format!("{id}\n{text}"));
+            any = true;
+            continue;
+        }
+        if role != Some("user") {
             continue;
         }
         let text = content_text(m.get("content").unwrap_or(&Value::Null)).unwrap_or_default();
@@ -141,6 +150,27 @@ mod tests {
         let t1 = fixture_messages("turn1-affinity-session-key.json");
         let t2 = fixture_messages("turn2-affinity-session-key.json");
         assert_ne!(retry_fingerprint(&t1), retry_fingerprint(&t2));
+    }
+
+    #[test]
+    fn tool_results_have_a_fingerprint_of_their_own() {
+        let ask = vec![
+            json!({"role": "user", "content": "weather?"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call1"}]}),
+        ];
+        let with = |content: &str| {
+            let mut m = ask.clone();
+            m.push(json!({"role": "tool", "tool_call_id": "call1", "content": content}));
+            m
+        };
+        let sunny = retry_fingerprint(&with("sunny"));
+        assert!(sunny.is_some());
+        assert_eq!(
+            sunny,
+            retry_fingerprint(&with("sunny")),
+            "a resend is the same turn"
+        );
+        assert_ne!(sunny, retry_fingerprint(&with("rain")));
     }
 
     #[test]

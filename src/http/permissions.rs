@@ -67,6 +67,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>, key: String, id: Stri
         marked_retry: false,
         system_prompt: None,
         answers: vec![Answer::Verdict { id, allow }],
+        client_tools: None,
     };
     let turn = match ctx.registry.submit(&key, new_turn, ctx.queue_timeout) {
         Ok(turn) => turn,

@@ -420,6 +420,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         marked_retry: key.source == "identical-request-retry",
         system_prompt,
         answers,
+        client_tools: None,
     };
     let turn = match ctx.registry.submit(&key.key, new_turn, ctx.queue_timeout) {
         Ok(turn) => turn,

@@ -3,8 +3,9 @@
 //! (a failed write means the client left: the turn is cancelled), the JSON reply check with
 //! one repair turn (`response_format`), and the short error a client gets for a failed turn
 //! (screen lines stay in the log and in `/v1/sessions`' `last_error`). A suspended turn
-//! (docs/PERMISSIONS.md) ends the wait like a finished one, its question text as the last
-//! piece and its questions in `Waited::Done::pending`.
+//! (docs/PERMISSIONS.md, docs/CLIENT_TOOLS.md) ends the wait like a finished one, its question
+//! text as the last piece (client tool calls have none) and its questions in
+//! `Waited::Done::pending`.
 
 use crossbeam_channel::RecvTimeoutError;
 use std::collections::{HashMap, VecDeque};
@@ -81,15 +82,18 @@ pub fn wait_turn(
             Ok(TurnEvent::Suspended(pending)) => {
                 // The question ends this response normally; the answer comes in the
                 // session's next request, which gets the rest of the same claude turn.
+                // Client tool calls have no text (they become `tool_calls`).
                 let question = question_text(&pending);
-                let piece = if text.is_empty() {
-                    question
-                } else {
-                    format!("\n\n{question}")
-                };
-                text.push_str(&piece);
-                if let Err(e) = on_text(&piece) {
-                    return gone(e);
+                if !question.is_empty() {
+                    let piece = if text.is_empty() {
+                        question
+                    } else {
+                        format!("\n\n{question}")
+                    };
+                    text.push_str(&piece);
+                    if let Err(e) = on_text(&piece) {
+                        return gone(e);
+                    }
                 }
                 return Waited::Done {
                     text,
@@ -144,6 +148,7 @@ pub fn check_format(
         marked_retry: false,
         system_prompt: None,
         answers: Vec::new(),
+        client_tools: None,
     };
     let turn = ctx
         .registry

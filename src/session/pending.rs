@@ -67,6 +67,15 @@ pub enum PendingKind {
         description: String,
         input_preview: String,
     },
+    /// Claude called one of the client's tools (the channel's `client_tool_calls`); the
+    /// pending id is `call_id`, the `tool_calls[].id` the client answers with
+    /// (docs/CLIENT_TOOLS.md).
+    ClientToolCall {
+        call_id: String,
+        name: String,
+        /// The call's arguments as JSON text.
+        arguments: String,
+    },
 }
 
 /// An answer to a pending question, carried by the request that resumes the turn.
@@ -74,6 +83,12 @@ pub enum PendingKind {
 pub enum Answer {
     /// `yes <id>` / `no <id>` (or `POST /v1/sessions/<key>/permissions/<id>`).
     Verdict { id: String, allow: bool },
+    /// A `tool` message: the client's result of the client tool call `call_id`.
+    ToolResult {
+        call_id: String,
+        content: String,
+        is_error: bool,
+    },
 }
 
 impl Answer {
@@ -81,7 +96,32 @@ impl Answer {
     pub fn id(&self) -> &str {
         match self {
             Answer::Verdict { id, .. } => id,
+            Answer::ToolResult { call_id, .. } => call_id,
         }
+    }
+
+    /// Whether it is the kind of answer `kind` takes.
+    pub fn fits(&self, kind: &PendingKind) -> bool {
+        matches!(
+            (self, kind),
+            (Answer::Verdict { .. }, PendingKind::Permission { .. })
+                | (
+                    Answer::ToolResult { .. },
+                    PendingKind::ClientToolCall { .. }
+                )
+        )
+    }
+}
+
+impl PendingKind {
+    /// The pending id for this question: a client tool call keeps its call id (the client
+    /// answers with it); a permission question gets a short id not among `taken`.
+    pub fn pending(self, taken: &[Pending]) -> Pending {
+        let id = match &self {
+            PendingKind::ClientToolCall { call_id, .. } => call_id.clone(),
+            PendingKind::Permission { .. } => new_id(taken),
+        };
+        Pending { id, kind: self }
     }
 }
 
@@ -124,10 +164,12 @@ pub fn parse_verdicts(text: &str) -> Option<Vec<Answer>> {
     (!answers.is_empty()).then_some(answers)
 }
 
-/// The chat text that asks a person about `pending` (one paragraph per question).
+/// The chat text that asks a person about `pending` (one paragraph per question). Client
+/// tool calls are no question to a person (they become `tool_calls`) and have no text.
 pub fn question_text(pending: &[Pending]) -> String {
     pending
         .iter()
+        .filter(|p| matches!(p.kind, PendingKind::Permission { .. }))
         .map(|p| match &p.kind {
             PendingKind::Permission {
                 tool_name,
@@ -150,6 +192,7 @@ pub fn question_text(pending: &[Pending]) -> String {
                 ));
                 text
             }
+            PendingKind::ClientToolCall { .. } => String::new(),
         })
         .collect::<Vec<_>>()
         .join("\n\n")

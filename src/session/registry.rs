@@ -90,6 +90,8 @@ pub struct NewTurn {
     /// of a turn that already finished. Without that, only a queued or running turn is joined.
     pub marked_retry: bool,
     pub system_prompt: Option<Arc<str>>,
+    /// The request's client tools (None: leave the channel's set alone).
+    pub client_tools: Option<Arc<crate::session::turn::ClientTools>>,
     /// Answers to the session's pending questions (empty for an ordinary turn).
     pub answers: Vec<super::pending::Answer>,
 }
@@ -282,6 +284,7 @@ impl Registry {
             history: request.history,
             answers: request.answers,
             admission,
+            client_tools: request.client_tools,
         };
         // Never full: the queue holds at most `max_queued_turns`, checked above.
         if handle.turns.try_send(turn).is_err() {

@@ -39,6 +39,17 @@ pub struct Turn {
     pub answers: Vec<Answer>,
     /// Counts the turn as the session's until it is dropped (see `Admission`).
     pub admission: Admission,
+    /// The client tools Claude may call during this turn; None leaves the channel's set as
+    /// it is (`client_tools = none`).
+    pub client_tools: Option<Arc<ClientTools>>,
+}
+
+/// The client's tools for one turn (docs/CLIENT_TOOLS.md): what the channel server lists,
+/// and how long a call may wait for its result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTools {
+    pub tools: Vec<crate::protocol::ClientTool>,
+    pub result_timeout: Duration,
 }
 
 /// A turn dropped without an answer (its worker panicked, its queue was dropped) fails its

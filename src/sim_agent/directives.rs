@@ -7,8 +7,9 @@
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
 //! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
-//! `drop_all`, `json_next` or `ask=<tool>` (a permission prompt for that tool, relayed to the
-//! channel as Claude does; repeat it for several). Later items win for numbers; flags only ever
+//! `drop_all`, `json_next`, `tool=NAME` (call the client tool NAME; several `tool=` items are
+//! parallel calls) or `ask=<tool>` (a permission prompt for that tool, relayed to the channel
+//! as Claude does; repeat it for several). Later items win for numbers; flags only ever
 //! switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -31,6 +32,9 @@ pub struct Directives {
     /// First send a reply for a turn that is not running (`turn-0`), as a confused or late
     /// Claude might: the bridge must drop it.
     pub stray: bool,
+    /// Client tools to call (in parallel, after the progress replies); their results are
+    /// quoted in the final reply.
+    pub tools: Vec<String>,
     /// Permission prompts (tool names) shown one after the other after the progress replies
     /// and before the final one, each relayed as `permission_request` and waited on.
     pub ask: Vec<String>,
@@ -53,6 +57,8 @@ pub enum Step {
     Hang,
     /// A (progress) reply tagged with a turn id that is not running.
     StrayReply,
+    /// Call these client tools at once and wait for every result.
+    CallTools(Vec<String>),
     /// A permission prompt for `tool`: wait for the channel's verdict (or a key).
     Ask {
         tool: String,
@@ -101,6 +107,7 @@ impl Directives {
             ("no_final", None) => self.no_final = true,
             ("hang", None) => self.hang = true,
             ("stray", None) => self.stray = true,
+            ("tool", Some(name)) if !name.is_empty() => self.tools.push(name.to_string()),
             ("ask", Some(tool)) if !tool.is_empty() && self.ask.len() < 10 => {
                 self.ask.push(tool.to_string())
             }
@@ -122,7 +129,7 @@ impl Directives {
         if self.stray {
             steps.push(Step::StrayReply);
         }
-        let mut reply = |text: String, is_final: bool| {
+        let reply = |steps: &mut Vec<Step>, text: String, is_final: bool| {
             if !delay.is_zero() {
                 steps.push(Step::Sleep(delay));
             }
@@ -130,21 +137,18 @@ impl Directives {
         };
         if !self.no_reply {
             for i in 1..=self.progress {
-                reply(format!("progress {i}/{}", self.progress), false);
+                reply(&mut steps, format!("progress {i}/{}", self.progress), false);
+            }
+            if !self.tools.is_empty() {
+                steps.push(Step::CallTools(self.tools.clone()));
             }
         }
         steps.extend(self.ask.iter().map(|tool| Step::Ask { tool: tool.clone() }));
-        let mut reply = |text: String, is_final: bool| {
-            if !delay.is_zero() {
-                steps.push(Step::Sleep(delay));
-            }
-            steps.push(Step::Reply { text, is_final });
-        };
         if !self.no_reply {
             if !self.no_final {
-                reply(content.to_string(), true);
+                reply(&mut steps, content.to_string(), true);
             } else if self.progress == 0 {
-                reply(content.to_string(), false);
+                reply(&mut steps, content.to_string(), false);
             }
         }
         if steps.is_empty() && !delay.is_zero() {
@@ -259,5 +263,14 @@ mod tests {
         assert_eq!(plan("[sim:no_reply,progress=3]"), vec![]);
         assert_eq!(plan("[sim:no_reply,delay_ms=4]"), vec![ms(4)]);
         assert_eq!(plan("[sim:hang,progress=3]"), vec![Step::Hang]);
+        let t = "w [sim:progress=1,tool=a,tool=b]";
+        assert_eq!(
+            plan(t),
+            vec![
+                reply("progress 1/1", false),
+                Step::CallTools(vec!["a".into(), "b".into()]),
+                reply(t, true)
+            ]
+        );
     }
 }

@@ -228,6 +228,8 @@ pub fn run(argv: Vec<String>) -> u8 {
         current: None,
         dropped: Default::default(),
         tool_calls: 0,
+        listed_tools: Vec::new(),
+        listing: None,
         json_next: None,
     };
     let ending = conversation.run(start.stdin);

@@ -60,6 +60,11 @@ pub struct Conversation<'a> {
     /// Turn ids whose first delivery was seen (for `[sim:drop_first]`).
     pub dropped: std::collections::HashSet<String>,
     pub tool_calls: u64,
+    /// Tool names the channel server listed last (re-listed on `tools/list_changed`, as
+    /// Claude Code does).
+    pub listed_tools: Vec<String>,
+    /// The `tools/list` request in flight, if any.
+    pub listing: Option<u64>,
     /// `[sim:json_next]`: the JSON line the next turn replies with instead of its echo.
     pub json_next: Option<String>,
 }
@@ -78,6 +83,8 @@ pub struct Turn {
     steps: VecDeque<Step>,
     wait: Wait,
     last_reply: Option<String>,
+    /// What `[sim:tool=…]` calls returned, quoted in the final reply.
+    tool_results: Vec<String>,
     /// How each `[sim:ask]` prompt was answered (`Bash: allowed`), told in the final reply.
     verdicts: Vec<String>,
 }
@@ -105,6 +112,10 @@ enum Wait {
     },
     /// `[sim:hang]`: until interrupted.
     Forever,
+    /// Client tool calls are out: request id → tool name, for those not answered yet.
+    Tools {
+        pending: Vec<(u64, String)>,
+    },
 }
 
 /// Request ids as Claude draws them: five lower-case letters.
@@ -195,7 +206,8 @@ impl Conversation<'_> {
                 Wait::Answer { .. }
                 | Wait::Permission { .. }
                 | Wait::Verdict { .. }
-                | Wait::Forever => return None,
+                | Wait::Forever
+                | Wait::Tools { .. } => return None,
             }
             let step = turn.steps.pop_front();
             let ending = match step {
@@ -207,14 +219,18 @@ impl Conversation<'_> {
                     self.set_wait(Wait::Permission { text, is_final })
                 }
                 Some(Step::Reply { text, is_final }) => {
-                    let verdicts = &turn.verdicts;
-                    let text = if is_final && !verdicts.is_empty() {
-                        format!("{text}\n({})", verdicts.join("; "))
-                    } else {
-                        text
+                    let mut text = match &turn.tool_results {
+                        results if is_final && !results.is_empty() => {
+                            format!("{text}\n{}", results.join("\n"))
+                        }
+                        _ => text,
                     };
+                    if is_final && !turn.verdicts.is_empty() {
+                        text = format!("{text}\n({})", turn.verdicts.join("; "));
+                    }
                     self.call_reply(text, is_final)
                 }
+                Some(Step::CallTools(names)) => self.call_tools(names),
                 Some(Step::Ask { tool }) => self.ask_permission(tool),
                 Some(Step::StrayReply) => self.call_reply_for(
                     Some("turn-0".to_string()),
@@ -288,6 +304,7 @@ impl Conversation<'_> {
             steps: directives.plan(&reply).into(),
             wait: Wait::Ready,
             last_reply: None,
+            tool_results: Vec::new(),
             verdicts: Vec::new(),
         });
         None
@@ -339,6 +356,44 @@ impl Conversation<'_> {
             }
             None => self.end_turn(),
         }
+    }
+
+    /// Calls the client tools `names` (listed as `client_<name>`) all at once, as Claude does
+    /// with parallel tool uses; a name the server does not list is noted, not called.
+    fn call_tools(&mut self, names: Vec<String>) -> Option<Ending> {
+        let mut pending = Vec::new();
+        for (n, name) in names.into_iter().enumerate() {
+            let listed = format!("client_{name}");
+            if !self.listed_tools.contains(&listed) {
+                self.screen
+                    .line(&format!("  ⎿  Error: no tool {listed} is offered"));
+                if let Some(turn) = self.current.as_mut() {
+                    turn.tool_results.push(format!("[tool {name} not offered]"));
+                }
+                continue;
+            }
+            self.tool_calls += 1;
+            let params = json!({
+                "name": listed,
+                "arguments": { "tool": name, "n": n },
+                "_meta": { "claudecode/toolUseId": format!("toolu_sim_{}", self.tool_calls) },
+            });
+            self.screen
+                .line(&format!("⏺ {} - {listed} (MCP)(n: {n})", self.channel));
+            match self
+                .mcp
+                .as_mut()
+                .map(|m| m.send_request("tools/call", params))
+            {
+                Some(Ok(id)) => pending.push((id, name)),
+                Some(Err(e)) => self.screen.line(&format!("  ⎿  Error: {e}")),
+                None => {}
+            }
+        }
+        if pending.is_empty() {
+            return self.set_wait(Wait::Ready);
+        }
+        self.set_wait(Wait::Tools { pending })
     }
 
     /// `[sim:ask=<tool>]`: shows the tool's permission prompt and relays it to the channel
@@ -499,6 +554,14 @@ impl Conversation<'_> {
             self.on_channel_notification(&message["params"]);
             return;
         }
+        if message.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
+        {
+            self.listing = self
+                .mcp
+                .as_mut()
+                .and_then(|m| m.send_request("tools/list", json!({})).ok());
+            return;
+        }
         if message.get("method").and_then(Value::as_str)
             == Some("notifications/claude/channel/permission")
         {
@@ -519,9 +582,45 @@ impl Conversation<'_> {
         let Some(id) = message.get("id").and_then(Value::as_u64) else {
             return;
         };
+        if self.listing == Some(id) {
+            self.listing = None;
+            self.listed_tools = message
+                .pointer("/result/tools")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["name"].as_str().map(String::from))
+                .collect();
+            self.screen
+                .line(&format!("  ⎿  tools: {}", self.listed_tools.join(", ")));
+            return;
+        }
         let Some(turn) = self.current.as_mut() else {
             return;
         };
+        if let Wait::Tools { pending } = &mut turn.wait {
+            let Some(at) = pending.iter().position(|(waiting, _)| *waiting == id) else {
+                return;
+            };
+            let (_, name) = pending.remove(at);
+            let text = message
+                .pointer("/result/content/0/text")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let failed = message.get("error").is_some()
+                || message.pointer("/result/isError") == Some(&Value::Bool(true));
+            let line = if failed {
+                format!("[tool {name} failed: {text}]")
+            } else {
+                format!("[tool {name} said: {text}]")
+            };
+            self.screen.line(&format!("  ⎿  {line}"));
+            turn.tool_results.push(line);
+            if pending.is_empty() {
+                turn.wait = Wait::Ready;
+            }
+            return;
+        }
         let Wait::Answer { id: waiting, .. } = &turn.wait else {
             return;
         };

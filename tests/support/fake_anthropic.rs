@@ -4,6 +4,11 @@
 //! the last assistant message, one `tool_use` of `mcp__<server>__reply` with
 //! `{"text": "reply to: <content>", "final": true, "turn_id": <attr>}`; if there is none and
 //! the last user message carries a tool result, the text "done"; otherwise "ok from fake".
+//! Client tools (docs/CLIENT_TOOLS.md): a channel block containing `[fake:tool=NAME]` (or
+//! `[fake:tool=A+B]`: parallel calls) gets a `tool_use` of `mcp__<server>__client_NAME` each
+//! instead (input `{"city": "Oslo"}`) when Claude offers that tool; the results of such calls
+//! get a final `reply` quoting them (`tool result: <text>`, joined by ` | `), for the turn of
+//! the last channel block.
 //! A channel block whose content starts with `RUN_BASH: <command>` gets a `Bash` tool_use of
 //! that command instead; the request carrying its result gets a final `reply` of
 //! `bash result: <the tool result's text>` for that turn.
@@ -282,7 +287,9 @@ fn decide(body: &Value) -> (Vec<Value>, &'static str) {
         .filter_map(|t| t["name"].as_str().map(String::from))
         .collect();
     let mut blocks = Vec::new();
-    if let Some(reply) = bash_result_reply(&messages, tail_start, &tools) {
+    if let Some(reply) = reply_to_client_tool_result(&messages, &tools)
+        .or_else(|| bash_result_reply(&messages, tail_start, &tools))
+    {
         return (vec![reply], "tool_use");
     }
     for m in &messages[tail_start..] {
@@ -294,6 +301,21 @@ fn decide(body: &Value) -> (Vec<Value>, &'static str) {
                 continue;
             }
             let server = attr("source").unwrap_or_else(|| "synthesis".into());
+            if let Some(start) = inner.find("[fake:tool=") {
+                let rest = &inner[start + "[fake:tool=".len()..];
+                let names = rest.split(']').next().unwrap_or("");
+                let offered: Vec<String> = names
+                    .split('+')
+                    .map(|name| format!("mcp__{server}__client_{name}"))
+                    .filter(|tool| tools.contains(tool))
+                    .collect();
+                if !offered.is_empty() {
+                    for tool in offered {
+                        blocks.push(json!({"type": "tool_use", "id": format!("toolu_client_{}", uuid::Uuid::new_v4().simple()), "name": tool, "input": {"city": "Oslo"}}));
+                    }
+                    continue;
+                }
+            }
             let name = if tools.contains(&format!("mcp__{server}__reply")) {
                 format!("mcp__{server}__reply")
             } else {
@@ -328,6 +350,52 @@ fn decide(body: &Value) -> (Vec<Value>, &'static str) {
         "ok from fake"
     };
     (vec![json!({"type": "text", "text": text})], "end_turn")
+}
+
+/// The final `reply` after a client tool's result (see the module comment), if the last user
+/// message carries one.
+fn reply_to_client_tool_result(messages: &[Value], tools: &[String]) -> Option<Value> {
+    // Claude may add a user message of its own after the one with the results.
+    let tail_start = messages
+        .iter()
+        .rposition(|m| m["role"] == "assistant")
+        .map_or(0, |i| i + 1);
+    let results: Vec<String> = messages[tail_start..]
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|b| {
+            b["type"] == "tool_result"
+                && b["tool_use_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("toolu_client_"))
+        })
+        .map(|result| match &result["content"] {
+            Value::String(s) => s.clone(),
+            other => text_of(other),
+        })
+        .collect();
+    if results.is_empty() {
+        return None;
+    }
+    let text = results.join(" | ");
+    let (attrs, _) = messages
+        .iter()
+        .flat_map(|m| channel_blocks(&text_of(&m["content"])))
+        .last()?;
+    let attr = |k: &str| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    let server = attr("source").unwrap_or_else(|| "synthesis".into());
+    let name = format!("mcp__{server}__reply");
+    if !tools.contains(&name) {
+        return None;
+    }
+    let mut input = json!({"text": format!("tool result: {text}"), "final": true});
+    if let Some(turn_id) = attr("turn_id") {
+        input["turn_id"] = json!(turn_id);
+    }
+    Some(
+        json!({"type": "tool_use", "id": format!("toolu_fake_{}", uuid::Uuid::new_v4().simple()), "name": name, "input": input}),
+    )
 }
 
 fn answer(body: &Value) -> Vec<u8> {

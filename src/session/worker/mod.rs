@@ -471,6 +471,20 @@ impl Worker {
     /// A turn taken from the queue: skipped if its clients left, failed if it is too old,
     /// else started once a turn slot is free. True unless it went back to waiting.
     fn try_begin(&mut self, turn: Turn) -> bool {
+        if let Some(answer) = turn
+            .answers
+            .iter()
+            .find(|a| matches!(a, super::pending::Answer::ToolResult { .. }))
+        {
+            // Tool results with no suspended turn: their call timed out, was answered, or
+            // belongs to another conversation (docs/CLIENT_TOOLS.md).
+            let message = format!(
+                "no client tool call of this session waits for tool_call_id {}: it was answered already, timed out (tool_result_timeout), or belongs to another conversation; send a new user message instead",
+                answer.id()
+            );
+            self.fail(&turn, TurnFailure::new(FailureKind::BadAnswer, message));
+            return true;
+        }
         if turn.output.abandoned_since().is_some() {
             log::info!(
                 "session {:?} {}: every client left before the turn started; skipped",

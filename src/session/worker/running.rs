@@ -32,8 +32,25 @@ impl Worker {
             content,
             meta: Default::default(),
         };
+        // The client's tools go first: the channel updates its list (and waits for Claude to
+        // re-list) before it pushes the turn.
+        let tools = turn
+            .turn
+            .client_tools
+            .as_ref()
+            .map(|set| BridgeFrame::ClientTools {
+                tools: set.tools.clone(),
+                result_timeout_ms: set
+                    .result_timeout
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            });
         let sent = match agent.link.as_mut() {
-            Some(link) => link.send(&frame),
+            Some(link) => tools
+                .iter()
+                .try_for_each(|tools| link.send(tools))
+                .and_then(|()| link.send(&frame)),
             None => Err("no channel attached".into()),
         };
         if let Err(e) = sent {
@@ -82,6 +99,12 @@ impl Worker {
                     description,
                     input_preview,
                 );
+            }
+            ChannelFrame::ClientToolCalls { calls, .. } => {
+                calls
+                    .iter()
+                    .for_each(|_| crate::metrics::METRICS.client_tool_calls.inc());
+                return self.on_client_tool_calls(calls);
             }
             other => return log::debug!("session {:?}: frame dropped: {other:?}", self.key),
         };

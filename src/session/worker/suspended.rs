@@ -9,7 +9,11 @@
 //! - A suspended turn gives its `max_concurrent_turns` slot back (claude uses no CPU while it
 //!   waits) and takes one again when an answer resumes it; `turn_timeout` does not run while
 //!   it is suspended (the resumed turn gets a full `turn_timeout` of its own). Its wait is
-//!   bounded by the question's own timeout (`permission_timeout`).
+//!   bounded by the question's own timeout (`permission_timeout`, or for client tool calls
+//!   the turn's `tool_result_timeout`).
+//! - Client tool calls (docs/CLIENT_TOOLS.md) are questions too: their pending id is the
+//!   call id, the answers are `tool` results, and giving up sends each an error result that
+//!   tells Claude why.
 //! - The worker takes the next queued turn at once while `Suspended` (it must not wait for
 //!   the Claude turn to end). A turn with answers: every answer must name a pending id (else
 //!   that request fails with 400 and the question stays open); the answers go to the
@@ -24,12 +28,12 @@
 //!   to the channel (Claude Code relays only with the `tengu_harbor_permissions` feature flag)
 //!   fails the turn after `UNRELAYED_PROMPT_GRACE`, naming what to do.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::delivery::Delivery;
 use super::{ActiveTurn, PREVIOUS_TURN_WAIT, Phase, Worker};
 use crate::metrics::METRICS;
-use crate::protocol::BridgeFrame;
+use crate::protocol::{BridgeFrame, ClientToolCall};
 use crate::session::pending::{Answer, Pending, PendingKind, PermissionRelay, new_id};
 use crate::session::shared::TurnSlot;
 use crate::session::turn::{FailureKind, Turn, TurnEvent, TurnFailure};
@@ -56,7 +60,14 @@ pub(super) struct SuspendedTurn {
     pub deadline: Instant,
     /// Replies (text, final) that arrived while suspended, for the resuming request.
     pub held: Vec<(String, bool)>,
+    /// How long this turn waits for answers each time it is suspended
+    /// (`permission_timeout`, or the turn's `tool_result_timeout`).
+    pub wait: Duration,
 }
+
+/// A client tool call's wait when its turn named no timeout (the `tool_result_timeout`
+/// default).
+const DEFAULT_TOOL_RESULT_WAIT: Duration = Duration::from_secs(600);
 
 impl Worker {
     /// Claude asks for permission to use a tool (a `permission_request` frame).
@@ -78,7 +89,8 @@ impl Worker {
         match (&mut self.phase, policy) {
             (Phase::Busy { .. }, PermissionRelay::Chat) => {
                 METRICS.permission_questions.inc();
-                self.suspend(kind);
+                let wait = self.settings.permission_timeout;
+                self.suspend(vec![kind], wait);
             }
             (Phase::Suspended { turn, .. }, PermissionRelay::Chat) => {
                 // Claude asked again before the first answer (parallel tool calls): the
@@ -117,6 +129,65 @@ impl Worker {
                 );
                 METRICS.permission_denied.inc();
                 self.send_verdicts(&[(request_id, false)]);
+            }
+        }
+    }
+
+    /// Claude called the client's tools (a `client_tool_calls` frame: the calls it made
+    /// together). Busy: the turn is suspended with them, the response ends with `tool_calls`.
+    /// Suspended: they join the open ones (the resuming request shows them). Otherwise no
+    /// turn can show them: each call fails at once.
+    pub(super) fn on_client_tool_calls(&mut self, calls: Vec<ClientToolCall>) {
+        let kinds: Vec<PendingKind> = calls
+            .into_iter()
+            .map(|c| PendingKind::ClientToolCall {
+                call_id: c.call_id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect();
+        match &mut self.phase {
+            Phase::Busy { turn, .. } => {
+                let wait = turn
+                    .turn
+                    .client_tools
+                    .as_ref()
+                    .map_or(DEFAULT_TOOL_RESULT_WAIT, |set| set.result_timeout);
+                self.suspend(kinds, wait);
+            }
+            Phase::Suspended { turn, .. } => {
+                for kind in kinds {
+                    let pending = kind.pending(&turn.pending);
+                    log::info!(
+                        "session {:?} {}: another client tool call while suspended: {}",
+                        self.key,
+                        turn.claude_id,
+                        pending.id
+                    );
+                    turn.pending.push(pending);
+                }
+                let pending = turn.pending.clone();
+                crate::session::shared::lock(&self.status.info).pending = pending;
+            }
+            _ => {
+                log::info!(
+                    "session {:?}: client tool calls with no turn in flight fail",
+                    self.key
+                );
+                let frames = kinds
+                    .into_iter()
+                    .filter_map(|kind| match kind {
+                        PendingKind::ClientToolCall { call_id, .. } => {
+                            Some(BridgeFrame::ClientToolResult {
+                                call_id,
+                                content: "No chat request is waiting for this tool call (the turn had already ended), so the client cannot run it.".into(),
+                                is_error: true,
+                            })
+                        }
+                        PendingKind::Permission { .. } => None,
+                    })
+                    .collect::<Vec<_>>();
+                self.send_answers(&frames);
             }
         }
     }
@@ -161,15 +232,16 @@ impl Worker {
         true
     }
 
-    /// Busy → Suspended with the first question `kind`.
-    fn suspend(&mut self, kind: PendingKind) {
+    /// Busy → Suspended with the questions `kinds` (asked together), waiting `wait` for answers.
+    fn suspend(&mut self, kinds: Vec<PendingKind>, wait: Duration) {
         let Phase::Busy { agent, turn } = self.take_phase() else {
             unreachable!("suspend outside Busy");
         };
-        let pending = vec![Pending {
-            id: new_id(&[]),
-            kind,
-        }];
+        let mut pending: Vec<Pending> = Vec::new();
+        for kind in kinds {
+            let question = kind.pending(&pending);
+            pending.push(question);
+        }
         log::info!(
             "session {:?} {}: suspended, waiting for an answer to {}",
             self.key,
@@ -182,8 +254,9 @@ impl Worker {
             replied: turn.replied,
             anonymous_end_ok: turn.anonymous_end_ok,
             pending: pending.clone(),
-            deadline: Instant::now() + self.settings.permission_timeout,
+            deadline: Instant::now() + wait,
             held: Vec::new(),
+            wait,
         };
         // Published (with its questions, for `/v1/sessions`) before the client sees them.
         self.enter(
@@ -233,11 +306,15 @@ impl Worker {
         else {
             unreachable!("resume outside Suspended");
         };
-        let unknown: Vec<&str> = turn
+        let unknown: Vec<&Answer> = turn
             .answers
             .iter()
-            .map(Answer::id)
-            .filter(|id| !suspended.pending.iter().any(|p| p.id == *id))
+            .filter(|a| {
+                !suspended
+                    .pending
+                    .iter()
+                    .any(|p| p.id == a.id() && a.fits(&p.kind))
+            })
             .collect();
         if !unknown.is_empty() {
             let open: Vec<String> = suspended
@@ -245,12 +322,22 @@ impl Worker {
                 .iter()
                 .map(|p| format!("`{}`", p.id))
                 .collect();
-            let message = format!(
-                "no open question has the id {}; the open one{} {}: answer `yes <id>` or `no <id>`",
-                unknown.join(", "),
-                if open.len() == 1 { " is" } else { "s are" },
-                open.join(", ")
-            );
+            let ids: Vec<&str> = unknown.iter().map(|a| a.id()).collect();
+            let message = if matches!(unknown[0], Answer::ToolResult { .. }) {
+                format!(
+                    "no client tool call of this session waits for tool_call_id {}; the open call{} {}: send one `tool` message per id of the latest `tool_calls`",
+                    ids.join(", "),
+                    if open.len() == 1 { " is" } else { "s are" },
+                    open.join(", ")
+                )
+            } else {
+                format!(
+                    "no open question has the id {}; the open one{} {}: answer `yes <id>` or `no <id>`",
+                    ids.join(", "),
+                    if open.len() == 1 { " is" } else { "s are" },
+                    open.join(", ")
+                )
+            };
             self.fail(&turn, TurnFailure::new(FailureKind::BadAnswer, message));
             return true;
         }
@@ -260,9 +347,11 @@ impl Worker {
             self.waiting = Some(turn);
             return false;
         };
-        // The verdicts go out first, with the phase untouched (a failure stops the process).
+        // The verdicts and tool results go out first, with the phase untouched (a failure
+        // stops the process).
         let mut answered: Vec<&str> = Vec::new();
         let mut verdicts = Vec::new();
+        let mut results = Vec::new();
         for answer in &turn.answers {
             if answered.contains(&answer.id()) {
                 continue; // answered twice in one message: the first answer counts
@@ -274,11 +363,21 @@ impl Worker {
                     Some(PendingKind::Permission { request_id, .. }),
                     Answer::Verdict { allow, .. },
                 ) => verdicts.push((request_id.clone(), *allow)),
-                (None, _) => unreachable!("unknown ids were refused above"),
+                (
+                    Some(PendingKind::ClientToolCall { call_id, .. }),
+                    Answer::ToolResult {
+                        content, is_error, ..
+                    },
+                ) => results.push(BridgeFrame::ClientToolResult {
+                    call_id: call_id.clone(),
+                    content: content.clone(),
+                    is_error: *is_error,
+                }),
+                _ => unreachable!("unknown ids and answers of the wrong kind were refused above"),
             }
         }
         let answered: Vec<String> = answered.into_iter().map(String::from).collect();
-        if !self.send_verdicts(&verdicts) {
+        if !self.send_verdicts(&verdicts) || !self.send_answers(&results) {
             self.fail(
                 &turn,
                 TurnFailure::new(
@@ -295,12 +394,15 @@ impl Worker {
                 METRICS.permission_denied.inc();
             }
         }
+        for _ in &results {
+            METRICS.client_tool_results.inc();
+        }
         let Phase::Suspended {
             agent,
             turn: mut suspended,
         } = self.take_phase()
         else {
-            unreachable!("send_verdicts keeps the phase unless it fails");
+            unreachable!("send_verdicts and send_answers keep the phase unless they fail");
         };
         suspended.pending.retain(|p| !answered.contains(&p.id));
         log::info!(
@@ -308,7 +410,7 @@ impl Worker {
             self.key,
             suspended.claude_id,
             turn.id,
-            verdicts.len(),
+            verdicts.len() + results.len(),
             suspended.pending.len()
         );
         let active = ActiveTurn {
@@ -331,8 +433,9 @@ impl Worker {
                 replied: active.replied,
                 anonymous_end_ok: active.anonymous_end_ok,
                 pending: suspended.pending,
-                deadline: Instant::now() + self.settings.permission_timeout,
+                deadline: Instant::now() + suspended.wait,
                 held: suspended.held,
+                wait: suspended.wait,
             };
             self.enter(
                 Phase::Suspended { agent, turn: again },
@@ -351,6 +454,29 @@ impl Worker {
         );
         for (text, is_final) in suspended.held {
             self.deliver_reply(text, is_final);
+        }
+        true
+    }
+
+    /// Sends answer frames (client tool results) to the channel. False (and the process
+    /// stopped, the phase `Idle`) when the channel could not take them.
+    fn send_answers(&mut self, frames: &[BridgeFrame]) -> bool {
+        let Some(agent) = self.phase.agent_mut() else {
+            return true;
+        };
+        for frame in frames {
+            let sent = match agent.link.as_mut() {
+                Some(link) => link.send(frame),
+                None => Err("no channel attached".into()),
+            };
+            if let Err(e) = sent {
+                log::warn!("session {:?}: could not send an answer: {e}", self.key);
+                self.notice = Some(format!(
+                    "(Claude's channel failed while it waited for a tool result ({e}); its process was stopped.)"
+                ));
+                self.stop_agent("could not send a client tool result");
+                return false;
+            }
         }
         true
     }
@@ -395,8 +521,24 @@ impl Worker {
         let verdicts: Vec<(String, bool)> = turn
             .pending
             .iter()
-            .map(|p| match &p.kind {
-                PendingKind::Permission { request_id, .. } => (request_id.clone(), false),
+            .filter_map(|p| match &p.kind {
+                PendingKind::Permission { request_id, .. } => Some((request_id.clone(), false)),
+                PendingKind::ClientToolCall { .. } => None,
+            })
+            .collect();
+        // Client tool calls fail, and Claude reads why.
+        let failed_calls: Vec<BridgeFrame> = turn
+            .pending
+            .iter()
+            .filter_map(|p| match &p.kind {
+                PendingKind::ClientToolCall { call_id, .. } => {
+                    Some(BridgeFrame::ClientToolResult {
+                        call_id: call_id.clone(),
+                        content: format!("The client tool call failed: {notice}"),
+                        is_error: true,
+                    })
+                }
+                PendingKind::Permission { .. } => None,
             })
             .collect();
         for _ in &verdicts {
@@ -404,7 +546,7 @@ impl Worker {
         }
         log::info!("session {:?} {claude_id}: {notice}", self.key);
         self.notice = Some(notice.to_string());
-        if !self.send_verdicts(&verdicts) {
+        if !self.send_verdicts(&verdicts) || !self.send_answers(&failed_calls) {
             return;
         }
         let Phase::Suspended { agent, .. } = self.take_phase() else {
@@ -428,8 +570,21 @@ impl Worker {
         if Instant::now() < turn.deadline {
             return;
         }
-        let limit = self.settings.permission_timeout;
+        let limit = turn.wait;
         let ids: Vec<String> = turn.pending.iter().map(|p| p.id.clone()).collect();
+        if turn
+            .pending
+            .iter()
+            .all(|p| matches!(p.kind, PendingKind::ClientToolCall { .. }))
+        {
+            METRICS.client_tool_timeouts.inc();
+            return self.give_up(&format!(
+                "(The client did not return the result of tool call{} {} within tool_result_timeout ({limit:?}), so {} failed and Claude was told.)",
+                if ids.len() == 1 { "" } else { "s" },
+                ids.join(", "),
+                if ids.len() == 1 { "it" } else { "they" },
+            ));
+        }
         for _ in &ids {
             METRICS.permission_timed_out.inc();
         }

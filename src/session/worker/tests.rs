@@ -28,6 +28,8 @@ const EVENT_WAIT: Duration = Duration::from_secs(5);
 /// How long a test watches for something that must not happen.
 const QUIET: Duration = Duration::from_millis(300);
 
+/// Client tool calls as a suspended turn's questions (docs/CLIENT_TOOLS.md).
+mod client_tools;
 /// The suspended turn (suspended.rs): questions, answers, timeouts.
 mod suspended;
 
@@ -290,6 +292,24 @@ impl ChannelEnd {
             .expect("write a permission request");
     }
 
+    /// Claude calls client tools (the channel forwards `client_tool_calls`): (call id, name).
+    fn client_tool_calls(&self, turn: &str, calls: &[(&str, &str)]) {
+        let frame = ChannelFrame::ClientToolCalls {
+            turn: turn.into(),
+            calls: calls
+                .iter()
+                .map(|(call_id, name)| crate::protocol::ClientToolCall {
+                    call_id: (*call_id).into(),
+                    name: (*name).into(),
+                    arguments: "{}".into(),
+                })
+                .collect(),
+        };
+        (&self.writer)
+            .write_all(format!("{}\n", frame.to_json()).as_bytes())
+            .expect("write client tool calls");
+    }
+
     /// The next permission verdict the worker sent: (request id, behavior).
     fn next_verdict(&self) -> (String, String) {
         self.verdicts
@@ -339,6 +359,21 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
                         let _ = verdicts_tx.send((request_id, behavior));
                         continue;
                     }
+                    BridgeFrame::ClientToolResult {
+                        call_id,
+                        content,
+                        is_error,
+                    } => {
+                        // Recorded beside the verdicts: (call id, "error: …" or the content).
+                        let shown = if is_error {
+                            format!("error: {content}")
+                        } else {
+                            content
+                        };
+                        let _ = verdicts_tx.send((call_id, shown));
+                        continue;
+                    }
+                    _ => continue,
                 };
                 let script = *reader_script.lock().unwrap();
                 let answer = |turn: &str, text: String| {
@@ -482,6 +517,7 @@ impl Harness {
         self.registry.submit(
             key,
             NewTurn {
+                client_tools: None,
                 content: content.into(),
                 received: Instant::now(),
                 history: None,

@@ -18,6 +18,7 @@ fn submit_answers(h: &Harness, key: &str, text: &str, answers: Vec<Answer>) -> S
                 marked_retry: false,
                 system_prompt: None,
                 answers,
+                client_tools: None,
             },
             Duration::ZERO,
         )
