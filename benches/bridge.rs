@@ -23,6 +23,10 @@
 //! counted separately, and so are processes left behind after a bridge's SIGTERM; any of them
 //! makes the run exit non-zero. `--quick` is the few-second CI smoke (it asserts no times).
 
+mod figures;
+mod floor;
+use figures::{cpu_model, cpu_seconds, histogram_quantile, rss_kib};
+use floor::Floor;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -140,15 +144,6 @@ impl Summary {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 // ---------------------------------------------------------------- the bridge under test
 
 struct Bridge {
@@ -264,84 +259,6 @@ fn all_pids() -> impl Iterator<Item = u32> {
 fn next_id() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
-}
-
-// ---------------------------------------------------------------- the baseline server
-
-/// A minimal loopback HTTP server that answers every request at once with a fixed SSE body
-/// shaped like the bridge's (the floor for the same client).
-struct Floor {
-    addr: SocketAddr,
-}
-
-impl Floor {
-    fn start() -> Floor {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || floor_connection(stream));
-            }
-        });
-        Floor { addr }
-    }
-}
-
-fn floor_connection(stream: TcpStream) {
-    stream.set_nodelay(true).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let l = line.trim_end().to_ascii_lowercase();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let text = request["messages"][0]["content"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if request["stream"] == false {
-            let body = serde_json::json!({"choices": [{"finish_reason": "stop", "index": 0,
-                "message": {"content": text, "role": "assistant"}}], "object": "chat.completion"})
-            .to_string();
-            let out = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if writer.write_all(out.as_bytes()).is_err() {
-                return;
-            }
-            continue;
-        }
-        let events = [
-            r#"{"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0}]}"#.to_string(),
-            serde_json::json!({"choices":[{"delta":{"content": text},"finish_reason":null,"index":0}]}).to_string(),
-            r#"{"choices":[{"delta":{},"finish_reason":"stop","index":0}]}"#.to_string(),
-            "[DONE]".to_string(),
-        ];
-        let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-        for e in events {
-            let data = format!("data: {e}\n\n");
-            out.extend_from_slice(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes());
-        }
-        out.extend_from_slice(b"0\r\n\r\n");
-        if writer.write_all(&out).is_err() {
-            return;
-        }
-    }
 }
 
 // ---------------------------------------------------------------- the client
@@ -526,74 +443,7 @@ fn histogram(addr: SocketAddr, name: &str) -> Vec<(f64, u64)> {
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n")
         .unwrap();
     let (_, body) = read_response(&mut c.reader).unwrap();
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The q-quantile of the observations between two snapshots, interpolated inside a bucket.
-fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
-    let counts: Vec<(f64, u64)> = after
-        .iter()
-        .zip(before)
-        .map(|((b, a), (_, z))| (*b, a - z))
-        .collect();
-    let total = counts.last().map_or(0, |c| c.1);
-    if total == 0 {
-        return f64::NAN;
-    }
-    let rank = q * total as f64;
-    let mut lower = (0.0, 0u64);
-    for (bound, cumulative) in counts {
-        if cumulative as f64 >= rank {
-            let upper = if bound.is_finite() {
-                bound
-            } else {
-                lower.0 * 2.0
-            };
-            let in_bucket = (cumulative - lower.1).max(1) as f64;
-            return lower.0 + (upper - lower.0) * ((rank - lower.1 as f64) / in_bucket);
-        }
-        lower = (bound, cumulative);
-    }
-    f64::NAN
-}
-
-/// CPU seconds (user + system) of `pid` from /proc/<pid>/stat; with `children`, plus those
-/// of the children it has waited for.
-fn cpu_seconds(pid: u32, children: bool) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .map(|v| v.parse::<f64>().unwrap_or(0.0))
-        .collect();
-    // Fields 14-17 of proc(5) (utime, stime, cutime, cstime) are 11-14 after the ')'.
-    let take = if children { 4 } else { 2 };
-    let ticks: f64 = fields.iter().skip(11).take(take).sum();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    figures::histogram_buckets(&String::from_utf8_lossy(&body), name)
 }
 
 // ---------------------------------------------------------------- B1

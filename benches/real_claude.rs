@@ -14,8 +14,11 @@
 //! the replies and asserts no times). Needs `SYNTHESIS_REAL_CLAUDE` (scripts/install-claude.sh);
 //! without it, it says SKIPPED and exits 0. `--model-delay-ms N` delays every model answer.
 
+mod figures;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use figures::{histogram_quantile, load_average};
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -418,48 +421,7 @@ fn own_time(bridge: &Bridge) -> Option<(f64, f64, f64)> {
 /// `(upper bound, cumulative count)` of each bucket of histogram `name` on /metrics.
 fn histogram(bridge: &Bridge, name: &str) -> Vec<(f64, u64)> {
     let text = request(bridge.http, "GET", "/metrics", &[], "").text();
-    let prefix = format!("{name}_bucket{{le=\"");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// Quantile `q` of the observations between two snapshots, interpolated inside its bucket
-/// (as benches/bridge.rs reads them).
-fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
-    let counts: Vec<(f64, u64)> = after
-        .iter()
-        .zip(before)
-        .map(|((b, a), (_, z))| (*b, a.saturating_sub(*z)))
-        .collect();
-    let total = counts.last().map_or(0, |c| c.1);
-    if total == 0 {
-        return f64::NAN;
-    }
-    let rank = q * total as f64;
-    let mut lower = (0.0, 0u64);
-    for (bound, cumulative) in counts {
-        if cumulative as f64 >= rank {
-            let upper = if bound.is_finite() {
-                bound
-            } else {
-                lower.0 * 2.0
-            };
-            let in_bucket = (cumulative - lower.1).max(1) as f64;
-            return lower.0 + (upper - lower.0) * ((rank - lower.1 as f64) / in_bucket);
-        }
-        lower = (bound, cumulative);
-    }
-    f64::NAN
+    figures::histogram_buckets(&text, name)
 }
 
 /// OpenClaw's shape: one `claude -p --input-format stream-json` kept per session.
@@ -668,10 +630,4 @@ fn claude_version(claude: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|e| format!("version unknown: {e}"))
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

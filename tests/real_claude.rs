@@ -1,6 +1,6 @@
 //! The bridge in front of the REAL Claude Code binary, fully offline: a fake Anthropic API
 //! on loopback (tests/support/fake_anthropic.rs) and an isolated, pre-seeded config dir
-//! (docs/ARCHITECTURE.md §9.7). Two streamed turns, then a bridge restart and a third turn that must
+//! (docs/CLAUDE_CODE.md §9.7). Two streamed turns, then a bridge restart and a third turn that must
 //! resume the same Claude conversation.
 //!
 //! Needs `SYNTHESIS_REAL_CLAUDE=<path to claude>` (`.ci/run` sets it from

@@ -1,7 +1,7 @@
 //! One `claude` process: how it is started (flags, environment, the MCP config it reads),
 //! its terminal (PTY + parsed screen, start-up dialogs), and how it is stopped.
 //!
-//! This module knows Claude Code's command line and screens (docs/ARCHITECTURE.md §9) and nothing about
+//! This module knows Claude Code's command line and screens (docs/CLAUDE_CODE.md §9) and nothing about
 //! sessions, turns or HTTP. The session worker owns an `Agent` and decides when to use it.
 
 pub mod pty;
@@ -39,7 +39,7 @@ pub struct AgentLauncher {
     pub setting_sources: Option<String>,
     /// Where claude writes its MCP debug log, one file per spawn (`--debug=mcp
     /// --debug-file`): the channel server says hello the moment that log says Claude
-    /// registered the channel, instead of after a fixed delay (docs/ARCHITECTURE.md §9.5).
+    /// registered the channel, instead of after a fixed delay (docs/CLAUDE_CODE.md §9.5).
     pub debug_dir: Option<PathBuf>,
 }
 
@@ -58,7 +58,7 @@ pub struct Launch<'a> {
 
 impl AgentLauncher {
     /// claude's flags. `--dangerously-load-development-channels` and `--allowedTools` are
-    /// variadic: each must be followed by another `--flag` or end the list (docs/ARCHITECTURE.md §9.2).
+    /// variadic: each must be followed by another `--flag` or end the list (docs/CLAUDE_CODE.md §9.2).
     /// Never `--channels` as well: with both, the channel is skipped.
     pub fn args(&self, launch: &Launch) -> Vec<OsString> {
         let mut args: Vec<OsString> = self.prefix_args.clone();
@@ -230,7 +230,7 @@ const RECENT_OUTPUT_BYTES: usize = 4 * 1024;
 const MAX_PROJECT_DIR_NAME: usize = 200;
 
 /// Claude's project directory name for a working directory: every non-alphanumeric
-/// character becomes `-` (docs/ARCHITECTURE.md §9.3).
+/// character becomes `-` (docs/CLAUDE_CODE.md §9.3).
 pub fn project_dir_name(cwd: &Path) -> String {
     cwd.to_string_lossy()
         .chars()

@@ -1,6 +1,6 @@
 //! Starting a program inside a pseudo-terminal, and stopping it again.
 //!
-//! Claude Code needs a terminal: with plain pipes it falls into print mode (docs/ARCHITECTURE.md §9.1).
+//! Claude Code needs a terminal: with plain pipes it falls into print mode (docs/CLAUDE_CODE.md §9.1).
 //! The child gets the PTY slave as stdin/stdout/stderr, a session of its own (so it is the
 //! leader of a new process group and the PTY is its controlling terminal), and a parent-death
 //! signal so it does not outlive the bridge. The master stays with the caller, non-blocking,

@@ -4,7 +4,7 @@
 //! it. Start-up screens are recognised by stable text on that screen, never by timing; the
 //! caller sends a key only once the screen that wants it is visible.
 
-/// A screen that can block start-up (docs/ARCHITECTURE.md §9.4; texts as observed on Claude Code 2.1.331).
+/// A screen that can block start-up (docs/CLAUDE_CODE.md §9.4; texts as observed on Claude Code 2.1.331).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KnownScreen {
     /// "WARNING: Loading development channels": accepted with Enter (option 1 is the default).

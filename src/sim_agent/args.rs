@@ -1,5 +1,5 @@
 //! The simulated Claude's command line: the real `claude` flags the bridge passes, parsed the
-//! way Claude Code parses them (docs/ARCHITECTURE.md §9.2), so a wrong command line fails here as it would
+//! way Claude Code parses them (docs/CLAUDE_CODE.md §9.2), so a wrong command line fails here as it would
 //! there.
 //!
 //! Owns flag parsing only. Variadic flags (`--dangerously-load-development-channels`,

@@ -1,4 +1,4 @@
-//! The simulated Claude's files, laid out like the real ones (docs/ARCHITECTURE.md §9.3, §9.6) so the bridge's
+//! The simulated Claude's files, laid out like the real ones (docs/CLAUDE_CODE.md §9.3, §9.6) so the bridge's
 //! new-vs-resume decision and its liveness checks see what they would see with Claude Code:
 //! - transcript `<config>/projects/<project dir name>/<uuid>.jsonl`, created at the first
 //!   user message, one JSON line per user message and per assistant reply;

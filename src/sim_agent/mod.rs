@@ -1,6 +1,6 @@
 //! `synthesis-bridge sim-agent`: a stand-in for the real `claude`, run by the bridge in a
 //! pseudo-terminal with claude's own flags, so `serve --demo` and the tests drive the bridge's
-//! real spawn, PTY, screen and channel code without Claude. It behaves as docs/ARCHITECTURE.md §9 says
+//! real spawn, PTY, screen and channel code without Claude. It behaves as docs/CLAUDE_CODE.md §9 says
 //! Claude Code does: session files and the new-vs-resume rules, the dev-channels dialog,
 //! the MCP client handshake with the channel server, `<channel>` turns answered through the
 //! `reply` tool, Stop hooks, clean exit on SIGTERM/SIGHUP/EOF.
@@ -20,7 +20,7 @@
 //! - `SYNTHESIS_SIM_LOG=<file>`: debug log (the terminal is the screen, so no stderr logs).
 //! - `SYNTHESIS_SIM_REGISTER_DELAY_MS=<n>` (default 0): channel notifications that arrive
 //!   within n ms of `notifications/initialized` are dropped, as the real Claude drops those
-//!   that come before it has registered the channel (docs/ARCHITECTURE.md §9.5).
+//!   that come before it has registered the channel (docs/CLAUDE_CODE.md §9.5).
 
 mod args;
 mod directives;
@@ -81,7 +81,7 @@ pub fn run(argv: Vec<String>) -> u8 {
         return EXIT_NOT_A_TERMINAL;
     }
 
-    // Which session, and whether that is allowed (docs/ARCHITECTURE.md §9.3).
+    // Which session, and whether that is allowed (docs/CLAUDE_CODE.md §9.3).
     let (session, resume) = match (&args.session_id, &args.resume) {
         (Some(id), _) => (id.clone(), false),
         (None, Some(id)) => (id.clone(), true),

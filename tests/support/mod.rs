@@ -554,7 +554,7 @@ impl Bridge {
 pub const FAKE_KEY: &str = "sk-ant-fake-0123456789abcdefghijKLMNOPQRSTUVWXYZ";
 
 /// What a user would have after logging in, onboarding and trusting the workspace once
-/// (docs/ARCHITECTURE.md §9.7): `<dir>/home/.claude/.claude.json` for `<dir>/workspace`, with `api_key`
+/// (docs/CLAUDE_CODE.md §9.7): `<dir>/home/.claude/.claude.json` for `<dir>/workspace`, with `api_key`
 /// approved and the channels flags cached (`tengu_harbor_permissions`: the permission relay).
 pub fn seed_claude_config(dir: &TempDir, api_key: &str) {
     let workspace = dir.path().join("workspace");
