@@ -62,15 +62,24 @@ pub struct ChatRequest {
     pub prompt_chars: usize,
 }
 
-/// Parses and validates a request body. Every failure is a 400 whose message says what to fix.
-pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError> {
+/// The body of a POST as a JSON object (chat completions and Responses share it), or a 400
+/// saying what is wrong with it.
+pub fn parse_json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid UTF-8 ({e})")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// The optional `model` (a string) and `stream` (a boolean, default false) of a request.
+pub fn model_and_stream(
+    object: &serde_json::Map<String, Value>,
+) -> Result<(Option<String>, bool), ApiError> {
     let model = match object.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) => Some(m.clone()),
@@ -81,6 +90,13 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::bad_request("`stream` must be true or false")),
     };
+    Ok((model, stream))
+}
+
+/// Parses and validates a request body. Every failure is a 400 whose message says what to fix.
+pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError> {
+    let object = parse_json_object(body)?;
+    let (model, stream) = model_and_stream(&object)?;
     let include_usage = object
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -97,7 +113,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
         None => return Err(ApiError::bad_request("`messages` is required")),
     };
     let turn_parts = new_turn_parts(messages)?;
-    let prompt_chars = text.len();
+    let prompt_chars = body.len();
     Ok((
         ChatRequest {
             model,
@@ -106,7 +122,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<(ChatRequest, Value), ApiError>
             turn_parts,
             prompt_chars,
         },
-        value,
+        Value::Object(object),
     ))
 }
 

@@ -23,7 +23,7 @@ use super::completions::{
     Answer, TrimOnDrop, lower_case_headers, name_this_thread, read_json_request, submit_error,
     system_prompt_text, whole_reply,
 };
-use super::openai::{ApiError, KNOWN_ROLES, new_turn_parts, render_history};
+use super::openai::{self, ApiError, KNOWN_ROLES, new_turn_parts, render_history};
 use super::params::{ReplyFormat, reply_format};
 use super::sse::SseStream;
 use super::turn_wait::{Waited, check_format, wait_turn};
@@ -175,21 +175,8 @@ struct ResponsesRequest {
 }
 
 fn parse(body: &[u8]) -> Result<(ResponsesRequest, Value), ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
-    let model = match object.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) => Some(m.clone()),
-        Some(_) => return Err(ApiError::bad_request("`model` must be a string")),
-    };
-    let stream = match object.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::bad_request("`stream` must be true or false")),
-    };
+    let object = openai::parse_json_object(body)?;
+    let (model, stream) = openai::model_and_stream(&object)?;
     let previous = match object.get("previous_response_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
@@ -243,7 +230,7 @@ fn parse(body: &[u8]) -> Result<(ResponsesRequest, Value), ApiError> {
         format,
         echo,
     };
-    Ok((request, value))
+    Ok((request, Value::Object(object)))
 }
 
 /// One `input` item as a chat message: `{role, content}` (with or without `type: "message"`);
