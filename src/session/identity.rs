@@ -323,6 +323,9 @@ const MAX_PENDING_FORKS: usize = 1_000;
 pub struct Continuations {
     inner: Mutex<Tree>,
     capacity: usize,
+    /// `fork_with_claude_flags`: forks get a `ForkSource` (`take_fork`); else none, and every
+    /// fork carries the restored history.
+    claude_forks: bool,
 }
 
 #[derive(Default)]
@@ -359,7 +362,15 @@ impl Continuations {
         Continuations {
             inner: Mutex::new(Tree::default()),
             capacity,
+            claude_forks: true,
         }
+    }
+
+    /// Whether forks are started with Claude Code's fork flags (config
+    /// `fork_with_claude_flags`); when off, `take_fork` always answers None.
+    pub fn fork_with_claude_flags(mut self, on: bool) -> Self {
+        self.claude_forks = on;
+        self
     }
 
     /// The session whose latest, unclaimed point is `hash` (a query; claims nothing).
@@ -439,6 +450,9 @@ impl Continuations {
 
     /// Notes that the new conversation `key` forks from `source` (taken by `take_fork`).
     pub fn note_fork(&self, key: &str, source: ForkSource) {
+        if !self.claude_forks {
+            return;
+        }
         let mut tree = crate::session::shared::lock(&self.inner);
         if tree.forks.len() >= MAX_PENDING_FORKS {
             tree.forks.clear();
