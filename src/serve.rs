@@ -196,9 +196,10 @@ fn serve(config: Config) -> Result<(), String> {
         heartbeat_interval: config.heartbeat_interval,
         max_body_bytes: config.max_body_bytes,
         fallback_session_key: config.fallback_session_key.clone(),
-        continuations: config
-            .conversation_match
-            .then(|| Continuations::new(CONTINUATIONS_REMEMBERED)),
+        continuations: config.conversation_match.then(|| {
+            Continuations::new(CONTINUATIONS_REMEMBERED)
+                .fork_with_claude_flags(config.fork_with_claude_flags)
+        }),
         strip_openclaw_context: config.strip_openclaw_context,
         queue_timeout: config.queue_timeout,
         system_prompt: config.system_prompt,

@@ -4,6 +4,7 @@
 //! This module knows Claude Code's command line and screens (docs/CLAUDE_CODE.md §9) and nothing about
 //! sessions, turns or HTTP. The session worker owns an `Agent` and decides when to use it.
 
+pub mod fork;
 pub mod pty;
 pub mod screen;
 pub mod version;
@@ -54,6 +55,8 @@ pub struct Launch<'a> {
     pub workspace: &'a Path,
     /// The client's system prompt, written to a file (`system_prompt = append`).
     pub append_system_prompt_file: Option<&'a Path>,
+    /// Start `claude_session` as a fork of another conversation (`resume` is then false).
+    pub fork: Option<fork::ForkAt<'a>>,
 }
 
 impl AgentLauncher {
@@ -65,6 +68,13 @@ impl AgentLauncher {
         let mut push = |a: &str| args.push(OsString::from(a));
         push("--dangerously-load-development-channels");
         push(&format!("server:{}", self.channel_name));
+        if let Some(at) = launch.fork {
+            push("--resume");
+            push(at.parent);
+            push("--fork-session");
+            push("--resume-session-at");
+            push(at.at);
+        }
         push(if launch.resume {
             "--resume"
         } else {
@@ -477,6 +487,7 @@ mod tests {
             spawn_id: "sp",
             workspace: Path::new("/"),
             append_system_prompt_file: None,
+            fork: None,
         }
     }
 
@@ -502,6 +513,25 @@ mod tests {
             resumed
                 .windows(2)
                 .any(|w| w[0] == "--resume" && w[1] == "uuid-1")
+        );
+        let forked = Launch {
+            fork: Some(fork::ForkAt {
+                parent: "parent-1",
+                at: "msg-9",
+            }),
+            ..launch(false)
+        };
+        let forked = launcher()
+            .args(&forked)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            forked.contains(
+                "server:synthesis --resume parent-1 --fork-session --resume-session-at msg-9 --session-id uuid-1 --permission-mode"
+            ),
+            "{forked}"
         );
     }
 

@@ -105,6 +105,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "requests naming no session continue the one whose history they carry (default true)",
     ),
     (
+        "fork_with_claude_flags",
+        "BOOL",
+        "a fork (edit, regenerate) starts claude with --resume <parent> --fork-session --resume-session-at <message> instead of the restored history; experimental: Claude Code 2.1.331 ignores --resume-session-at in interactive mode (docs/HTTP_API.md) (default false)",
+    ),
+    (
         "fallback_session_key",
         "KEY",
         "with conversation_match off: key for requests naming no session (default default::default)",

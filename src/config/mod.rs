@@ -66,6 +66,9 @@ pub struct Config {
     pub max_queued_turns: usize,
     pub fallback_session_key: String,
     pub conversation_match: bool,
+    /// Forks start claude with its own fork flags rather than the restored history
+    /// (docs/HTTP_API.md §6.2; experimental).
+    pub fork_with_claude_flags: bool,
     /// Where a session key may come from, in `identity::KEY_SOURCES` order (default: all but `user`).
     pub session_key_sources: Vec<String>,
     /// Browser origins answered with CORS headers (`*` = any); empty = no CORS.
@@ -212,6 +215,7 @@ impl Default for Config {
             max_queued_turns: 8,
             fallback_session_key: "default::default".into(),
             conversation_match: true,
+            fork_with_claude_flags: false,
             session_key_sources: crate::session::identity::DEFAULT_KEY_SOURCES
                 .iter()
                 .map(|s| s.to_string())
@@ -425,6 +429,7 @@ impl Config {
             "max_queued_turns" => self.max_queued_turns = parse_count(value, 1, MAX_QUEUED_TURNS)?,
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
             "conversation_match" => self.conversation_match = parse_bool(value)?,
+            "fork_with_claude_flags" => self.fork_with_claude_flags = parse_bool(value)?,
             "session_key_sources" => {
                 let sources: Vec<String> = value
                     .split(',')

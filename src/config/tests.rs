@@ -390,3 +390,18 @@ fn parent_pid_takes_a_process_id_above_1() {
         assert!(err.contains("parent-pid"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn forks_use_the_restored_history_unless_claude_flags_are_asked_for() {
+    assert!(!run(&[], &[]).unwrap().fork_with_claude_flags);
+    assert!(
+        run(&["--fork-with-claude-flags"], &[])
+            .unwrap()
+            .fork_with_claude_flags
+    );
+    assert!(
+        !run(&["--fork-with-claude-flags=false"], &[])
+            .unwrap()
+            .fork_with_claude_flags
+    );
+}

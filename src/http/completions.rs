@@ -200,6 +200,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                 result_timeout: ctx.tool_result_timeout,
             })
         }),
+        fork_from: ctx
+            .continuations
+            .as_ref()
+            .and_then(|c| c.take_fork(&key.key)),
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.
@@ -220,13 +224,18 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // may follow at once): the request stops counting as running, and a matched session gets
     // its new history point.
     let mut note = note;
+    let turn_id = turn.id.clone();
     let continuations = ctx.continuations.as_ref();
     let mut settle = |reply: Option<&str>| {
         drop(note.take());
         if let (Some(continuations), Some(chain), Some(reply)) =
             (continuations, chain_before_reply, reply)
         {
-            continuations.remember(identity::chain(chain, "assistant", reply), &key.key);
+            continuations.remember_turn(
+                identity::chain(chain, "assistant", reply),
+                &key.key,
+                Some(&turn_id),
+            );
         }
     };
     if chat.stream {

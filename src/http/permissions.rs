@@ -68,6 +68,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>, key: String, id: Stri
         system_prompt: None,
         answers: vec![Answer::Verdict { id, allow }],
         client_tools: None,
+        fork_from: None,
     };
     let turn = match ctx.registry.submit(&key, new_turn, ctx.queue_timeout) {
         Ok(turn) => turn,

@@ -408,6 +408,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         system_prompt,
         answers,
         client_tools: None,
+        fork_from: ctx
+            .continuations
+            .as_ref()
+            .and_then(|c| c.take_fork(&key.key)),
     };
     let turn = match ctx.registry.submit(&key.key, new_turn, ctx.queue_timeout) {
         Ok(turn) => turn,
@@ -433,12 +437,17 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     };
     drop(body);
     let previous = req.previous.clone();
+    let turn_id = turn.id.clone();
     let mut settle = |reply: Option<&str>| {
         let Some(reply) = reply else { return };
         ctx.responses
             .record(&shape.id, &key.key, previous.clone(), &user_text, reply);
         if let (Some(continuations), Some(chain)) = (&ctx.continuations, chain_before_reply) {
-            continuations.remember(identity::chain(chain, "assistant", reply), &key.key);
+            continuations.remember_turn(
+                identity::chain(chain, "assistant", reply),
+                &key.key,
+                Some(&turn_id),
+            );
         }
     };
     let headers = [("X-Session-Key", key.key.clone())];

@@ -149,6 +149,7 @@ pub fn check_format(
         system_prompt: None,
         answers: Vec::new(),
         client_tools: None,
+        fork_from: None,
     };
     let turn = ctx
         .registry

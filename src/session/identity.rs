@@ -172,11 +172,20 @@ pub fn resolve_with<S: AsRef<str>>(
         } else {
             match history.map(|h| continuations.claim(h)) {
                 Some(Claim::Continue(key)) => found(key, "conversation-continuation"),
-                Some(Claim::Fork { from }) => {
+                Some(Claim::Fork { from, turn }) => {
                     let key = new_conversation_key();
                     log::info!(
                         "conversation {key:?} forks from an earlier point of {from:?} (an edited or regenerated turn, or a second branch)"
                     );
+                    if let Some(turn_id) = turn {
+                        continuations.note_fork(
+                            &key,
+                            ForkSource {
+                                session_key: from,
+                                turn_id,
+                            },
+                        );
+                    }
                     found(key, "conversation-fork")
                 }
                 Some(Claim::Unknown) | None => found(new_conversation_key(), "new-conversation"),
@@ -282,10 +291,25 @@ pub enum Claim {
     Continue(String),
     /// An earlier point of `from` (or its latest, already claimed by another request): the
     /// request branches off; it gets a new conversation that starts from that history.
-    Fork { from: String },
+    /// `turn` is the bridge turn that left the point, when known (see `ForkSource`).
+    Fork { from: String, turn: Option<String> },
     /// No session left this history behind.
     Unknown,
 }
+
+/// Where a fork starts: the session it branches from and the bridge turn whose reply left
+/// the branch point. The worker finds that turn's end in Claude's transcript and starts the
+/// fork with `--resume <parent> --fork-session --resume-session-at <message uuid>`
+/// (docs/HTTP_API.md §6.2); without it, the fork's first turn carries the restored history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkSource {
+    pub session_key: String,
+    pub turn_id: String,
+}
+
+/// Forks resolved but not yet taken by their request (`note_fork` / `take_fork`); a request
+/// that fails before taking its entry leaves it behind, so the map is cleared beyond this.
+const MAX_PENDING_FORKS: usize = 1_000;
 
 /// The conversation tree of the sessions found by history matching (docs/HTTP_API.md §6.2): every finished turn leaves a history point (the chain hash of the messages the
 /// client will send back, reply included). A request continues the session whose *latest*
@@ -299,6 +323,9 @@ pub enum Claim {
 pub struct Continuations {
     inner: Mutex<Tree>,
     capacity: usize,
+    /// `fork_with_claude_flags`: forks get a `ForkSource` (`take_fork`); else none, and every
+    /// fork carries the restored history.
+    claude_forks: bool,
 }
 
 #[derive(Default)]
@@ -312,10 +339,14 @@ struct Tree {
     next: u64,
     /// Body hash → (session key, when its turn ended; None while running).
     requests: HashMap<u64, (String, Option<Instant>)>,
+    /// New fork key → where it branches from (`note_fork` / `take_fork`).
+    forks: HashMap<String, ForkSource>,
 }
 
 struct Branch {
     points: Vec<u64>,
+    /// Point → the bridge turn whose reply left it (for a fork from that point).
+    turns: HashMap<u64, String>,
     /// A request continues from the latest point now.
     claimed: bool,
     /// Creation order: of two sessions at the same point, the older is continued first.
@@ -331,7 +362,15 @@ impl Continuations {
         Continuations {
             inner: Mutex::new(Tree::default()),
             capacity,
+            claude_forks: true,
         }
+    }
+
+    /// Whether forks are started with Claude Code's fork flags (config
+    /// `fork_with_claude_flags`); when off, `take_fork` always answers None.
+    pub fn fork_with_claude_flags(mut self, on: bool) -> Self {
+        self.claude_forks = on;
+        self
     }
 
     /// The session whose latest, unclaimed point is `hash` (a query; claims nothing).
@@ -351,7 +390,14 @@ impl Continuations {
             return Claim::Continue(key);
         }
         match tree.points.get(&hash).and_then(|keys| keys.first()) {
-            Some(from) => Claim::Fork { from: from.clone() },
+            Some(from) => Claim::Fork {
+                from: from.clone(),
+                turn: tree
+                    .sessions
+                    .get(from)
+                    .and_then(|b| b.turns.get(&hash))
+                    .cloned(),
+            },
             None => Claim::Unknown,
         }
     }
@@ -370,17 +416,27 @@ impl Continuations {
     /// Records that `key`'s turn finished and left the history point `hash`: its new latest
     /// point, unclaimed.
     pub fn remember(&self, hash: u64, key: &str) {
+        self.remember_turn(hash, key, None);
+    }
+
+    /// `remember`, also noting which bridge turn's reply left the point (a fork from it can
+    /// then start from that turn's end in Claude's transcript).
+    pub fn remember_turn(&self, hash: u64, key: &str, turn_id: Option<&str>) {
         let mut tree = crate::session::shared::lock(&self.inner);
         let used = tree.touch(key);
         let created = tree.next;
         let branch = tree.sessions.entry(key.to_string()).or_insert(Branch {
             points: Vec::new(),
+            turns: HashMap::new(),
             claimed: false,
             created,
             used,
         });
         branch.claimed = false;
         branch.used = used;
+        if let Some(turn_id) = turn_id {
+            branch.turns.insert(hash, turn_id.to_string());
+        }
         if branch.points.last() != Some(&hash) {
             branch.points.push(hash);
             tree.total_points += 1;
@@ -390,6 +446,24 @@ impl Continuations {
             }
         }
         while tree.total_points > self.capacity && tree.evict_one() {}
+    }
+
+    /// Notes that the new conversation `key` forks from `source` (taken by `take_fork`).
+    pub fn note_fork(&self, key: &str, source: ForkSource) {
+        if !self.claude_forks {
+            return;
+        }
+        let mut tree = crate::session::shared::lock(&self.inner);
+        if tree.forks.len() >= MAX_PENDING_FORKS {
+            tree.forks.clear();
+        }
+        tree.forks.insert(key.to_string(), source);
+    }
+
+    /// Where the new conversation `key` forks from, if it is a fork whose branch point's turn
+    /// is known (once: the entry is removed).
+    pub fn take_fork(&self, key: &str) -> Option<ForkSource> {
+        crate::session::shared::lock(&self.inner).forks.remove(key)
     }
 
     /// The session of a request with this body that is still running, or that ended less than
@@ -758,7 +832,10 @@ mod tests {
         assert_eq!(c.claim(10), Claim::Continue("s2".into()));
         assert_eq!(
             c.claim(10),
-            Claim::Fork { from: "s1".into() },
+            Claim::Fork {
+                from: "s1".into(),
+                turn: None
+            },
             "both claimed"
         );
         // A failed turn gives its claim back.
@@ -770,6 +847,38 @@ mod tests {
         assert_eq!(c.lookup(11).as_deref(), Some("s1"));
         assert!(matches!(c.claim(10), Claim::Fork { .. }));
         assert_eq!(c.claim(99), Claim::Unknown);
+    }
+
+    #[test]
+    fn a_fork_knows_the_turn_that_left_its_branch_point() {
+        let c = Continuations::new(100);
+        c.remember_turn(1, "s1", Some("turn-1"));
+        c.remember_turn(2, "s1", Some("turn-2"));
+        assert_eq!(
+            c.claim(1),
+            Claim::Fork {
+                from: "s1".into(),
+                turn: Some("turn-1".into())
+            }
+        );
+        // Through `resolve`: the fork's key gets its source, taken once.
+        let history = [
+            json!({"role": "user", "content": "a"}),
+            json!({"role": "assistant", "content": "ra"}),
+        ];
+        c.remember_turn(conversation_hash(CHAIN_START, &history), "s2", Some("t7"));
+        c.remember_turn(3, "s2", Some("t8"));
+        let body = json!({"messages": [history[0], history[1], {"role": "user", "content": "b"}]});
+        let k = resolve(&[], &body, "d", Some(&c)).unwrap();
+        assert_eq!(k.source, "conversation-fork");
+        assert_eq!(
+            c.take_fork(&k.key),
+            Some(ForkSource {
+                session_key: "s2".into(),
+                turn_id: "t7".into()
+            })
+        );
+        assert_eq!(c.take_fork(&k.key), None);
     }
 
     #[test]

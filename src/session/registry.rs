@@ -94,6 +94,9 @@ pub struct NewTurn {
     pub client_tools: Option<Arc<crate::session::turn::ClientTools>>,
     /// Answers to the session's pending questions (empty for an ordinary turn).
     pub answers: Vec<super::pending::Answer>,
+    /// The session is a new fork of this point (conversation matching): its first start
+    /// forks Claude's own transcript there when it can.
+    pub fork_from: Option<super::identity::ForkSource>,
 }
 
 /// A turn handed to a session: the responder reads its events and can cancel it.
@@ -285,6 +288,7 @@ impl Registry {
             answers: request.answers,
             admission,
             client_tools: request.client_tools,
+            fork_from: request.fork_from,
         };
         // Never full: the queue holds at most `max_queued_turns`, checked above.
         if handle.turns.try_send(turn).is_err() {

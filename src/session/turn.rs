@@ -42,6 +42,8 @@ pub struct Turn {
     /// The client tools Claude may call during this turn; None leaves the channel's set as
     /// it is (`client_tools = none`).
     pub client_tools: Option<Arc<ClientTools>>,
+    /// Where a new fork branches off (registry.rs `NewTurn::fork_from`).
+    pub fork_from: Option<crate::session::identity::ForkSource>,
 }
 
 /// The client's tools for one turn (docs/CLIENT_TOOLS.md): what the channel server lists,

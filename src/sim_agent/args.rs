@@ -27,6 +27,7 @@ const ONE_VALUE: &[&str] = &[
     "--session-id",
     "--resume",
     "-r",
+    "--resume-session-at",
     "--permission-mode",
     "--settings",
     "--model",
@@ -70,6 +71,10 @@ pub struct Args {
     pub channels: Vec<String>,
     pub session_id: Option<String>,
     pub resume: Option<String>,
+    /// `--fork-session`: `--resume` names the conversation to copy, not to continue.
+    pub fork_session: bool,
+    /// `--resume-session-at <message uuid>`: the copy ends with that message.
+    pub resume_session_at: Option<String>,
     pub permission_mode: Option<String>,
     /// Each value is a path or inline JSON.
     pub mcp_configs: Vec<String>,
@@ -135,6 +140,7 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             match flag {
                 "--session-id" => args.session_id = Some(value),
                 "--resume" | "-r" => args.resume = Some(value),
+                "--resume-session-at" => args.resume_session_at = Some(value),
                 "--permission-mode" => args.permission_mode = Some(value),
                 "--settings" => args.settings = Some(value),
                 "--debug-file" => args.debug_file = Some(value),
@@ -144,6 +150,7 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             match flag {
                 "--strict-mcp-config" => args.strict_mcp_config = true,
                 "--print" | "-p" => args.print = true,
+                "--fork-session" => args.fork_session = true,
                 _ => args.ignored.push(flag.to_string()),
             }
         } else {
@@ -154,7 +161,7 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             args.ignored.push(flag.to_string());
         }
     }
-    if args.session_id.is_some() && args.resume.is_some() {
+    if args.session_id.is_some() && args.resume.is_some() && !args.fork_session {
         return Err("Error: --session-id can only be used with --continue or --resume if --fork-session is also \
                     specified."
             .into());
@@ -247,5 +254,15 @@ mod tests {
         assert!(parse(&argv("--session-id")).is_err());
         assert!(parse(&argv("--mcp-config --strict-mcp-config")).is_err());
         assert!(parse(&argv("--session-id a --resume b")).is_err());
+        let fork = parse(&argv(
+            "--resume b --fork-session --resume-session-at m1 --session-id a",
+        ))
+        .unwrap();
+        assert!(fork.fork_session);
+        assert_eq!(
+            (fork.resume.as_deref(), fork.session_id.as_deref()),
+            (Some("b"), Some("a"))
+        );
+        assert_eq!(fork.resume_session_at.as_deref(), Some("m1"));
     }
 }

@@ -89,11 +89,14 @@ impl Transcript {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let line = json!({
+        let mut line = json!({
             "type": role,
             "message": { "role": role, "content": text },
             "sessionId": self.session,
         });
+        if std::env::var_os(super::NO_MESSAGE_UUIDS).is_none() {
+            line["uuid"] = json!(uuid::Uuid::new_v4().to_string());
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -101,6 +104,39 @@ impl Transcript {
         let mut bytes = serde_json::to_vec(&line)?;
         bytes.push(b'\n');
         file.write_all(&bytes)
+    }
+
+    /// Starts this transcript as a copy of `parent`'s, up to and including the message whose
+    /// `uuid` is `at` (all of it without `at`), as `--fork-session --resume-session-at` does.
+    /// Err says what Claude would (an unknown message).
+    pub fn fork_from(&self, parent: &Path, at: Option<&str>) -> Result<(), String> {
+        let text = std::fs::read_to_string(parent).map_err(|e| e.to_string())?;
+        let mut copied = Vec::new();
+        let mut found = at.is_none();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(mut entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let last = at.is_some() && entry.get("uuid").and_then(|u| u.as_str()) == at;
+            entry["sessionId"] = json!(self.session);
+            copied.push(entry.to_string());
+            if last {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(format!(
+                "No message found with message.uuid of: {}",
+                at.unwrap_or_default()
+            ));
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let mut body = copied.join("\n");
+        body.push('\n');
+        std::fs::write(&self.path, body).map_err(|e| e.to_string())
     }
 
     /// How many messages it holds (for the resume banner).
@@ -183,7 +219,7 @@ mod tests {
         t.append("assistant", "hello").unwrap();
         assert!(t.exists());
         assert_eq!(t.message_count(), 2);
-        let first: serde_json::Value = serde_json::from_str(
+        let mut first: serde_json::Value = serde_json::from_str(
             std::fs::read_to_string(&t.path)
                 .unwrap()
                 .lines()
@@ -191,9 +227,25 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
+        let uuid = first["uuid"]
+            .as_str()
+            .map(String::from)
+            .expect("a message uuid");
+        first.as_object_mut().unwrap().remove("uuid");
         assert_eq!(
             first,
             json!({"type": "user", "message": {"role": "user", "content": "hi"}, "sessionId": "u1"})
+        );
+        // A fork copies up to and including a message, under its own session id.
+        let copy = Transcript::new(transcript_path(&root, Path::new("/w"), "u2"), "u2");
+        copy.fork_from(&t.path, Some(&uuid)).unwrap();
+        let copied = std::fs::read_to_string(&copy.path).unwrap();
+        assert_eq!(copied.lines().count(), 1, "{copied}");
+        assert!(copied.contains("\"sessionId\":\"u2\"") && copied.contains("\"hi\""));
+        assert!(
+            copy.fork_from(&t.path, Some("nope"))
+                .unwrap_err()
+                .contains("nope")
         );
         let s = StatusFile::new(&root, 42, "u1");
         s.set("busy").unwrap();

@@ -17,6 +17,9 @@
 //! - `SYNTHESIS_SIM_EXIT_AT_START=<code>`: exit with that code right after start-up.
 //! - `SYNTHESIS_SIM_DEFAULT=<directives>`: `[sim:...]` directives applied to every turn.
 //! - `SYNTHESIS_SIM_STOP_HOOK_ON_INTERRUPT=1`: also run the Stop hooks after Esc.
+//! - `SYNTHESIS_SIM_NO_MESSAGE_UUIDS=1`: transcript entries carry no `uuid` (the bridge then
+//!   cannot fork at a message and restores the history instead).
+//! - `SYNTHESIS_SIM_NO_FORK=1`: refuse `--fork-session` as an unknown option (exit 1).
 //! - `SYNTHESIS_SIM_LOG=<file>`: debug log (the terminal is the screen, so no stderr logs).
 //! - `SYNTHESIS_SIM_REGISTER_DELAY_MS=<n>` (default 0): channel notifications that arrive
 //!   within n ms of `notifications/initialized` are dropped, as the real Claude drops those
@@ -49,6 +52,8 @@ pub const EXIT_AT_START: &str = "SYNTHESIS_SIM_EXIT_AT_START";
 pub const DEFAULT: &str = "SYNTHESIS_SIM_DEFAULT";
 pub const STOP_HOOK_ON_INTERRUPT: &str = "SYNTHESIS_SIM_STOP_HOOK_ON_INTERRUPT";
 pub const LOG: &str = "SYNTHESIS_SIM_LOG";
+pub const NO_MESSAGE_UUIDS: &str = "SYNTHESIS_SIM_NO_MESSAGE_UUIDS";
+pub const NO_FORK: &str = "SYNTHESIS_SIM_NO_FORK";
 pub const REGISTER_DELAY_MS: &str = "SYNTHESIS_SIM_REGISTER_DELAY_MS";
 
 /// Exit code when a key arrived before the dialog was on screen.
@@ -82,8 +87,15 @@ pub fn run(argv: Vec<String>) -> u8 {
     }
 
     // Which session, and whether that is allowed (docs/CLAUDE_CODE.md §9.3).
+    if args.fork_session && std::env::var_os(NO_FORK).is_some() {
+        println!("error: unknown option '--fork-session'");
+        return 1;
+    }
+    // `--resume <parent> --fork-session`: a new conversation that starts as a copy.
+    let fork_parent = args.resume.clone().filter(|_| args.fork_session);
     let (session, resume) = match (&args.session_id, &args.resume) {
         (Some(id), _) => (id.clone(), false),
+        (None, Some(_)) if fork_parent.is_some() => (uuid::Uuid::new_v4().to_string(), false),
         (None, Some(id)) => (id.clone(), true),
         (None, None) => (uuid::Uuid::new_v4().to_string(), false),
     };
@@ -104,6 +116,17 @@ pub fn run(argv: Vec<String>) -> u8 {
     if !resume && transcript.exists() {
         println!("Error: Session ID {session} is already in use.");
         return 1;
+    }
+    if let Some(parent) = &fork_parent {
+        let source = files::transcript_path(&config_dir, &cwd, parent);
+        if uuid::Uuid::parse_str(parent).is_err() || !source.is_file() {
+            println!("No conversation found with session ID: {parent}");
+            return 1;
+        }
+        if let Err(e) = transcript.fork_from(&source, args.resume_session_at.as_deref()) {
+            println!("{e}");
+            return 1;
+        }
     }
     let hooks = match args.settings.as_deref().map(hook::load_settings) {
         None => Vec::new(),
@@ -139,7 +162,7 @@ pub fn run(argv: Vec<String>) -> u8 {
     banner(
         &screen,
         &session,
-        resume.then(|| transcript.message_count()),
+        (resume || fork_parent.is_some()).then(|| transcript.message_count()),
         &cwd,
     );
     if let Some(code) = env_number(EXIT_AT_START) {

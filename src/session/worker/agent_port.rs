@@ -43,6 +43,16 @@ pub trait AgentFactory: Send + Sync {
     /// Whether that transcript records the channel message of `turn_id` (delivery proof).
     fn transcript_mentions_turn(&self, workspace: &Path, conversation: &str, turn_id: &str)
     -> bool;
+    /// The uuid of the last reply message of bridge turn `turn_id` in that transcript, to
+    /// fork the conversation there (`crate::agent::fork::fork_anchor`); None: unknown.
+    fn fork_anchor(
+        &self,
+        _workspace: &Path,
+        _conversation: &str,
+        _turn_id: &str,
+    ) -> Option<String> {
+        None
+    }
     /// The program started, for error messages.
     fn program(&self) -> String;
 }
@@ -69,6 +79,11 @@ impl AgentFactory for ClaudeFactory {
 
     fn transcript_exists(&self, workspace: &Path, conversation: &str) -> bool {
         crate::agent::transcript_exists(&self.config_dir, workspace, conversation)
+    }
+
+    fn fork_anchor(&self, workspace: &Path, conversation: &str, turn_id: &str) -> Option<String> {
+        crate::agent::transcript_path(&self.config_dir, workspace, conversation)
+            .and_then(|path| crate::agent::fork::fork_anchor(&path, turn_id))
     }
 
     fn transcript_mentions_turn(

@@ -204,6 +204,9 @@ struct Identity {
     claude_session: String,
     /// The conversation is new to Claude: its first turn carries the client's history.
     restore_history: bool,
+    /// The process starting now forks another conversation (`--fork-session`); if it cannot
+    /// start, the next start is a new conversation with the restored history.
+    forking: bool,
 }
 
 /// Something the worker reacts to (from events.rs).
@@ -286,6 +289,7 @@ impl Worker {
                 workspace: PathBuf::new(),
                 claude_session: String::new(),
                 restore_history: false,
+                forking: false,
             },
             frames: VecDeque::new(),
             pending_control: None,
@@ -328,6 +332,7 @@ impl Worker {
                 workspace: record.workspace,
                 claude_session: record.claude_session,
                 restore_history: false,
+                forking: false,
             },
             // A session this bridge has never seen may still be an old conversation (another
             // host ran it, or the state was lost): its first turn carries whatever history the
@@ -341,6 +346,7 @@ impl Worker {
                 ),
                 claude_session: uuid::Uuid::new_v4().to_string(),
                 restore_history: true,
+                forking: false,
             },
         };
         let mut info = lock(&self.status.info);

@@ -108,7 +108,7 @@ impl Worker {
     }
 
     /// Spawns claude for `turn`, resuming its conversation when Claude has a transcript of it.
-    fn spawn(&mut self, slot: ProcessSlot, turn: ActiveTurn) {
+    fn spawn(&mut self, slot: ProcessSlot, mut turn: ActiveTurn) {
         let settings = self.settings.clone();
         let agents = &settings.agents;
         let resume =
@@ -117,6 +117,16 @@ impl Worker {
         let had_turns = known.as_ref().is_some_and(|r| r.turns > 0);
         if !resume && had_turns && !self.identity.restore_history {
             self.new_conversation("its transcript is missing");
+        }
+        let fork_from = turn.turn.fork_from.take();
+        let fork = match fork_from {
+            Some(source) if !resume && self.identity.restore_history => self.fork_point(&source),
+            _ => None,
+        };
+        self.identity.forking = fork.is_some();
+        if fork.is_some() {
+            // Claude's copy holds the branch's messages as real turns: nothing to restore.
+            self.identity.restore_history = false;
         }
         let spawn_id = uuid::Uuid::new_v4().simple().to_string();
         let prompt_file = self.prompt_file();
@@ -130,6 +140,12 @@ impl Worker {
                 .wanted_prompt
                 .is_some()
                 .then_some(prompt_file.as_path()),
+            fork: fork
+                .as_ref()
+                .map(|(parent, at)| crate::agent::fork::ForkAt {
+                    parent: parent.as_str(),
+                    at: at.as_str(),
+                }),
         };
         let process = match agents.spawn(&launch) {
             Ok(process) => process,
@@ -187,6 +203,50 @@ impl Worker {
             },
             "spawned",
         );
+    }
+
+    /// Where to fork Claude's own conversation for a new fork of `source`: (the parent's
+    /// Claude session, the uuid of the branch point's last reply message), when the parent
+    /// runs in this session's workspace and its transcript still holds that turn. None (the
+    /// log says why): the fork's first turn carries the restored history instead.
+    fn fork_point(
+        &self,
+        source: &crate::session::identity::ForkSource,
+    ) -> Option<(String, String)> {
+        let fallback = |why: &str| {
+            log::info!(
+                "session {:?}: forks from {:?} with the restored history: {why}",
+                self.key,
+                source.session_key
+            );
+            None
+        };
+        let Some(parent) = self.settings.store.get(&source.session_key) else {
+            return fallback("the parent session is unknown");
+        };
+        if parent.workspace != self.identity.workspace {
+            return fallback(
+                "the parent runs in another workspace (Claude keeps transcripts per directory)",
+            );
+        }
+        let Some(at) = self.settings.agents.fork_anchor(
+            &parent.workspace,
+            &parent.claude_session,
+            &source.turn_id,
+        ) else {
+            return fallback(&format!(
+                "claude's transcript {} has no reply of {} (lost, compacted, or the agent does not record message uuids)",
+                parent.claude_session, source.turn_id
+            ));
+        };
+        log::info!(
+            "session {:?}: forks claude conversation {} of {:?} at message {at} (the end of {}): --resume --fork-session --resume-session-at",
+            self.key,
+            parent.claude_session,
+            source.session_key,
+            source.turn_id
+        );
+        Some((parent.claude_session, at))
     }
 
     /// The session gets a new Claude conversation; its next turn carries the client's history.
@@ -266,6 +326,7 @@ impl Worker {
         agent.link = Some(link);
         agent.process.started();
         self.supervisor.record_start(&self.key, Ok(()));
+        self.identity.forking = false;
         log::info!("session {:?}: ready in {:?}", self.key, since.elapsed());
         self.send_turn(agent, turn);
     }
@@ -279,6 +340,18 @@ impl Worker {
             .map(|a| a.process.screen_tail(SCREEN_LINES_IN_ERRORS))
             .unwrap_or_default();
         let resumed = matches!(self.phase, Phase::Starting { resumed: true, .. });
+        if std::mem::take(&mut self.identity.forking) {
+            let Phase::Starting { agent, turn, .. } = self.take_phase() else {
+                unreachable!("forking is set only while Starting");
+            };
+            let slot = self.stop_running(agent, "the fork did not start");
+            log::warn!(
+                "session {:?}: claude could not fork the conversation ({how}); starting again with the restored history. Last screen lines:\n{screen}",
+                self.key
+            );
+            self.new_conversation("--fork-session failed");
+            return self.spawn(slot, turn);
+        }
         if resumed && screen.contains(RESUME_FAILED_TEXT) {
             let Phase::Starting { agent, turn, .. } = self.take_phase() else {
                 unreachable!("checked above");

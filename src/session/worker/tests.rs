@@ -525,6 +525,7 @@ impl Harness {
                 marked_retry: false,
                 system_prompt: None,
                 answers: Vec::new(),
+                fork_from: None,
             },
             Duration::ZERO,
         )

@@ -28,6 +28,7 @@ fn submit_results(h: &Harness, key: &str, results: &[(&str, &str, bool)]) -> Sub
                 system_prompt: None,
                 answers,
                 client_tools: None,
+                fork_from: None,
             },
             Duration::ZERO,
         )
@@ -130,6 +131,7 @@ fn a_missing_result_fails_the_call_after_the_turns_tool_result_timeout() {
                     tools: Vec::new(),
                     result_timeout: Duration::from_millis(200),
                 })),
+                fork_from: None,
             },
             Duration::ZERO,
         )

@@ -19,6 +19,7 @@ fn submit_answers(h: &Harness, key: &str, text: &str, answers: Vec<Answer>) -> S
                 system_prompt: None,
                 answers,
                 client_tools: None,
+                fork_from: None,
             },
             Duration::ZERO,
         )
