@@ -390,3 +390,24 @@ fn parent_pid_takes_a_process_id_above_1() {
         assert!(err.contains("parent-pid"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn standby_defaults_to_one_from_four_processes_and_stays_below_max_processes() {
+    let c = run(&["--max-processes", "3"], &[]).unwrap();
+    assert_eq!(c.standby(), 0);
+    let c = run(&["--max-processes", "4"], &[]).unwrap();
+    assert_eq!(c.standby(), 1);
+    let c = run(&["--max-processes", "8", "--standby", "3"], &[]).unwrap();
+    assert_eq!(c.standby(), 3);
+    let c = run(&["--max-processes", "8", "--standby", "0"], &[]).unwrap();
+    assert_eq!(c.standby(), 0);
+    let c = run(&["--max-processes", "2"], &[("SYNTHESIS_STANDBY", "1")]).unwrap();
+    assert_eq!(c.standby(), 1);
+    let err = run(&["--max-processes", "2", "--standby", "2"], &[]).unwrap_err();
+    assert!(
+        err.contains("standby") && err.contains("max_processes"),
+        "{err}"
+    );
+    let err = run(&["--standby", "x"], &[]).unwrap_err();
+    assert!(err.starts_with("--standby: "), "{err}");
+}
