@@ -408,6 +408,12 @@ fn standby_defaults_to_one_from_four_processes_and_stays_below_max_processes() {
         err.contains("standby") && err.contains("max_processes"),
         "{err}"
     );
+    let c = run(
+        &["--max-processes", "4", "--standby", "0", "--standby", "2"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.standby(), 2, "the last flag wins");
     let err = run(&["--standby", "x"], &[]).unwrap_err();
     assert!(err.starts_with("--standby: "), "{err}");
 }
