@@ -268,7 +268,11 @@ impl Registry {
         }
         // A new worker is built (and its thread started) outside the lock; if another request
         // inserted one meanwhile, ours is dropped and its thread ends on its own.
-        let new_conversation = inner.limits.standby > 0 && inner.settings.store.get(key).is_none();
+        // A turn with its own system prompt would restart a standby (prompt.rs): it starts
+        // its own process and leaves the standby to the next new conversation.
+        let new_conversation = inner.limits.standby > 0
+            && request.system_prompt.is_none()
+            && inner.settings.store.get(key).is_none();
         let fresh = if lock(&inner.table).live.contains_key(key) {
             None
         } else if new_conversation && inner.adopt_standby(key) {

@@ -15,6 +15,8 @@
 //!    └──────── Stop (idle kill, eviction, operator; registry marks `Stopping`) ─┘
 //!   Idle with nothing queued ──▶ Retired (the thread ends; the session map keeps the conversation)
 //! ```
+//! A standby (`into_standby`, docs/SPEED.md §3) goes Idle → Starting without a turn → Ready,
+//! and takes the key of the new conversation that adopts it before that one's first turn.
 //! One loop drives it: `advance` does the work that is due (take the next turn, start a
 //! process, give up on a deadline, retire), then `wait` (events.rs) blocks on everything
 //! the worker owns at once with `poll(2)` until the next deadline, and `handle` reacts to

@@ -1,6 +1,6 @@
 //! Starting a turn and, when the session has no process, starting one for it: the process
 //! slot (granted by the registry, possibly handed over by an evicted session), the spawn
-//! with `--resume` or `--session-id`, start-up screens, the channel's hello, and what a
+//! with `--resume` or `--session-id` (or, for a standby, without a turn), start-up screens, the channel's hello, and what a
 //! failed start does (the turn fails; failures in a row make the registry back off).
 
 use std::time::{Duration, Instant};
