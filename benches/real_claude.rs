@@ -93,7 +93,7 @@ fn main() {
     let dir = TempDir::new("b5");
     seed_claude_config(&dir, FAKE_KEY);
     let channel_log = dir.path().join("channels.log");
-    let bridge = start_bridge(&claude, &api, dir, &channel_log);
+    let bridge = start_bridge(&claude, &api, dir, &channel_log, 0);
     let mut cold = Vec::new();
     let mut cold_timeline = None;
     for i in 0..s.cold {
@@ -153,6 +153,54 @@ fn main() {
             think.clone(),
         ));
     }
+
+    // ------------------------------------------------------------------ a standby
+    // A second bridge with one standby process: each new conversation's first turn, sent
+    // once a standby is ready and has been idle for the think time (as the warm turns above).
+    // SYNTHESIS_B5_STANDBY_IDLE_MS: how long a ready standby waits before the turn (default:
+    // the think time).
+    let standby_idle = std::env::var("SYNTHESIS_B5_STANDBY_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(s.think_time, Duration::from_millis);
+    let mut with_standby = Vec::new();
+    let mut standby_turn = None;
+    let standby_timeline;
+    {
+        let dir = TempDir::new("b5-standby");
+        seed_claude_config(&dir, FAKE_KEY);
+        let log = dir.path().join("channels-standby.log");
+        let standby_bridge = start_bridge(&claude, &api, dir, &log, 1);
+        for i in 0..s.cold {
+            let ready = wait_until(Duration::from_secs(60), || {
+                let list = request(standby_bridge.http, "GET", "/v1/sessions", &[], "").json();
+                list["data"]
+                    .as_array()?
+                    .iter()
+                    .any(|r| r["standby"] == true && r["state"] == "ready")
+                    .then_some(())
+            });
+            assert!(ready.is_some(), "no standby became ready within 60 s");
+            std::thread::sleep(standby_idle);
+            let key = format!("new-{i}");
+            let (took, sent, done) = turn(&standby_bridge, &key, &format!("new {i}"));
+            with_standby.push(took);
+            if i == s.cold / 2 {
+                standby_turn = Some((key, sent, done));
+            }
+        }
+        let adopted = standby_bridge.log().matches("takes standby").count();
+        assert_eq!(adopted, s.cold, "every first turn went to a standby");
+        let channels = std::fs::read_to_string(&log).unwrap_or_default();
+        standby_timeline = standby_turn.map(|tl| (tl, standby_bridge.log(), channels));
+    }
+    rows.push((
+        format!(
+            "bridge first turn of a new conversation with a standby ({:?} after it is ready)",
+            standby_idle
+        ),
+        with_standby.clone(),
+    ));
 
     // ------------------------------------------------------------------ the peers
     let peer_dir = TempDir::new("b5-peers");
@@ -238,6 +286,12 @@ fn main() {
             med(&think) / med(&sj_warm)
         );
     }
+    if !think.is_empty() {
+        println!(
+            "| bridge new conversation's first turn with a standby / bridge warm with think time | {:.2}× | ≤ 1.5× |",
+            med(&with_standby) / med(&think)
+        );
+    }
     let p50 = |i: usize| histogram_quantile(&buckets_before[i], &buckets_after[i], 0.5) * 1000.0;
     println!(
         "| bridge's own time per warm turn, p50 inbound + p50 outbound (/metrics buckets, interpolated) | {:.3} ms + {:.3} ms | ≤ 2 ms |",
@@ -274,6 +328,10 @@ fn main() {
         if let Some((key, sent, done)) = tl {
             timeline(label, &key, sent, done, &log, &channels, &times, &bodies);
         }
+    }
+    if let Some(((key, sent, done), log, channels)) = standby_timeline {
+        let label = "standby (a new conversation's first turn)";
+        timeline(label, &key, sent, done, &log, &channels, &times, &bodies);
     }
 
     // ------------------------------------------------------------------ checks
@@ -327,10 +385,17 @@ fn extra_env() -> Vec<(String, String)> {
         .collect()
 }
 
-fn start_bridge(claude: &str, api: &FakeAnthropic, dir: TempDir, channel_log: &Path) -> Bridge {
+fn start_bridge(
+    claude: &str,
+    api: &FakeAnthropic,
+    dir: TempDir,
+    channel_log: &Path,
+    standby: usize,
+) -> Bridge {
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
     let mut builder = Bridge::real(claude)
         .dir(dir)
+        .arg("--standby", &standby.to_string())
         .arg("--workspace", workspace.to_str().unwrap())
         .arg("--ready-timeout", "60s")
         .env("ANTHROPIC_BASE_URL", &format!("http://{}", api.addr))
@@ -339,6 +404,10 @@ fn start_bridge(claude: &str, api: &FakeAnthropic, dir: TempDir, channel_log: &P
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
         .env("SYNTHESIS_CHANNEL_LOG", channel_log.to_str().unwrap());
+    if standby > 0 {
+        // Room for every adopted conversation and a standby beside them.
+        builder = builder.arg("--max-processes", "16");
+    }
     // Extra environment for claude (through the bridge), e.g. SYNTHESIS_B5_ENV="K=V K2=V2".
     for (k, v) in extra_env() {
         builder = builder.env(&k, &v);

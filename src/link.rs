@@ -66,6 +66,11 @@ pub trait ChannelLink: Send {
     fn send(&mut self, frame: &BridgeFrame) -> Result<(), String>;
     /// Best-effort close.
     fn close(&mut self);
+    /// Makes `read_frames` non-blocking before anything was sent (the hub hands the link over
+    /// blocking; `send` leaves it non-blocking). For a standby, which waits for a turn.
+    fn make_nonblocking(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl ChannelLink for WebSocket<TcpStream> {
@@ -94,5 +99,11 @@ impl ChannelLink for WebSocket<TcpStream> {
     fn close(&mut self) {
         let _ = WebSocket::close(self, None);
         let _ = self.flush();
+    }
+
+    fn make_nonblocking(&mut self) -> Result<(), String> {
+        self.get_ref()
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())
     }
 }

@@ -146,6 +146,7 @@ pub struct Metrics {
     pub heartbeats: Counter,
     pub channel_refused: Counter,
     pub retries_attached: Counter,
+    pub standbys_adopted: Counter,
     pub deliveries_confirmed: Counter,
     pub delivery_retries: Counter,
     pub delivery_failures: Counter,
@@ -179,6 +180,7 @@ pub static METRICS: Metrics = Metrics {
     heartbeats: Counter::new(),
     channel_refused: Counter::new(),
     retries_attached: Counter::new(),
+    standbys_adopted: Counter::new(),
     deliveries_confirmed: Counter::new(),
     delivery_retries: Counter::new(),
     delivery_failures: Counter::new(),
@@ -202,6 +204,8 @@ pub struct Gauges {
     pub sessions_by_state: Vec<(&'static str, usize)>,
     pub queued_turns: usize,
     pub processes: usize,
+    /// Standby workers (started ahead, not yet taken by a conversation), by phase or not.
+    pub standby: usize,
 }
 
 /// The Prometheus text exposition (format 0.0.4).
@@ -398,6 +402,18 @@ pub fn expose(gauges: &Gauges) -> String {
         "synthesis_processes",
         "Live claude processes.",
         gauges.processes,
+    );
+    gauge(
+        &mut out,
+        "synthesis_standby_sessions",
+        "Standby sessions: claude started ahead for new conversations (counted in synthesis_processes once started).",
+        gauges.standby,
+    );
+    counter(
+        &mut out,
+        "synthesis_standbys_adopted_total",
+        "New conversations whose first turn went to a standby process.",
+        m.standbys_adopted.get(),
     );
     out
 }

@@ -25,6 +25,7 @@ use crate::session::shared::SlotPool;
 use crate::session::store::SessionStore;
 use crate::session::worker::WorkerSettings;
 use crate::session::worker::agent_port::ClaudeFactory;
+use crate::session::workspace::WorkspaceMode;
 
 /// Conversations remembered for matching clients that send no id (a few hundred bytes each).
 const CONTINUATIONS_REMEMBERED: usize = 100_000;
@@ -159,6 +160,13 @@ fn serve(config: Config) -> Result<(), String> {
     log::info!("session map: {} known sessions", store.len());
     let limits = Limits {
         max_processes: config.max_processes,
+        // A standby runs in the shared workspace: with a workspace per session it could not
+        // serve whichever conversation comes.
+        standby: if config.workspace_mode == WorkspaceMode::Shared {
+            config.standby()
+        } else {
+            0
+        },
         max_queued_turns: config.max_queued_turns,
         max_concurrent_turns: config.max_concurrent_turns(),
     };
@@ -254,6 +262,7 @@ fn serve(config: Config) -> Result<(), String> {
 
     let (sweeper_stop, sweeper_thread) =
         spawn_sweeper(registry.clone(), config.idle_kill).map_err(|e| e.to_string())?;
+    registry.fill_standbys();
 
     let signal = signal_rx.recv().map_err(|_| "signal thread ended")?;
     let grace = config.shutdown_grace;

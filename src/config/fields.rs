@@ -145,6 +145,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "turns in flight across sessions (default = max_processes)",
     ),
     (
+        "standby",
+        "N",
+        "claude processes started ahead for new conversations, counted in max_processes (default 1 when max_processes >= 4, else 0)",
+    ),
+    (
         "queue_timeout",
         "DUR",
         "when every claude process is busy, wait this long for one before answering 429 (default 0: at once)",

@@ -78,6 +78,8 @@ pub struct Config {
     pub max_processes: usize,
     /// None = same as `max_processes`.
     pub max_concurrent_turns: Option<usize>,
+    /// None = `default_standby(max_processes)`.
+    pub standby: Option<usize>,
     pub shutdown_grace: Duration,
     pub queue_timeout: Duration,
     pub retry_grace: Duration,
@@ -225,6 +227,7 @@ impl Default for Config {
             idle_kill: Duration::from_secs(30 * 60),
             max_processes: default_max_processes(),
             max_concurrent_turns: None,
+            standby: None,
             shutdown_grace: Duration::from_secs(10),
             queue_timeout: Duration::ZERO,
             retry_grace: Duration::from_secs(10),
@@ -265,6 +268,11 @@ pub fn default_max_connections() -> usize {
 const BYTES_PER_CLAUDE: u64 = 300 << 20;
 
 /// Available memory / 300 MB, at least 1 and at most 16.
+/// One standby process when there is room for at least four, else none.
+pub fn default_standby(max_processes: usize) -> usize {
+    usize::from(max_processes >= 4)
+}
+
 pub fn default_max_processes() -> usize {
     let available_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -469,6 +477,7 @@ impl Config {
             "max_concurrent_turns" => {
                 self.max_concurrent_turns = Some(parse_count(value, 1, MAX_PROCESSES)?)
             }
+            "standby" => self.standby = Some(parse_count(value, 0, MAX_PROCESSES)?),
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
             "queue_timeout" => self.queue_timeout = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,
@@ -631,6 +640,13 @@ impl Config {
         if self.max_concurrent_turns == Some(0) {
             return Err("max_concurrent_turns must be at least 1".into());
         }
+        if self.standby() >= self.max_processes && self.standby() > 0 {
+            return Err(format!(
+                "standby ({}) must be below max_processes ({}): a new conversation needs a slot too; lower standby or raise max_processes",
+                self.standby(),
+                self.max_processes
+            ));
+        }
         if self.max_queued_turns == 0 {
             return Err("max_queued_turns must be at least 1".into());
         }
@@ -645,6 +661,12 @@ impl Config {
 
     pub fn max_concurrent_turns(&self) -> usize {
         self.max_concurrent_turns.unwrap_or(self.max_processes)
+    }
+
+    /// Claude processes kept started ahead for new conversations (`standby`).
+    pub fn standby(&self) -> usize {
+        self.standby
+            .unwrap_or_else(|| default_standby(self.max_processes))
     }
 
     /// Open HTTP connections at most (`max_connections`, else `default_max_connections`).

@@ -405,3 +405,30 @@ fn forks_use_the_restored_history_unless_claude_flags_are_asked_for() {
             .fork_with_claude_flags
     );
 }
+
+#[test]
+fn standby_defaults_to_one_from_four_processes_and_stays_below_max_processes() {
+    let c = run(&["--max-processes", "3"], &[]).unwrap();
+    assert_eq!(c.standby(), 0);
+    let c = run(&["--max-processes", "4"], &[]).unwrap();
+    assert_eq!(c.standby(), 1);
+    let c = run(&["--max-processes", "8", "--standby", "3"], &[]).unwrap();
+    assert_eq!(c.standby(), 3);
+    let c = run(&["--max-processes", "8", "--standby", "0"], &[]).unwrap();
+    assert_eq!(c.standby(), 0);
+    let c = run(&["--max-processes", "2"], &[("SYNTHESIS_STANDBY", "1")]).unwrap();
+    assert_eq!(c.standby(), 1);
+    let err = run(&["--max-processes", "2", "--standby", "2"], &[]).unwrap_err();
+    assert!(
+        err.contains("standby") && err.contains("max_processes"),
+        "{err}"
+    );
+    let c = run(
+        &["--max-processes", "4", "--standby", "0", "--standby", "2"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.standby(), 2, "the last flag wins");
+    let err = run(&["--standby", "x"], &[]).unwrap_err();
+    assert!(err.starts_with("--standby: "), "{err}");
+}

@@ -480,7 +480,7 @@ fn sessions_json(ctx: &HttpContext, page: &SessionsPage) -> serde_json::Value {
                     "claude_session": s.info.claude_session, "workspace": s.info.workspace,
                     "uptime_secs": uptime, "turns": s.info.turns, "queued_turns": s.queued,
                     "idle_secs": s.idle_for.as_secs(), "step": s.step, "last_error": s.info.last_error,
-                    "pending": s.info.pending,
+                    "pending": s.info.pending, "standby": s.info.standby,
                 })
             }
             (None, Some(i)) => {

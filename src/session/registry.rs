@@ -8,6 +8,15 @@
 //! - idle kill (the sweeper), operator stops, restart back-off after failed starts;
 //! - retirement: a worker with no process and nothing queued leaves the table and its thread
 //!   ends (the conversation stays in the session map and resumes on the next turn);
+//! - standbys (`standby = N`): workers under internal keys (`standby_key`) that start a
+//!   process ahead, without a turn, in the default workspace; a new conversation (a key with
+//!   no worker and no session-map entry) adopts a `Ready` one: the handle moves to the new key
+//!   under the table's lock and the worker takes the key before its first turn. The process
+//!   keeps its spawn id and still names the standby key in its hello and Stop hook, so
+//!   `attach`, `turn_end` and `agent_pid` also resolve a spawn id through `Table::aliases`.
+//!   Standbys count against `max_processes` (a free slot or none: they never evict), are the
+//!   first evicted and are not idle-killed; `fill_standbys` (after an adoption and every
+//!   sweep) replaces them, respecting each standby key's start back-off;
 //! - panics: a worker that panics has released its process and slots by unwinding; its turns
 //!   fail, it leaves the table, and the next turn of the key starts a new worker. A panic in
 //!   any other thread of the bridge ends the process with a non-zero status (`serve.rs`).
@@ -123,6 +132,8 @@ pub struct SessionSnapshot {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_processes: usize,
+    /// Processes kept started ahead for new conversations (`standby`).
+    pub standby: usize,
     pub max_queued_turns: usize,
     pub max_concurrent_turns: usize,
 }
@@ -140,6 +151,33 @@ struct Table {
     /// Threads of workers that left the table, joined once finished (by the sweeper) or at
     /// shutdown.
     retired: Vec<JoinHandle<()>>,
+    /// Spawn id → key, for processes started as standbys and adopted since: their hello and
+    /// Stop hook still name the standby key. Entries whose spawn is gone leave at each sweep.
+    aliases: HashMap<String, String>,
+}
+
+/// The internal key of standby number `i` (clients cannot use it: `try_submit` refuses).
+pub fn standby_key(i: usize) -> String {
+    format!("{STANDBY_PREFIX}{i}")
+}
+
+const STANDBY_PREFIX: &str = "(standby) ";
+
+pub fn is_standby_key(key: &str) -> bool {
+    key.starts_with(STANDBY_PREFIX)
+}
+
+/// The live handle of `key` whose process is `spawn_id`, also when `key` is the standby key
+/// the process was started under and a conversation adopted it since.
+fn handle_for<'a>(table: &'a Table, key: &str, spawn_id: &str) -> Option<&'a SessionHandle> {
+    let live_spawn = |h: &SessionHandle| lock(&h.status.spawn_id).as_deref() == Some(spawn_id);
+    if let Some(handle) = table.live.get(key)
+        && live_spawn(handle)
+    {
+        return Some(handle);
+    }
+    let adopted = table.live.get(table.aliases.get(spawn_id)?)?;
+    live_spawn(adopted).then_some(adopted)
 }
 
 pub struct Registry {
@@ -220,6 +258,12 @@ impl Registry {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err((SubmitError::ShuttingDown, None));
         }
+        if is_standby_key(key) {
+            let message = format!(
+                "session keys starting with {STANDBY_PREFIX:?} are reserved for standby processes; use another key"
+            );
+            return Err((SubmitError::Internal(message), None));
+        }
         if let Some(fingerprint) = request.fingerprint
             && let Some(attached) = self.attach_retry(key, fingerprint, request.marked_retry)
         {
@@ -227,12 +271,20 @@ impl Registry {
         }
         // A new worker is built (and its thread started) outside the lock; if another request
         // inserted one meanwhile, ours is dropped and its thread ends on its own.
+        // A turn with its own system prompt would restart a standby (prompt.rs): it starts
+        // its own process and leaves the standby to the next new conversation.
+        let new_conversation = inner.limits.standby > 0
+            && request.system_prompt.is_none()
+            && inner.settings.store.get(key).is_none();
         let fresh = if lock(&inner.table).live.contains_key(key) {
+            None
+        } else if new_conversation && inner.adopt_standby(key) {
+            self.fill_standbys();
             None
         } else {
             Some(
                 inner
-                    .start_worker(key)
+                    .start_worker(key, None)
                     .map_err(|e| (SubmitError::Internal(e), None))?,
             )
         };
@@ -341,15 +393,15 @@ impl Registry {
         link: Box<dyn ChannelLink>,
     ) -> Result<(), (Box<dyn ChannelLink>, String)> {
         let table = lock(&self.inner.table);
-        let Some(handle) = table.live.get(key) else {
+        if !table.live.contains_key(key) && !table.aliases.contains_key(spawn_id) {
             return Err((link, format!("unknown session {key:?}")));
-        };
-        if lock(&handle.status.spawn_id).as_deref() != Some(spawn_id) {
+        }
+        let Some(handle) = handle_for(&table, key, spawn_id) else {
             return Err((
                 link,
                 format!("stale spawn id {spawn_id} for session {key:?}"),
             ));
-        }
+        };
         handle.send_control(Control::Attach {
             link,
             spawn_id: spawn_id.to_string(),
@@ -366,13 +418,11 @@ impl Registry {
         last_assistant_message: Option<String>,
     ) -> Result<(), String> {
         let table = lock(&self.inner.table);
-        let handle = table
-            .live
-            .get(key)
-            .ok_or_else(|| format!("unknown session {key:?}"))?;
-        if lock(&handle.status.spawn_id).as_deref() != Some(spawn_id) {
-            return Err(format!("stale spawn id {spawn_id} for session {key:?}"));
+        if !table.live.contains_key(key) && !table.aliases.contains_key(spawn_id) {
+            return Err(format!("unknown session {key:?}"));
         }
+        let handle = handle_for(&table, key, spawn_id)
+            .ok_or_else(|| format!("stale spawn id {spawn_id} for session {key:?}"))?;
         handle.send_control(Control::TurnEnd {
             spawn_id: spawn_id.to_string(),
             turn,
@@ -385,9 +435,11 @@ impl Registry {
     /// checks that a Stop hook's turn end came from under this process.
     pub fn agent_pid(&self, key: &str, spawn_id: &str) -> Option<u32> {
         let table = lock(&self.inner.table);
-        let status = &table.live.get(key)?.status;
-        let pid = status.pid.load(Ordering::SeqCst);
-        (lock(&status.spawn_id).as_deref() == Some(spawn_id) && pid != 0).then_some(pid)
+        let pid = handle_for(&table, key, spawn_id)?
+            .status
+            .pid
+            .load(Ordering::SeqCst);
+        (pid != 0).then_some(pid)
     }
 
     /// One row per live session, for `/v1/sessions` (sorted by key).
@@ -425,6 +477,7 @@ impl Registry {
                 .collect(),
             queued_turns: rows.iter().map(|r| r.queued).sum(),
             processes: self.inner.process_slots.used(),
+            standby: rows.iter().filter(|r| is_standby_key(&r.key)).count(),
         }
     }
 
@@ -457,7 +510,8 @@ impl Registry {
         {
             let mut table = lock(&self.inner.table);
             for (key, handle) in &table.live {
-                if handle.status.is_idle()
+                if !is_standby_key(key)
+                    && handle.status.is_idle()
                     && handle.status.last_active().elapsed() >= idle_kill
                     && handle.status.claim_for_stop()
                 {
@@ -472,12 +526,49 @@ impl Registry {
                 .into_iter()
                 .partition(|t| t.is_finished());
             table.retired = running;
+            let Table { live, aliases, .. } = &mut *table;
+            aliases.retain(|spawn_id, key| {
+                live.get(key)
+                    .is_some_and(|h| lock(&h.status.spawn_id).as_deref() == Some(spawn_id.as_str()))
+            });
             drop(table);
             for thread in finished {
                 let _ = thread.join();
             }
         }
         self.inner.settings.store.flush_if_dirty();
+        self.fill_standbys();
+    }
+
+    /// Starts the standbys that are missing (`standby`), each on a free process slot (never
+    /// by evicting a session) and not while its key is backing off after failed starts.
+    pub fn fill_standbys(&self) {
+        let inner = &self.inner;
+        for i in 0..inner.limits.standby {
+            if inner.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            let key = standby_key(i);
+            if lock(&inner.table).live.contains_key(&key) || inner.may_start(&key).is_err() {
+                continue;
+            }
+            let Some(slot) = inner.process_slots.try_acquire() else {
+                return;
+            };
+            let fresh = match inner.start_worker(&key, Some(ProcessSlot(slot))) {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    log::error!("standby {key:?}: {e}");
+                    return;
+                }
+            };
+            let mut table = lock(&inner.table);
+            // After shutdown drained the table, or when another fill won: dropped, its
+            // thread sees its queue gone and ends without starting a process.
+            if !inner.shutting_down.load(Ordering::SeqCst) && !table.live.contains_key(&key) {
+                table.live.insert(key, fresh);
+            }
+        }
     }
 
     /// Stops accepting turns, lets turns in flight run until `grace` has passed, stops every
@@ -511,14 +602,23 @@ impl Registry {
 }
 
 impl Inner {
-    /// Builds a worker for `key` and starts its thread (never under the table's lock).
-    fn start_worker(self: &Arc<Self>, key: &str) -> Result<SessionHandle, String> {
+    /// Builds a worker for `key` and starts its thread (never under the table's lock). With a
+    /// slot, the worker is a standby that starts its process on that slot at once.
+    fn start_worker(
+        self: &Arc<Self>,
+        key: &str,
+        standby: Option<ProcessSlot>,
+    ) -> Result<SessionHandle, String> {
         let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
         // Bounded by the per-session queue limit (never blocks: `submit` checks it first).
         let (turns_tx, turns_rx) = bounded(self.limits.max_queued_turns);
         let (control_tx, control_rx) = unbounded();
         let (waker, wake) = wake_pair().map_err(|e| format!("cannot make a waker: {e}"))?;
         let status = Arc::new(SessionStatus::default());
+        let is_standby = standby.is_some();
+        if let Some(slot) = standby {
+            *lock(&status.slot_grant) = Some(SlotGrant::Granted(slot));
+        }
         let supervisor: Arc<dyn Supervisor> = self.clone();
         let worker = Worker::new(
             key.to_string(),
@@ -532,6 +632,11 @@ impl Inner {
                 wake,
             },
         );
+        let worker = if is_standby {
+            worker.into_standby()
+        } else {
+            worker
+        };
         let inner = self.clone();
         let owned_key = key.to_string();
         let thread = std::thread::Builder::new()
@@ -570,7 +675,8 @@ impl Inner {
             .iter()
             .filter(|(key, h)| key.as_str() != for_key && h.status.is_idle())
             .collect();
-        idle.sort_by_key(|(_, h)| h.status.last_active());
+        // Standbys first: they hold no conversation.
+        idle.sort_by_key(|(key, h)| (!is_standby_key(key), h.status.last_active()));
         let (victim, handle) = idle.into_iter().find(|(_, h)| h.status.claim_for_stop())?;
         log::info!(
             "at max_processes ({}): stopping idle session {victim:?} for {for_key:?}",
@@ -582,6 +688,35 @@ impl Inner {
             slot_to: Some(slot_to),
         });
         Some(SlotGrant::FromEvicted(slot_from))
+    }
+
+    /// A new conversation takes a `Ready` standby: its handle moves to `key` (under the table's
+    /// lock, so neither another request nor an eviction can take it too). False when none is
+    /// ready.
+    fn adopt_standby(&self, key: &str) -> bool {
+        let mut table = lock(&self.table);
+        if table.live.contains_key(key) {
+            return false;
+        }
+        let Some(standby) = table
+            .live
+            .iter()
+            .filter(|(k, h)| is_standby_key(k) && h.status.is_idle())
+            .map(|(k, _)| k.clone())
+            .min()
+        else {
+            return false;
+        };
+        let handle = table.live.remove(&standby).expect("found above");
+        *lock(&handle.status.adopt_as) = Some(key.to_string());
+        if let Some(spawn_id) = lock(&handle.status.spawn_id).clone() {
+            table.aliases.insert(spawn_id, key.to_string());
+        }
+        handle.status.touch();
+        log::info!("session {key:?}: new conversation takes standby {standby:?}");
+        METRICS.standbys_adopted.inc();
+        table.live.insert(key.to_string(), handle);
+        true
     }
 
     /// A worker panicked: by now unwinding has stopped its process and released its slots and

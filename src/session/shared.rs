@@ -135,6 +135,8 @@ impl PhaseName {
 /// What `/v1/sessions` shows about a session besides its phase.
 #[derive(Debug, Clone, Default)]
 pub struct SessionInfo {
+    /// A standby process (started ahead, no conversation has taken it yet).
+    pub standby: bool,
     pub claude_session: String,
     pub workspace: String,
     pub process_started: Option<std::time::SystemTime>,
@@ -162,6 +164,9 @@ pub struct SessionStatus {
     /// The process slot granted for the session's next start (set by the registry when it
     /// admitted a turn that needs a process; taken by the worker when it spawns).
     pub slot_grant: Mutex<Option<SlotGrant>>,
+    /// Set by the registry (under its lock) when a new conversation adopts this standby
+    /// worker: the key it now serves. The worker takes it before its next turn.
+    pub adopt_as: Mutex<Option<String>>,
 }
 
 impl Default for SessionStatus {
@@ -176,6 +181,7 @@ impl Default for SessionStatus {
             info: Mutex::new(SessionInfo::default()),
             recent: Mutex::new(VecDeque::new()),
             slot_grant: Mutex::new(None),
+            adopt_as: Mutex::new(None),
         }
     }
 }

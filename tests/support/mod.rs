@@ -63,7 +63,14 @@ impl Bridge {
     /// A bridge in front of a real `claude` binary (see tests/real_claude.rs).
     pub fn real(claude: &str) -> BridgeBuilder {
         BridgeBuilder {
-            args: vec!["--claude-bin".into(), claude.into()],
+            // No standby unless a test asks (`.arg("--standby", "1")`): tests find a session's
+            // process by its key, which a standby's process does not carry.
+            args: vec![
+                "--claude-bin".into(),
+                claude.into(),
+                "--standby".into(),
+                "0".into(),
+            ],
             env: vec![],
             dir: None,
             marker: None,
@@ -78,6 +85,8 @@ impl Bridge {
                 "--demo".into(),
                 "--channel-hello-delay".into(),
                 "20ms".into(),
+                "--standby".into(),
+                "0".into(),
             ],
             env: vec![],
             dir: None,

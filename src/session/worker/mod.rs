@@ -15,6 +15,8 @@
 //!    └──────── Stop (idle kill, eviction, operator; registry marks `Stopping`) ─┘
 //!   Idle with nothing queued ──▶ Retired (the thread ends; the session map keeps the conversation)
 //! ```
+//! A standby (`into_standby`, docs/SPEED.md §3) goes Idle → Starting without a turn → Ready,
+//! and takes the key of the new conversation that adopts it before that one's first turn.
 //! One loop drives it: `advance` does the work that is due (take the next turn, start a
 //! process, give up on a deadline, retire), then `wait` (events.rs) blocks on everything
 //! the worker owns at once with `poll(2)` until the next deadline, and `handle` reacts to
@@ -131,10 +133,11 @@ struct ActiveTurn {
 enum Phase {
     /// No process.
     Idle,
-    /// A process is starting for `turn`; its channel has not said hello yet.
+    /// A process is starting for `turn` (None: a standby started ahead); its channel has not
+    /// said hello yet.
     Starting {
         agent: Running,
-        turn: ActiveTurn,
+        turn: Option<ActiveTurn>,
         deadline: Instant,
         since: Instant,
         /// Started with `--resume` (a failure may mean the conversation is gone).
@@ -263,6 +266,11 @@ pub struct Worker {
     /// Since when claude's terminal shows a permission prompt that was not relayed to the
     /// channel (suspended.rs, `check_unrelayed_prompt`); cleared by every transition.
     prompt_seen: Option<Instant>,
+    /// A standby (registry.rs, `standby`): its key is internal and the session map has no
+    /// entry for it until a new conversation adopts it.
+    standby: bool,
+    /// Start a process without a turn when `Idle` (a standby, once).
+    prestart: bool,
 }
 
 impl Worker {
@@ -300,7 +308,44 @@ impl Worker {
             entered: PhaseName::Idle,
             notice: None,
             prompt_seen: None,
+            standby: false,
+            prestart: false,
         }
+    }
+
+    /// Makes this worker a standby: it starts a process at once, without a turn, and waits
+    /// in `Ready` for a new conversation to adopt it (`adopt`).
+    pub fn into_standby(mut self) -> Self {
+        self.standby = true;
+        self.prestart = true;
+        lock(&self.status.info).standby = true;
+        self
+    }
+
+    /// A new conversation took this standby: from now on it is that conversation's session,
+    /// with the standby's Claude conversation (new to Claude, so its first turn carries the
+    /// client's history). The process keeps its spawn id; the registry resolves the
+    /// standby's key for its hello and Stop hook (`Registry::attach`, `turn_end`).
+    fn take_adoption(&mut self) {
+        let Some(key) = lock(&self.status.adopt_as).take() else {
+            return;
+        };
+        log::info!(
+            "session {:?}: standby {:?} adopted (claude session {})",
+            key,
+            self.key,
+            self.identity.claude_session
+        );
+        self.key = key;
+        self.standby = false;
+        self.prestart = false;
+        self.identity.restore_history = true;
+        lock(&self.status.info).standby = false;
+        self.settings.store.put(
+            &self.key,
+            &self.identity.claude_session,
+            &self.identity.workspace,
+        );
     }
 
     /// The worker's loop; returns once the worker retired (its process is stopped by then).
@@ -398,6 +443,7 @@ impl Worker {
     /// Does whatever is due now, until nothing more is.
     fn advance(&mut self) {
         loop {
+            self.take_adoption();
             self.check_deadlines();
             let progressed = if self.shutdown.is_some() {
                 self.advance_shutdown()
@@ -420,7 +466,11 @@ impl Worker {
             && (suspended || matches!(self.phase, Phase::Idle | Phase::Ready { .. }))
         {
             match self.turns.try_recv() {
-                Ok(turn) => self.waiting = Some(turn),
+                Ok(turn) => {
+                    // Set before the turn was queued: a standby's first turn is its adopter's.
+                    self.take_adoption();
+                    self.waiting = Some(turn)
+                }
                 Err(TryRecvError::Empty) => {}
                 // Nobody can send us turns any more: our handle lost the race to be inserted
                 // in the table (another request's worker won), or the registry let go of it.
@@ -438,6 +488,11 @@ impl Worker {
             && let Some(turn) = self.waiting.take()
         {
             return self.try_begin(turn);
+        }
+        if matches!(self.phase, Phase::Idle) && self.waiting.is_none() && self.prestart {
+            self.prestart = false;
+            self.start_standby();
+            return true;
         }
         if matches!(self.phase, Phase::Idle)
             && self.turns.is_empty()
@@ -465,7 +520,11 @@ impl Worker {
         }
         if matches!(
             self.phase,
-            Phase::Idle | Phase::Ready { .. } | Phase::Draining { .. } | Phase::Suspended { .. }
+            Phase::Idle
+                | Phase::Ready { .. }
+                | Phase::Draining { .. }
+                | Phase::Suspended { .. }
+                | Phase::Starting { turn: None, .. }
         ) {
             self.stop_agent("the bridge is shutting down");
             self.enter(Phase::Retired, "shutdown");

@@ -1,6 +1,6 @@
 //! Starting a turn and, when the session has no process, starting one for it: the process
 //! slot (granted by the registry, possibly handed over by an evicted session), the spawn
-//! with `--resume` or `--session-id`, start-up screens, the channel's hello, and what a
+//! with `--resume` or `--session-id` (or, for a standby, without a turn), start-up screens, the channel's hello, and what a
 //! failed start does (the turn fails; failures in a row make the registry back off).
 
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ impl Worker {
         };
         match self.take_phase() {
             Phase::Ready { agent } => self.send_turn(agent, active),
-            Phase::Idle => self.start_process(active),
+            Phase::Idle => self.start_process(Some(active)),
             other => unreachable!(
                 "a turn begins only when Idle or Ready, not {}",
                 other.name().name()
@@ -60,13 +60,22 @@ impl Worker {
         }
     }
 
-    /// Spawns a process for `turn`.
-    fn start_process(&mut self, turn: ActiveTurn) {
+    /// A standby starts its process without a turn (its slot was granted by the registry).
+    pub(super) fn start_standby(&mut self) {
+        self.start_process(None);
+    }
+
+    /// Spawns a process for `turn` (None: a standby).
+    fn start_process(&mut self, turn: Option<ActiveTurn>) {
         if let Err(message) = self.supervisor.may_start(&self.key) {
             return self.fail_unstarted(turn, FailureKind::AgentUnavailable, message);
         }
         self.status.set_step("waiting for a max_processes slot");
-        let Some(slot) = self.take_process_slot(turn.deadline) else {
+        let turn_deadline = turn.as_ref().map_or_else(
+            || Instant::now() + self.settings.ready_timeout,
+            |t| t.deadline,
+        );
+        let Some(slot) = self.take_process_slot(turn_deadline) else {
             return self.fail_unstarted(
                 turn,
                 FailureKind::AgentUnavailable,
@@ -108,7 +117,7 @@ impl Worker {
     }
 
     /// Spawns claude for `turn`, resuming its conversation when Claude has a transcript of it.
-    fn spawn(&mut self, slot: ProcessSlot, mut turn: ActiveTurn) {
+    fn spawn(&mut self, slot: ProcessSlot, mut turn: Option<ActiveTurn>) {
         let settings = self.settings.clone();
         let agents = &settings.agents;
         let resume =
@@ -118,7 +127,7 @@ impl Worker {
         if !resume && had_turns && !self.identity.restore_history {
             self.new_conversation("its transcript is missing");
         }
-        let fork_from = turn.turn.fork_from.take();
+        let fork_from = turn.as_mut().and_then(|t| t.turn.fork_from.take());
         let fork = match fork_from {
             Some(source) if !resume && self.identity.restore_history => self.fork_point(&source),
             _ => None,
@@ -171,11 +180,14 @@ impl Worker {
         if known.is_some() {
             METRICS.respawns.inc();
         }
-        self.settings.store.put(
-            &self.key,
-            &self.identity.claude_session,
-            &self.identity.workspace,
-        );
+        // A standby's key is internal: the session map learns its conversation on adoption.
+        if !self.standby {
+            self.settings.store.put(
+                &self.key,
+                &self.identity.claude_session,
+                &self.identity.workspace,
+            );
+        }
         {
             let mut info = lock(&self.status.info);
             info.claude_session = self.identity.claude_session.clone();
@@ -183,10 +195,11 @@ impl Worker {
         }
         self.status.set_step("waiting for the channel's hello");
         let now = Instant::now();
+        let ready_by = now + self.settings.ready_timeout;
         let deadline = turn
-            .deadline
-            .min(now + self.settings.ready_timeout)
-            .min(self.shutdown.unwrap_or(turn.deadline));
+            .as_ref()
+            .map_or(ready_by, |t| t.deadline.min(ready_by))
+            .min(self.shutdown.unwrap_or(ready_by));
         let agent = Running {
             process,
             link: None,
@@ -263,10 +276,16 @@ impl Worker {
         self.identity.restore_history = true;
     }
 
-    /// A turn that never reached a process fails; the session stays `Idle`.
-    fn fail_unstarted(&mut self, turn: ActiveTurn, kind: FailureKind, message: String) {
-        log::warn!("session {:?} {}: {message}", self.key, turn.turn.id);
-        self.fail(&turn.turn, TurnFailure::new(kind, message));
+    /// A turn that never reached a process fails (a standby just does not start); the
+    /// session stays `Idle`.
+    fn fail_unstarted(&mut self, turn: Option<ActiveTurn>, kind: FailureKind, message: String) {
+        match turn {
+            Some(turn) => {
+                log::warn!("session {:?} {}: {message}", self.key, turn.turn.id);
+                self.fail(&turn.turn, TurnFailure::new(kind, message));
+            }
+            None => log::warn!("standby {:?} not started: {message}", self.key),
+        }
         self.enter(Phase::Idle, "the turn could not start");
     }
 
@@ -280,13 +299,18 @@ impl Worker {
                 .record_start(&self.key, Err(&failure.message));
         }
         drop(self.stop_running(agent, "start-up failed"));
-        log::warn!(
-            "session {:?} {}: {}",
-            self.key,
-            turn.turn.id,
-            failure.message
-        );
-        self.fail(&turn.turn, failure);
+        match turn {
+            Some(turn) => {
+                log::warn!(
+                    "session {:?} {}: {}",
+                    self.key,
+                    turn.turn.id,
+                    failure.message
+                );
+                self.fail(&turn.turn, failure);
+            }
+            None => log::warn!("standby {:?}: {}", self.key, failure.message),
+        }
         self.enter(Phase::Idle, "start-up failed");
     }
 
@@ -314,6 +338,16 @@ impl Worker {
             };
             return reject_link(link, &spawn_id, why);
         }
+        let mut link = link;
+        if matches!(&self.phase, Phase::Starting { turn: None, .. })
+            && let Err(e) = link.make_nonblocking()
+        {
+            reject_link(link, &spawn_id, "its socket is unusable");
+            return self.fail_start(TurnFailure::new(
+                FailureKind::AgentUnavailable,
+                format!("the channel's socket is unusable: {e}"),
+            ));
+        }
         let Phase::Starting {
             mut agent,
             turn,
@@ -328,7 +362,10 @@ impl Worker {
         self.supervisor.record_start(&self.key, Ok(()));
         self.identity.forking = false;
         log::info!("session {:?}: ready in {:?}", self.key, since.elapsed());
-        self.send_turn(agent, turn);
+        match turn {
+            Some(turn) => self.send_turn(agent, turn),
+            None => self.enter(Phase::Ready { agent }, "standby ready"),
+        }
     }
 
     /// Starting: the process ended before its channel connected. A failed `--resume` gets one

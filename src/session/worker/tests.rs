@@ -499,6 +499,7 @@ impl Harness {
         };
         let limits = Limits {
             max_processes: options.max_processes,
+            standby: 0,
             max_queued_turns: options.max_queued_turns,
             max_concurrent_turns: options.max_concurrent_turns,
         };
