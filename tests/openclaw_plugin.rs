@@ -63,6 +63,18 @@ fn bridge_pids(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Of `bridge_pids`, the ones running `serve` (the bridge itself; a standby process starts
+/// a sim-agent and a channel server of the same binary before any turn).
+fn serve_pids(marker: &str) -> Vec<u32> {
+    bridge_pids(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).nth(1) == Some(b"serve"))
+        })
+        .collect()
+}
+
 /// An isolated OpenClaw home (config, state) with every process it starts marked; dropping
 /// it kills whatever is still marked, even when the test fails.
 struct OpenClaw {
@@ -212,7 +224,7 @@ impl OpenClaw {
             .join("\n")
     }
 
-    /// The bridge's session list, with the key the plugin generated.
+    /// The bridge's conversations (standbys left out), with the key the plugin generated.
     fn sessions(&self, base_url: &str) -> Vec<Value> {
         let key_file = self
             .dir
@@ -226,7 +238,14 @@ impl OpenClaw {
             .unwrap();
         let auth = format!("Bearer {}", key.trim());
         let list = request(addr, "GET", "/v1/sessions", &[("Authorization", &auth)], "").json();
-        list["data"].as_array().cloned().unwrap_or_default()
+        // Conversations only: a standby process (`"standby": true`) is listed too.
+        list["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|row| row["standby"] != true)
+            .cloned()
+            .collect()
     }
 
     /// The base URL of the bridge the service started last.
@@ -318,7 +337,7 @@ fn the_plugin_runs_the_bridge_with_the_gateway_and_leaves_nothing_when_it_stops_
     // 1. Two turns of one conversation, one Claude process; then a clean stop.
     let (mut gateway, base_url) = openclaw.start_gateway("first");
     phase("gateway started the bridge");
-    let bridges = bridge_pids(&openclaw.marker);
+    let bridges = serve_pids(&openclaw.marker);
     assert_eq!(
         bridges.len(),
         1,
