@@ -27,11 +27,16 @@ cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null && echo "LEFT RUNNING: bridge pid $p did not stop on SIGTERM" >&2
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-start_bridge() {   # $1 = name; prints the HTTP address
+# Starts bridge $1 in this shell (not in a $(...) subshell, which would lose its pid and leave
+# it running after the demo) and waits until it listens.
+start_bridge() {
   mkdir -p "$work/$1"
   HOME="$work/$1" RUST_LOG=warn "$BIN" serve --demo --port 0 --channel-ws-port 0 --channel-hello-delay 20ms \
     --state-dir "$work/$1/state" --workspace "$work/$1" > "$work/$1/out" 2> "$work/$1/log" &
@@ -40,10 +45,14 @@ start_bridge() {   # $1 = name; prints the HTTP address
     grep -q listening "$work/$1/out" 2>/dev/null && break
     sleep 0.1
   done
+}
+http_address() {   # $1 = name
   grep -o 'http=[0-9.:]*' "$work/$1/out" | cut -d= -f2
 }
-A=$(start_bridge a)
-B=$(start_bridge b)
+start_bridge a
+start_bridge b
+A=$(http_address a)
+B=$(http_address b)
 echo "bridge a on $A, bridge b on $B"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
