@@ -117,19 +117,13 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // Sessions found by conversation matching: the history point this request claimed (given
     // back if the turn fails), the request remembered for an identical retry, and the chain
     // their next request will show.
-    let matched = identity::MATCHED_SOURCES.contains(&key.source);
-    let (_claim, note) = match (&ctx.continuations, matched) {
-        (Some(continuations), true) => (
-            (key.source == "conversation-continuation")
-                .then(|| identity::history_hash(messages))
-                .flatten()
-                .map(|h| identity::ClaimGuard::new(continuations, &key.key, h)),
-            Some(continuations.note_request(body_hash, &key.key, ctx.retry_grace)),
-        ),
-        _ => (None, None),
-    };
-    let chain_before_reply =
-        matched.then(|| identity::conversation_hash(identity::CHAIN_START, messages));
+    let mut matched = identity::MatchedTurn::new(
+        ctx.continuations.as_ref(),
+        &key,
+        messages,
+        body_hash,
+        ctx.retry_grace,
+    );
     let fingerprint = openclaw::retry_fingerprint(messages);
     let marked_retry = openclaw::marks_a_retry(messages) || key.source == "identical-request-retry";
     let system_prompt = match ctx.system_prompt {
@@ -220,22 +214,11 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     );
     let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let completion = Completion::new(&model);
-    // Run once the reply is known, before its last bytes go out (the client's next request
-    // may follow at once): the request stops counting as running, and a matched session gets
-    // its new history point.
-    let mut note = note;
+    // Run once the reply is known, before its last bytes go out (MatchedTurn::settle).
     let turn_id = turn.id.clone();
-    let continuations = ctx.continuations.as_ref();
     let mut settle = |reply: Option<&str>| {
-        drop(note.take());
-        if let (Some(continuations), Some(chain), Some(reply)) =
-            (continuations, chain_before_reply, reply)
-        {
-            continuations.remember_turn(
-                identity::chain(chain, "assistant", reply),
-                &key.key,
-                Some(&turn_id),
-            );
+        if let Some(matched) = matched.as_mut() {
+            matched.settle(reply, &turn_id);
         }
     };
     if chat.stream {

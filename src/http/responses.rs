@@ -319,6 +319,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     }
     // The session: `previous_response_id` first, else the chat rules on an equivalent body.
     let mut history_messages = req.messages.clone();
+    let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
     let mut claim = None;
     let key = match &req.previous {
         Some(previous) => match ctx.responses.follow(previous) {
@@ -358,7 +359,6 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                     lookup[field] = v.clone();
                 }
             }
-            let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
             let matching = ctx
                 .continuations
                 .as_ref()
@@ -384,15 +384,13 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     if let Err(message) = check_answers(&ctx, &key.key, &answers) {
         return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
     }
-    let matched = identity::MATCHED_SOURCES.contains(&key.source);
-    let _history_claim = match (&ctx.continuations, key.source) {
-        (Some(c), "conversation-continuation") => {
-            identity::history_hash(&req.messages).map(|h| identity::ClaimGuard::new(c, &key.key, h))
-        }
-        _ => None,
-    };
-    let chain_before_reply =
-        matched.then(|| identity::conversation_hash(identity::CHAIN_START, &req.messages));
+    let mut matched = identity::MatchedTurn::new(
+        ctx.continuations.as_ref(),
+        &key,
+        &req.messages,
+        body_hash,
+        ctx.retry_grace,
+    );
     let system_prompt = match ctx.system_prompt {
         SystemPromptPolicy::Ignore => None,
         SystemPromptPolicy::Append => system_prompt_text(&req.messages).map(Arc::from),
@@ -439,16 +437,12 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     let previous = req.previous.clone();
     let turn_id = turn.id.clone();
     let mut settle = |reply: Option<&str>| {
+        if let Some(matched) = matched.as_mut() {
+            matched.settle(reply, &turn_id);
+        }
         let Some(reply) = reply else { return };
         ctx.responses
             .record(&shape.id, &key.key, previous.clone(), &user_text, reply);
-        if let (Some(continuations), Some(chain)) = (&ctx.continuations, chain_before_reply) {
-            continuations.remember_turn(
-                identity::chain(chain, "assistant", reply),
-                &key.key,
-                Some(&turn_id),
-            );
-        }
     };
     let headers = [("X-Session-Key", key.key.clone())];
     if req.stream {

@@ -525,6 +525,59 @@ impl Drop for RequestNote<'_> {
     }
 }
 
+/// What a request whose session was found by conversation matching holds while its turn
+/// runs (chat completions and Responses alike): the claim on the history point it continues
+/// (given back if the turn fails), the note that lets an identical retry attach, and the
+/// chain its reply will extend.
+pub struct MatchedTurn<'a> {
+    continuations: &'a Continuations,
+    key: String,
+    _claim: Option<ClaimGuard<'a>>,
+    note: Option<RequestNote<'a>>,
+    chain_before_reply: u64,
+}
+
+impl<'a> MatchedTurn<'a> {
+    /// None unless `key` came from conversation matching.
+    pub fn new(
+        continuations: Option<&'a Continuations>,
+        key: &SessionKey,
+        messages: &[Value],
+        body_hash: u64,
+        retry_grace: Duration,
+    ) -> Option<Self> {
+        let continuations = continuations?;
+        if !MATCHED_SOURCES.contains(&key.source) {
+            return None;
+        }
+        let claim = (key.source == "conversation-continuation")
+            .then(|| history_hash(messages))
+            .flatten()
+            .map(|h| ClaimGuard::new(continuations, &key.key, h));
+        Some(MatchedTurn {
+            continuations,
+            key: key.key.clone(),
+            _claim: claim,
+            note: Some(continuations.note_request(body_hash, &key.key, retry_grace)),
+            chain_before_reply: conversation_hash(CHAIN_START, messages),
+        })
+    }
+
+    /// The turn's reply is known (None: it failed), before its last bytes go out, since the
+    /// client's next request may follow at once: the request stops counting as running, and
+    /// the session gets its new history point.
+    pub fn settle(&mut self, reply: Option<&str>, turn_id: &str) {
+        drop(self.note.take());
+        if let Some(reply) = reply {
+            self.continuations.remember_turn(
+                chain(self.chain_before_reply, "assistant", reply),
+                &self.key,
+                Some(turn_id),
+            );
+        }
+    }
+}
+
 /// A claim on a session's latest point, released when dropped unless the turn left a new
 /// point (`Continuations::remember` moved the session on, which makes the release a no-op).
 pub struct ClaimGuard<'a> {
