@@ -107,6 +107,9 @@ struct Running {
     spawn_id: String,
     /// Held for as long as the process lives (`max_processes`).
     slot: ProcessSlot,
+    /// The client tools last sent on `link`: a turn with the same set sends no frame
+    /// (OpenClaw sends its tool definitions, tens of KiB, with every request).
+    client_tools_sent: Option<Arc<super::turn::ClientTools>>,
 }
 
 /// The turn in flight and what belongs to it.

@@ -3,12 +3,13 @@
 //! the process or its channel dying). Replies and turn ends carry turn ids: one for a turn
 //! that is not the one in flight is dropped with a log line, never credited to another.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ActiveTurn, EXIT_AFTER_CHANNEL_LOSS, PREVIOUS_TURN_WAIT, Phase, Running, Worker};
 use crate::metrics::METRICS;
 use crate::protocol::{BridgeFrame, ChannelFrame};
-use crate::session::turn::{FailureKind, TurnEvent, TurnFailure};
+use crate::session::turn::{ClientTools, FailureKind, TurnEvent, TurnFailure};
 
 impl Worker {
     /// Sends the turn to the process's channel and enters `Busy`.
@@ -34,18 +35,20 @@ impl Worker {
         };
         // The client's tools go first: the channel updates its list (and waits for Claude to
         // re-list) before it pushes the turn.
-        let tools = turn
-            .turn
-            .client_tools
-            .as_ref()
-            .map(|set| BridgeFrame::ClientTools {
-                tools: set.tools.clone(),
-                result_timeout_ms: set
-                    .result_timeout
-                    .as_millis()
-                    .try_into()
-                    .unwrap_or(u64::MAX),
-            });
+        let unchanged = |set: &Arc<ClientTools>| {
+            agent.client_tools_sent.as_ref().is_some_and(|sent| {
+                sent.tools == set.tools && sent.result_timeout == set.result_timeout
+            })
+        };
+        let tools_to_send = turn.turn.client_tools.clone().filter(|set| !unchanged(set));
+        let tools = tools_to_send.as_ref().map(|set| BridgeFrame::ClientTools {
+            tools: set.tools.clone(),
+            result_timeout_ms: set
+                .result_timeout
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        });
         let sent = match agent.link.as_mut() {
             Some(link) => tools
                 .iter()
@@ -53,6 +56,9 @@ impl Worker {
                 .and_then(|()| link.send(&frame)),
             None => Err("no channel attached".into()),
         };
+        if sent.is_ok() && tools_to_send.is_some() {
+            agent.client_tools_sent = tools_to_send;
+        }
         if let Err(e) = sent {
             drop(self.stop_running(agent, &format!("could not send turn: {e}")));
             self.fail(

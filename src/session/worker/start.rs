@@ -205,6 +205,7 @@ impl Worker {
             link: None,
             spawn_id,
             slot,
+            client_tools_sent: None,
         };
         self.enter(
             Phase::Starting {
@@ -358,6 +359,7 @@ impl Worker {
             unreachable!("checked above");
         };
         agent.link = Some(link);
+        agent.client_tools_sent = None;
         agent.process.started();
         self.supervisor.record_start(&self.key, Ok(()));
         self.identity.forking = false;

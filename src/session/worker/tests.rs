@@ -261,6 +261,8 @@ struct ChannelEnd {
     turns: Receiver<(String, String)>,
     /// Every permission verdict the worker sent: (request id, behavior).
     verdicts: Receiver<(String, String)>,
+    /// The names of every client tool set the worker sent, in order.
+    tool_sets: Receiver<String>,
 }
 
 impl ChannelEnd {
@@ -317,6 +319,13 @@ impl ChannelEnd {
             .expect("the worker sent no verdict")
     }
 
+    /// The names in the next client tool set the worker sent.
+    fn next_tool_set(&self) -> String {
+        self.tool_sets
+            .recv_timeout(EVENT_WAIT)
+            .expect("the worker sent no client tool set")
+    }
+
     /// The next turn frame the worker sent.
     fn next_turn(&self) -> (String, String) {
         self.turns
@@ -335,6 +344,7 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
     let script = Arc::new(Mutex::new(Script::Silent));
     let (turns_tx, turns_rx) = unbounded();
     let (verdicts_tx, verdicts_rx) = unbounded();
+    let (tool_sets_tx, tool_sets_rx) = unbounded();
     let writer = theirs.try_clone().expect("clone");
     let reader_script = script.clone();
     std::thread::Builder::new()
@@ -359,6 +369,11 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
                         let _ = verdicts_tx.send((request_id, behavior));
                         continue;
                     }
+                    BridgeFrame::ClientTools { tools, .. } => {
+                        let names: Vec<String> = tools.into_iter().map(|t| t.name).collect();
+                        let _ = tool_sets_tx.send(names.join(","));
+                        continue;
+                    }
                     BridgeFrame::ClientToolResult {
                         call_id,
                         content,
@@ -373,7 +388,6 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
                         let _ = verdicts_tx.send((call_id, shown));
                         continue;
                     }
-                    _ => continue,
                 };
                 let script = *reader_script.lock().unwrap();
                 let answer = |turn: &str, text: String| {
@@ -411,6 +425,7 @@ fn fake_channel() -> (FakeLink, ChannelEnd) {
             script,
             turns: turns_rx,
             verdicts: verdicts_rx,
+            tool_sets: tool_sets_rx,
         },
     )
 }

@@ -158,3 +158,59 @@ fn a_missing_result_fails_the_call_after_the_turns_tool_result_timeout() {
         other => panic!("expected a 400-class failure, got {other:?}"),
     }
 }
+
+fn submit_with_tools(h: &Harness, key: &str, content: &str, names: &[&str]) -> SubmittedTurn {
+    let tools = names
+        .iter()
+        .map(|name| crate::protocol::ClientTool {
+            name: (*name).into(),
+            mcp_name: format!("client_{name}"),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object"}),
+        })
+        .collect();
+    h.registry
+        .submit(
+            key,
+            NewTurn {
+                content: content.into(),
+                received: Instant::now(),
+                history: None,
+                fingerprint: None,
+                marked_retry: false,
+                system_prompt: None,
+                answers: Vec::new(),
+                client_tools: Some(Arc::new(ClientTools {
+                    tools,
+                    result_timeout: Duration::from_secs(60),
+                })),
+                fork_from: None,
+            },
+            Duration::ZERO,
+        )
+        .expect("turn admitted")
+}
+
+#[test]
+fn an_unchanged_tool_set_is_sent_to_the_channel_once_per_process() {
+    let h = Harness::new(Options::default());
+    let first = submit_with_tools(&h, "a", "one", &["get_time"]);
+    let spawned = h.next_spawn();
+    let end = h.attach(&spawned, Script::Echo);
+    assert_eq!(expect_done(&first), "echo: one");
+    assert_eq!(end.next_tool_set(), "get_time");
+    h.wait_phase("a", PhaseName::Draining);
+    h.turn_end(&spawned, Some(&first.id));
+    h.wait_phase("a", PhaseName::Ready);
+
+    let second = submit_with_tools(&h, "a", "two", &["get_time"]);
+    assert_eq!(expect_done(&second), "echo: two");
+    h.wait_phase("a", PhaseName::Draining);
+    h.turn_end(&spawned, Some(&second.id));
+    h.wait_phase("a", PhaseName::Ready);
+
+    // The next tool-set frame the channel sees is the third turn's: the second sent none.
+    let third = submit_with_tools(&h, "a", "three", &["get_time", "get_weather"]);
+    assert_eq!(expect_done(&third), "echo: three");
+    assert_eq!(end.next_tool_set(), "get_time,get_weather");
+}
