@@ -521,6 +521,16 @@ impl Worker {
         while let Ok(turn) = self.turns.try_recv() {
             self.fail(&turn, shutting_down());
         }
+        // Claude is still finishing an answered turn (its closing model call, its transcript
+        // entries): stopping it now can lose that turn from the conversation it resumes after
+        // the restart. Let the turn end first (claude's session file says idle, or the
+        // draining limit), but not past the shutdown deadline.
+        if matches!(self.phase, Phase::Draining { .. })
+            && self.shutdown.is_none_or(|d| Instant::now() < d)
+            && !self.check_draining()
+        {
+            return false;
+        }
         if matches!(
             self.phase,
             Phase::Idle

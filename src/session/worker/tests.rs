@@ -513,6 +513,23 @@ fn draining_ends_when_the_agent_says_it_is_idle() {
 }
 
 #[test]
+fn shutdown_lets_an_answered_turn_finish_before_stopping_claude() {
+    let h = Harness::new(Options::default());
+    let (turn, spawned, _end) = h.start("a", "hi", Script::Echo);
+    assert_eq!(expect_done(&turn), "echo: hi");
+    h.wait_phase("a", PhaseName::Draining);
+    std::thread::scope(|scope| {
+        let stopping = scope.spawn(|| h.registry.shutdown(EVENT_WAIT));
+        // Claude is still finishing the turn: it is not stopped under it.
+        std::thread::sleep(QUIET);
+        assert!(!spawned.control.stopped.load(Ordering::SeqCst));
+        spawned.control.idle.store(true, Ordering::SeqCst);
+        stopping.join().expect("shutdown returns");
+    });
+    assert!(spawned.control.stopped.load(Ordering::SeqCst));
+}
+
+#[test]
 fn the_agent_exiting_mid_turn_fails_the_turn_as_agent_died_and_the_next_turn_restarts_it() {
     let h = Harness::new(Options::default());
     let (turn, spawned, end) = h.start("a", "hi", Script::Silent);
