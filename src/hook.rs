@@ -88,13 +88,33 @@ fn send_turn_end() -> Result<(), String> {
     }
 }
 
-/// The `turn_id` of the last channel message in a transcript: the bridge's turn ids reach
-/// Claude as the channel tag's `turn_id` attribute, and Claude records the tag as written.
-/// Lets the bridge tell this turn's end from a late one of an earlier turn.
+/// The `turn_id` of the last channel message Claude took into its conversation: the
+/// bridge's turn ids reach Claude as the channel tag's `turn_id` attribute, and Claude records
+/// the tag as written. Lets the bridge tell this turn's end from a late one of an earlier turn.
+///
+/// Claude also logs every channel message as it arrives, in a `queue-operation` line, before
+/// it takes the message in (as a `user` entry when it starts a turn, or a `queued_command`
+/// attachment when folded into a running one; docs/CLAUDE_CODE.md §9.5). Those lines are
+/// skipped: a message that arrived while the turn was ending is the next turn's, and its
+/// id must not end that turn (a pipelined turn, docs/SPEED.md §4).
 pub fn last_turn_id(transcript: &str) -> Option<String> {
+    transcript
+        .lines()
+        .rev()
+        .filter(|line| !is_queue_operation(line))
+        .find_map(turn_id_in)
+}
+
+/// A transcript line that only logs Claude's input queue.
+fn is_queue_operation(line: &str) -> bool {
+    line.contains(r#""type":"queue-operation""#) || line.contains(r#""type": "queue-operation""#)
+}
+
+/// The last `turn_id` attribute in one line (escaped inside a JSON string, or bare).
+fn turn_id_in(line: &str) -> Option<String> {
     for needle in ["turn_id=\\\"", "turn_id=\""] {
-        if let Some(at) = transcript.rfind(needle) {
-            let rest = &transcript[at + needle.len()..];
+        if let Some(at) = line.rfind(needle) {
+            let rest = &line[at + needle.len()..];
             let id: String = rest
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
@@ -121,5 +141,39 @@ mod tests {
         );
         assert_eq!(last_turn_id(transcript).as_deref(), Some("turn-7"));
         assert_eq!(last_turn_id("no channel here"), None);
+    }
+
+    /// Lines as Claude Code 2.1.331 writes them when a channel message arrives while its turn
+    /// ends: logged in the queue, not yet taken in. The turn that ended is turn-3's.
+    #[test]
+    fn a_message_only_queued_is_not_the_turn_that_ended() {
+        let transcript = concat!(
+            r#"{"type":"queue-operation","operation":"enqueue","content":"<channel source=\"synthesis\" turn_id=\"turn-3\">\nq\n</channel>"}"#,
+            "\n",
+            r#"{"type":"user","message":{"role":"user","content":"<channel source=\"synthesis\" turn_id=\"turn-3\">\nq\n</channel>"}}"#,
+            "\n",
+            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"done"}]}}"#,
+            "\n",
+            r#"{"type":"queue-operation","operation":"enqueue","content":"<channel source=\"synthesis\" turn_id=\"turn-4\">\nnext\n</channel>"}"#,
+            "\n",
+        );
+        assert_eq!(last_turn_id(transcript).as_deref(), Some("turn-3"));
+    }
+
+    /// A message folded into the running turn is recorded as a `queued_command` attachment:
+    /// that turn is the one that ended.
+    #[test]
+    fn a_message_folded_into_the_running_turn_is_the_turn_that_ended() {
+        let transcript = concat!(
+            r#"{"type":"user","message":{"role":"user","content":"<channel source=\"synthesis\" turn_id=\"turn-3\">\nq\n</channel>"}}"#,
+            "\n",
+            r#"{"type":"queue-operation","operation":"enqueue","content":"<channel source=\"synthesis\" turn_id=\"turn-4\">\nnext\n</channel>"}"#,
+            "\n",
+            r#"{"type":"attachment","attachment":{"type":"queued_command","prompt":"<channel source=\"synthesis\" turn_id=\"turn-4\">\nnext\n</channel>"}}"#,
+            "\n",
+            r#"{"type":"queue-operation","operation":"remove","content":"<channel source=\"synthesis\" turn_id=\"turn-4\">\nnext\n</channel>"}"#,
+            "\n",
+        );
+        assert_eq!(last_turn_id(transcript).as_deref(), Some("turn-4"));
     }
 }

@@ -9,6 +9,7 @@
 mod support;
 
 use serde_json::{Value, json};
+use std::time::Duration;
 use support::*;
 
 fn post(bridge: &Bridge, body: &Value) -> HttpResponse {
@@ -91,12 +92,23 @@ fn an_edit_forks_claudes_own_transcript_at_its_branch_point() {
         log.contains("--fork-session --resume-session-at") && log.contains("(the end of turn-1)"),
         "{log}"
     );
-    // The fork's conversation: A1 and its reply (copied), then the edited turn and its reply.
-    let transcript = transcript_of(&bridge, &fork_key);
-    let said: Vec<Value> = transcript
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["message"]["content"].clone())
-        .collect();
+    // The fork's conversation: A1 and its reply (copied), then the edited turn and its reply
+    // (its messages: the sim, like Claude, also logs its input queue in the transcript).
+    // Claude writes its reply's entry after the reply went out: wait for it.
+    let messages_of = |transcript: &str| -> Vec<Value> {
+        transcript
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|entry| matches!(entry["type"].as_str(), Some("user" | "assistant")))
+            .map(|entry| entry["message"]["content"].clone())
+            .collect()
+    };
+    let transcript = wait_until(Duration::from_secs(5), || {
+        let transcript = transcript_of(&bridge, &fork_key);
+        (messages_of(&transcript).len() >= 4).then_some(transcript)
+    })
+    .unwrap_or_else(|| transcript_of(&bridge, &fork_key));
+    let said = messages_of(&transcript);
     assert_eq!(said.len(), 4, "{said:?}");
     assert!(said[0].as_str().unwrap().contains("\nA1\n"), "{said:?}");
     assert_eq!(said[1], "A1");

@@ -37,9 +37,25 @@ fn anchor_in(text: &str, turn_id: &str) -> Option<String> {
             continue;
         };
         let kind = entry.get("type").and_then(Value::as_str);
-        if kind == Some("user") {
-            let content = entry.pointer("/message/content");
-            let said = content.map(message_text).unwrap_or_default();
+        // A channel message starts a turn as a `user` entry, or is folded into the running
+        // turn as a `queued_command` attachment (a pipelined turn, docs/CLAUDE_CODE.md §9.5).
+        let said = match kind {
+            Some("user") => entry
+                .pointer("/message/content")
+                .map(message_text)
+                .unwrap_or_default(),
+            Some("attachment")
+                if entry.pointer("/attachment/type").and_then(Value::as_str)
+                    == Some("queued_command") =>
+            {
+                entry
+                    .pointer("/attachment/prompt")
+                    .map(message_text)
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        if matches!(kind, Some("user" | "attachment")) {
             if said.contains("<channel source=") {
                 if said.contains(&tag) {
                     inside = true;
@@ -113,5 +129,38 @@ mod tests {
         // A turn with no reply in the transcript has no anchor.
         let unanswered = line("user", channel("turn-9", "c"), "u9");
         assert_eq!(anchor_in(&unanswered, "turn-9"), None);
+    }
+
+    #[test]
+    fn a_turn_folded_into_the_previous_one_ends_that_ones_span() {
+        let channel =
+            |id: &str| format!("<channel source=\"synthesis\" turn_id=\"{id}\">\nq\n</channel>");
+        let transcript = [
+            line("user", json!(channel("turn-1")), "u1"),
+            line(
+                "assistant",
+                json!([{"type": "tool_use", "name": "reply"}]),
+                "a1",
+            ),
+            line(
+                "user",
+                json!([{"type": "tool_result", "content": "sent"}]),
+                "r1",
+            ),
+            json!({"type": "queue-operation", "operation": "remove", "content": channel("turn-2")})
+                .to_string(),
+            json!({"type": "attachment", "uuid": "q2",
+                   "attachment": {"type": "queued_command", "prompt": channel("turn-2")}})
+            .to_string(),
+            line(
+                "assistant",
+                json!([{"type": "tool_use", "name": "reply"}]),
+                "a2",
+            ),
+            line("assistant", json!([{"type": "text", "text": "done"}]), "a3"),
+        ]
+        .join("\n");
+        assert_eq!(anchor_in(&transcript, "turn-1").as_deref(), Some("a1"));
+        assert_eq!(anchor_in(&transcript, "turn-2").as_deref(), Some("a3"));
     }
 }

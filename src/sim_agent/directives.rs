@@ -8,8 +8,11 @@
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
 //! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
 //! `drop_all`, `json_next`, `tool=NAME` (call the client tool NAME; several `tool=` items are
-//! parallel calls) or `ask=<tool>` (a permission prompt for that tool, relayed to the channel
-//! as Claude does; repeat it for several). Later items win for numbers; flags only ever
+//! parallel calls), `ask=<tool>` (a permission prompt for that tool, relayed to the channel
+//! as Claude does; repeat it for several), `linger_ms=N` (Claude's closing model call after
+//! the last reply: a channel message arriving meanwhile is folded into this turn, as Claude
+//! folds it) or `hook_delay_ms=N` (a pause after that, before the Stop hooks: a message
+//! arriving then is only queued). Later items win for numbers; flags only ever
 //! switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -40,6 +43,10 @@ pub struct Directives {
     pub ask: Vec<String>,
     /// The next turn replies with this turn's last line starting with `{` (see turns.rs).
     pub json_next: bool,
+    /// The closing model call after the last step (a message arriving then is folded in).
+    pub linger_ms: u64,
+    /// A pause after the closing call, before the Stop hooks (a message then is queued).
+    pub hook_delay_ms: u64,
 }
 
 /// Largest `progress` honoured (a typo must not turn into a million tool calls).
@@ -59,6 +66,8 @@ pub enum Step {
     StrayReply,
     /// Call these client tools at once and wait for every result.
     CallTools(Vec<String>),
+    /// Claude's closing model call: wait, folding in any channel message that arrives.
+    Closing(Duration),
     /// A permission prompt for `tool`: wait for the channel's verdict (or a key).
     Ask {
         tool: String,
@@ -99,6 +108,8 @@ impl Directives {
         match (key, value) {
             ("progress", v) => self.progress = number(v)?.min(u64::from(MAX_PROGRESS)) as u32,
             ("delay_ms", v) => self.delay_ms = number(v)?,
+            ("linger_ms", v) => self.linger_ms = number(v)?,
+            ("hook_delay_ms", v) => self.hook_delay_ms = number(v)?,
             ("exit", v) => {
                 self.exit =
                     Some(u8::try_from(number(v)?).map_err(|_| format!("`{item}`: 0..=255"))?)
@@ -154,6 +165,12 @@ impl Directives {
         if steps.is_empty() && !delay.is_zero() {
             steps.push(Step::Sleep(delay));
         }
+        if self.linger_ms > 0 {
+            steps.push(Step::Closing(Duration::from_millis(self.linger_ms)));
+        }
+        if self.hook_delay_ms > 0 {
+            steps.push(Step::Sleep(Duration::from_millis(self.hook_delay_ms)));
+        }
         steps
     }
 }
@@ -184,6 +201,23 @@ mod tests {
         let (d, _) = parse("[sim:exit=7][sim:hang][sim:no_reply]");
         assert_eq!((d.exit, d.hang, d.no_reply), (Some(7), true, true));
         assert_eq!(parse("plain text [not:sim] [sim").0, Directives::default());
+    }
+
+    #[test]
+    fn the_closing_call_and_the_hook_delay_come_after_the_last_reply() {
+        let (d, problems) = parse("x [sim:linger_ms=300,hook_delay_ms=20]");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            d.plan("x"),
+            vec![
+                Step::Reply {
+                    text: "x".into(),
+                    is_final: true
+                },
+                Step::Closing(Duration::from_millis(300)),
+                Step::Sleep(Duration::from_millis(20)),
+            ]
+        );
     }
 
     #[test]

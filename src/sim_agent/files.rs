@@ -7,7 +7,7 @@
 //!
 //! Owns those paths and their formats. It must never touch any other file in the config dir.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -86,9 +86,6 @@ impl Transcript {
 
     /// Appends one message (creating the file and its directory on first use).
     pub fn append(&self, role: &str, text: &str) -> io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let mut line = json!({
             "type": role,
             "message": { "role": role, "content": text },
@@ -96,6 +93,38 @@ impl Transcript {
         });
         if std::env::var_os(super::NO_MESSAGE_UUIDS).is_none() {
             line["uuid"] = json!(uuid::Uuid::new_v4().to_string());
+        }
+        self.write_line(&line)
+    }
+
+    /// Logs Claude's input queue as Claude Code does: `enqueue` (with the message) when a
+    /// channel message arrives, `dequeue` when it starts a turn, `remove` (with the message)
+    /// when it is folded into the running turn.
+    pub fn queue_operation(&self, operation: &str, content: Option<&str>) -> io::Result<()> {
+        let mut line = json!({
+            "type": "queue-operation",
+            "operation": operation,
+            "sessionId": self.session,
+        });
+        if let Some(content) = content {
+            line["content"] = json!(content);
+        }
+        self.write_line(&line)
+    }
+
+    /// A message folded into the running turn, recorded as Claude Code records it.
+    pub fn queued_command(&self, prompt: &str) -> io::Result<()> {
+        self.write_line(&json!({
+            "type": "attachment",
+            "attachment": { "type": "queued_command", "prompt": prompt, "commandMode": "prompt" },
+            "sessionId": self.session,
+        }))
+    }
+
+    /// Appends one JSON line (creating the file and its directory on first use).
+    fn write_line(&self, line: &Value) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -139,10 +168,15 @@ impl Transcript {
         std::fs::write(&self.path, body).map_err(|e| e.to_string())
     }
 
-    /// How many messages it holds (for the resume banner).
+    /// How many messages it holds (for the resume banner): user and assistant entries, not
+    /// the queue's log or attachments.
     pub fn message_count(&self) -> usize {
+        let is_message = |line: &str| {
+            serde_json::from_str::<Value>(line)
+                .is_ok_and(|v| matches!(v["type"].as_str(), Some("user" | "assistant")))
+        };
         std::fs::read_to_string(&self.path)
-            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+            .map(|t| t.lines().filter(|l| is_message(l)).count())
             .unwrap_or(0)
     }
 }

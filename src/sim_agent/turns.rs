@@ -4,7 +4,10 @@
 //!
 //! One thread waits with `poll(2)` on the terminal, the MCP server's stdout and the signal
 //! socket, with a timeout, so a turn that sleeps or hangs stays interruptible: Esc on the
-//! terminal interrupts it. Turns that arrive while one runs are queued and run in order.
+//! terminal interrupts it. Turns that arrive while one runs are queued and run in order,
+//! except during a turn's closing model call (`[sim:linger_ms]`): as Claude does, a message
+//! arriving then is folded into the running turn, which answers it without a Stop hook in
+//! between. Every arrival is logged in the transcript as Claude logs its input queue.
 //! This loop owns the turn queue and the session files' updates; it must never block
 //! without a bound (the Stop hooks are bounded too) and never answer for a turn it is not
 //! running (answers to tool calls of an interrupted turn are dropped).
@@ -87,6 +90,17 @@ pub struct Turn {
     tool_results: Vec<String>,
     /// How each `[sim:ask]` prompt was answered (`Bash: allowed`), told in the final reply.
     verdicts: Vec<String>,
+    /// In its closing model call (`[sim:linger_ms]`): a message arriving now is folded in.
+    closing: bool,
+}
+
+/// How a channel message becomes the running turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakenIn {
+    /// A turn of its own, started when none runs.
+    NewTurn,
+    /// Folded into the running turn during its closing call (no Stop hook in between).
+    Folded,
 }
 
 #[derive(Debug)]
@@ -195,11 +209,21 @@ impl Conversation<'_> {
         loop {
             let Some(turn) = self.current.as_mut() else {
                 let incoming = self.queue.pop_front()?;
-                if let Some(code) = self.start_turn(incoming) {
+                if let Some(code) = self.start_turn(incoming, TakenIn::NewTurn) {
                     return Some(Ending::Crash(code));
                 }
                 continue;
             };
+            if turn.closing
+                && let Some(incoming) = self.queue.pop_front()
+            {
+                self.screen.line("  ⎿  folded into the running turn");
+                self.current = None;
+                if let Some(code) = self.start_turn(incoming, TakenIn::Folded) {
+                    return Some(Ending::Crash(code));
+                }
+                continue;
+            }
             match turn.wait {
                 Wait::Until(at) if Instant::now() < at => return None,
                 Wait::Ready | Wait::Until(_) => turn.wait = Wait::Ready,
@@ -212,7 +236,14 @@ impl Conversation<'_> {
             let step = turn.steps.pop_front();
             let ending = match step {
                 None => self.end_turn(),
-                Some(Step::Sleep(d)) => self.set_wait(Wait::Until(Instant::now() + d)),
+                Some(Step::Sleep(d)) => {
+                    turn.closing = false;
+                    self.set_wait(Wait::Until(Instant::now() + d))
+                }
+                Some(Step::Closing(d)) => {
+                    turn.closing = true;
+                    self.set_wait(Wait::Until(Instant::now() + d))
+                }
                 Some(Step::Hang) => self.set_wait(Wait::Forever),
                 Some(Step::Reply { text, is_final }) if !self.reply_allowed => {
                     self.show_permission_prompt(&text);
@@ -251,11 +282,9 @@ impl Conversation<'_> {
         None
     }
 
-    /// Begins a turn; `Some(code)` when its directives say to exit.
-    fn start_turn(&mut self, incoming: Incoming) -> Option<u8> {
-        let _ = self.status.set("busy");
-        // Recorded as the real Claude records a channel message: inside its channel tag.
-        let recorded = match &incoming.turn_id {
+    /// A channel message as the real Claude records it: inside its channel tag.
+    fn recorded(&self, incoming: &Incoming) -> String {
+        match &incoming.turn_id {
             Some(id) => format!(
                 "<channel source=\"{}\" turn_id=\"{id}\">\n{}\n</channel>",
                 self.channel, incoming.content
@@ -264,8 +293,24 @@ impl Conversation<'_> {
                 "<channel source=\"{}\">\n{}\n</channel>",
                 self.channel, incoming.content
             ),
+        }
+    }
+
+    /// Begins a turn; `Some(code)` when its directives say to exit.
+    fn start_turn(&mut self, incoming: Incoming, taken_in: TakenIn) -> Option<u8> {
+        let _ = self.status.set("busy");
+        let recorded = self.recorded(&incoming);
+        let written = match taken_in {
+            TakenIn::NewTurn => self
+                .transcript
+                .queue_operation("dequeue", None)
+                .and_then(|()| self.transcript.append("user", &recorded)),
+            TakenIn::Folded => self
+                .transcript
+                .queued_command(&recorded)
+                .and_then(|()| self.transcript.queue_operation("remove", Some(&recorded))),
         };
-        if let Err(e) = self.transcript.append("user", &recorded) {
+        if let Err(e) = written {
             self.screen
                 .line(&format!("  ⎿  could not write the transcript: {e}"));
         }
@@ -306,6 +351,7 @@ impl Conversation<'_> {
             last_reply: None,
             tool_results: Vec::new(),
             verdicts: Vec::new(),
+            closing: false,
         });
         None
     }
@@ -710,7 +756,15 @@ impl Conversation<'_> {
         if self.current.is_some() {
             self.screen.line("  ⎿  queued (a turn is running)");
         }
-        self.queue.push_back(Incoming { content, turn_id });
+        let incoming = Incoming { content, turn_id };
+        if let Err(e) = self
+            .transcript
+            .queue_operation("enqueue", Some(&self.recorded(&incoming)))
+        {
+            self.screen
+                .line(&format!("  ⎿  could not write the transcript: {e}"));
+        }
+        self.queue.push_back(incoming);
     }
 
     /// The MCP server's stdout closed: the channel is gone for good.
