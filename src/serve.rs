@@ -188,6 +188,7 @@ fn serve(config: Config) -> Result<(), String> {
             delivery_timeout: config.delivery_timeout,
             permission_relay: config.permission_relay,
             permission_timeout: config.permission_timeout,
+            pipeline_turns: config.pipeline_turns,
         },
         limits,
     ));

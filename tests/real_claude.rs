@@ -88,12 +88,16 @@ fn two_turns_then_a_restart_resumes_the_same_conversation() {
         "both turns went to one claude"
     );
     // Issue 16: the real Claude reports turn ends through the `http` Stop hook (no process
-    // per turn), and the next turn waited for that report.
-    let log = bridge.log();
-    assert!(log.contains("Stop hook: http"), "log:\n{log}");
+    // per turn); the second turn went out during the first one's closing call, so the one
+    // report may come after the second reply.
+    assert!(bridge.log().contains("Stop hook: http"));
     assert!(
-        log.contains("the previous turn reported its end"),
-        "log:\n{log}"
+        bridge.wait_for_log(
+            "Stop hook over HTTP: session \"real\" ended turn Some(",
+            Duration::from_secs(10)
+        ),
+        "log:\n{}",
+        bridge.log()
     );
 
     assert_eq!(bridge.stop(), Some(0));
@@ -140,6 +144,63 @@ fn two_turns_then_a_restart_resumes_the_same_conversation() {
         history.contains("first question alpha") && history.contains("second question beta"),
         "{history}"
     );
+}
+
+/// `pipeline_turns` with the real Claude, and a canary for why it is off by default.
+#[test]
+fn pipelined_turns_get_their_own_answers_and_claude_marks_a_folded_one_as_not_the_users() {
+    // Each model call takes 200 ms, so every next turn arrives while Claude is still in the
+    // previous turn's closing call: Claude folds it into that call (or, when the call was
+    // already sent, runs it right after). Either way each answer must be its own turn's.
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    api.set_delay(Duration::from_millis(200));
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude-pipelined");
+    seed_claude_config(&dir, FAKE_KEY);
+    let mut bridge = start_with(
+        &claude,
+        &api,
+        dir,
+        &marker,
+        &[("SYNTHESIS_PIPELINE_TURNS", "true")],
+    );
+    for i in 0..6 {
+        let question = format!("quick question {i}");
+        let (_, events) = stream_chat(bridge.http, "pipelined", &question);
+        assert_eq!(
+            streamed_text(&events),
+            format!("reply to: {question}"),
+            "log:\n{}",
+            bridge.log()
+        );
+    }
+    let log = bridge.log();
+    assert_eq!(log.matches("spawned pid").count(), 1, "one claude: {log}");
+    assert!(
+        log.contains("the next turn goes out while claude finishes"),
+        "log:\n{log}"
+    );
+    assert_eq!(bridge.stop(), Some(0));
+    // The canary (docs/CLAUDE_CODE.md §9.5): Claude 2.1.331 hands a folded channel message to
+    // the model as a system message saying it is not from the user and not to act on its
+    // instructions. If this fails because that framing is gone, pipelining no longer changes
+    // what the model makes of a message: reconsider `pipeline_turns` on by default.
+    let folded: Vec<String> = api
+        .requests()
+        .iter()
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["role"] == "system")
+        .map(|m| m["content"].to_string())
+        .filter(|c| c.contains("while you were working") && c.contains("quick question"))
+        .collect();
+    eprintln!("{} folded channel messages seen", folded.len());
+    for message in &folded {
+        assert!(
+            message.contains("NOT from your user") && message.contains("untrusted"),
+            "Claude Code no longer marks a folded channel message as untrusted: reconsider pipeline_turns on by default (docs/SPEED.md §4). {message}"
+        );
+    }
 }
 
 #[test]

@@ -104,3 +104,85 @@ fn the_command_stop_hook_is_kept_for_claude_versions_without_http_hooks() {
     ends_through_the_stop_hook(&bridge);
     assert!(bridge.log().contains("Stop hook: command"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pipelined turns (`pipeline_turns`, docs/SPEED.md §4)
+// ---------------------------------------------------------------------------------------------
+
+fn session_row(bridge: &Bridge, key: &str) -> serde_json::Value {
+    let list = request(bridge.http, "GET", "/v1/sessions", &[], "").json();
+    list["data"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == key).cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_pipelined_turn_sent_while_claude_closes_the_previous_one_is_folded_in_and_answered_at_once() {
+    // The sim's closing model call after the first reply lasts 6 s; a message arriving then
+    // is folded into that turn, as Claude folds it. Waiting for the turn's end would make the
+    // second turn take 6 s or more.
+    let bridge = Bridge::demo().flag("--pipeline-turns").start();
+    let (_, events) = stream_chat(bridge.http, "quick", "first [sim:linger_ms=6000]");
+    assert_eq!(streamed_text(&events), "first [sim:linger_ms=6000]");
+    let started = Instant::now();
+    let (response, events) = stream_chat(bridge.http, "quick", "second");
+    let took = started.elapsed();
+    assert_eq!(response.status, 200);
+    assert_eq!(streamed_text(&events), "second", "{}", bridge.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?}: {}",
+        bridge.log()
+    );
+    assert!(
+        bridge.log().contains("goes out while claude finishes"),
+        "{}",
+        bridge.log()
+    );
+    // One Stop hook ends the folded pair, naming the second turn: the session is ready
+    // (not after giving up on the first turn's report), with both turns counted.
+    let ready = wait_until(Duration::from_secs(15), || {
+        (session_row(&bridge, "quick")["state"] == "ready").then_some(())
+    });
+    assert!(ready.is_some(), "{}", bridge.log());
+    assert_eq!(session_row(&bridge, "quick")["turns"], 2);
+    // (Ready through the hook's report or claude's session file saying idle, whichever the
+    // worker sees first; never by giving up on the first turn's report.)
+    let log = bridge.log();
+    assert!(!log.contains("did not report the end"), "{log}");
+}
+
+#[test]
+fn the_previous_turns_late_stop_hook_does_not_end_the_next_turn() {
+    // The first turn's Stop hook runs 1.5 s after its final reply (not foldable: its closing
+    // call is over). The second turn, pushed at once, is only queued by then and logged as
+    // queued in the transcript; the hook must still name the first turn, so the second gets
+    // its own answer, not the first turn's text.
+    let bridge = Bridge::demo().flag("--pipeline-turns").start();
+    let (_, events) = stream_chat(bridge.http, "late", "first [sim:hook_delay_ms=1500]");
+    assert_eq!(streamed_text(&events), "first [sim:hook_delay_ms=1500]");
+    let (response, events) = stream_chat(bridge.http, "late", "second");
+    assert_eq!(response.status, 200);
+    assert_eq!(streamed_text(&events), "second", "{}", bridge.log());
+    let log = bridge.log();
+    assert!(log.contains("goes out while claude finishes"), "{log}");
+    assert!(log.contains("turn end of an earlier turn"), "{log}");
+}
+
+#[test]
+fn by_default_the_next_turn_waits_for_the_previous_turns_end() {
+    let bridge = Bridge::demo().start();
+    let (_, events) = stream_chat(bridge.http, "strict", "first [sim:linger_ms=1500]");
+    assert_eq!(streamed_text(&events), "first [sim:linger_ms=1500]");
+    let started = Instant::now();
+    let (_, events) = stream_chat(bridge.http, "strict", "second");
+    assert_eq!(streamed_text(&events), "second");
+    // Pushed only once the first turn's Stop hook came, after its 1.5 s closing call.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{}",
+        bridge.log()
+    );
+    assert!(!bridge.log().contains("goes out while claude finishes"));
+}

@@ -110,6 +110,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "a fork (edit, regenerate) starts claude with --resume <parent> --fork-session --resume-session-at <message> instead of the restored history; experimental: Claude Code 2.1.331 ignores --resume-session-at in interactive mode (docs/HTTP_API.md) (default false)",
     ),
     (
+        "pipeline_turns",
+        "BOOL",
+        "experimental: a session's next turn goes to claude while it still finishes the previous one (its closing model call), saving back-to-back turns a model round trip; but Claude folds such a message into that turn and tells the model it is NOT from the user and not to act on its instructions (docs/SPEED.md §4) (default false)",
+    ),
+    (
         "fallback_session_key",
         "KEY",
         "with conversation_match off: key for requests naming no session (default default::default)",

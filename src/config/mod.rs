@@ -69,6 +69,12 @@ pub struct Config {
     /// Forks start claude with its own fork flags rather than the restored history
     /// (docs/HTTP_API.md §6.2; experimental).
     pub fork_with_claude_flags: bool,
+    /// A turn for a session whose claude is still finishing its previous turn (the closing
+    /// model call after the final reply) is pushed at once, and Claude folds it into that
+    /// turn (docs/SPEED.md §4); false (the default): it waits for the previous turn's end,
+    /// because Claude presents a folded message as untrusted external input, not as the
+    /// user's (docs/CLAUDE_CODE.md §9.5).
+    pub pipeline_turns: bool,
     /// Where a session key may come from, in `identity::KEY_SOURCES` order (default: all but `user`).
     pub session_key_sources: Vec<String>,
     /// Browser origins answered with CORS headers (`*` = any); empty = no CORS.
@@ -218,6 +224,7 @@ impl Default for Config {
             fallback_session_key: "default::default".into(),
             conversation_match: true,
             fork_with_claude_flags: false,
+            pipeline_turns: false,
             session_key_sources: crate::session::identity::DEFAULT_KEY_SOURCES
                 .iter()
                 .map(|s| s.to_string())
@@ -438,6 +445,7 @@ impl Config {
             "fallback_session_key" => self.fallback_session_key = nonempty(value)?,
             "conversation_match" => self.conversation_match = parse_bool(value)?,
             "fork_with_claude_flags" => self.fork_with_claude_flags = parse_bool(value)?,
+            "pipeline_turns" => self.pipeline_turns = parse_bool(value)?,
             "session_key_sources" => {
                 let sources: Vec<String> = value
                     .split(',')

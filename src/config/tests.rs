@@ -407,6 +407,12 @@ fn forks_use_the_restored_history_unless_claude_flags_are_asked_for() {
 }
 
 #[test]
+fn turns_are_pipelined_only_when_asked_for() {
+    assert!(!run(&[], &[]).unwrap().pipeline_turns);
+    assert!(run(&["--pipeline-turns"], &[]).unwrap().pipeline_turns);
+}
+
+#[test]
 fn standby_defaults_to_one_from_four_processes_and_stays_below_max_processes() {
     let c = run(&["--max-processes", "3"], &[]).unwrap();
     assert_eq!(c.standby(), 0);

@@ -80,6 +80,8 @@ pub struct WorkerSettings {
     pub permission_relay: super::pending::PermissionRelay,
     /// How long a permission question waits for an answer before it is denied.
     pub permission_timeout: Duration,
+    /// `pipeline_turns`: a queued turn goes out while the previous one drains.
+    pub pipeline_turns: bool,
 }
 
 /// Longest single wait when nothing is due: the loop re-checks its state at least this often.
@@ -150,12 +152,15 @@ enum Phase {
     Ready { agent: Running },
     /// A turn is in flight.
     Busy { agent: Running, turn: ActiveTurn },
-    /// The last turn is answered (or was interrupted) but claude has not reported the end
-    /// of it yet; a message sent now would be folded into it, so the next turn waits.
+    /// The last turn is answered (or was interrupted, or its questions denied) but claude
+    /// has not reported the end of it yet; a message sent now is folded into it. After a
+    /// final reply (`answered`, claude is in its closing model call) the next turn goes out
+    /// at once (`pipeline_turns`, running.rs `pipeline_next_turn`); otherwise it waits.
     Draining {
         agent: Running,
         previous: String,
         until: Instant,
+        answered: bool,
     },
     /// Claude's turn waits inside claude for the client's answers to `turn.pending`; no
     /// request is its client and it holds no turn slot (suspended.rs).
@@ -462,6 +467,13 @@ impl Worker {
     /// Moves turns along; true when something changed.
     fn advance_turns(&mut self) -> bool {
         if matches!(self.phase, Phase::Draining { .. }) && self.check_draining() {
+            return true;
+        }
+        if self.settings.pipeline_turns
+            && matches!(self.phase, Phase::Draining { answered: true, .. })
+            && (self.waiting.is_some() || !self.turns.is_empty())
+        {
+            self.pipeline_next_turn();
             return true;
         }
         let suspended = matches!(self.phase, Phase::Suspended { .. });

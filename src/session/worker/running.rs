@@ -212,11 +212,18 @@ impl Worker {
                 };
                 self.enter(Phase::Ready { agent }, "the suspended turn ended");
             }
-            _ => log::info!(
-                "session {:?}: turn end ({ended:?}) in phase {} dropped",
-                self.key,
-                self.phase.name().name()
-            ),
+            _ => {
+                // Ready after a pipelined turn left without starting (its clients left):
+                // this was the report the previous turn owed.
+                if matches!(self.phase, Phase::Ready { .. }) {
+                    self.previous_end_unreported = false;
+                }
+                log::info!(
+                    "session {:?}: turn end ({ended:?}) in phase {} dropped",
+                    self.key,
+                    self.phase.name().name()
+                )
+            }
         }
     }
 
@@ -231,11 +238,20 @@ impl Worker {
         turn.turn.output.emit(TurnEvent::Done(Instant::now()));
         self.settings.store.note_turn(&self.key);
         crate::session::shared::lock(&self.status.info).turns += 1;
-        self.enter_after_turn(agent, turn, why, reported);
+        self.enter_after_turn(agent, turn, why, reported, true);
     }
 
     /// After a turn: `Ready` when claude said it is done, else `Draining` until it does.
-    fn enter_after_turn(&mut self, agent: Running, turn: ActiveTurn, why: &str, reported: bool) {
+    /// `answered`: the turn got its final reply (claude is in its closing model call), not
+    /// interrupted.
+    fn enter_after_turn(
+        &mut self,
+        agent: Running,
+        turn: ActiveTurn,
+        why: &str,
+        reported: bool,
+        answered: bool,
+    ) {
         if reported {
             self.enter(Phase::Ready { agent }, why);
         } else {
@@ -245,6 +261,7 @@ impl Worker {
                     agent,
                     previous,
                     until: Instant::now() + PREVIOUS_TURN_WAIT,
+                    answered,
                 },
                 why,
             );
@@ -263,7 +280,7 @@ impl Worker {
         }
         self.fail(&turn.turn, failure);
         // An Esc runs no Stop hook: draining ends when claude's session file says idle.
-        self.enter_after_turn(agent, turn, "interrupted", false);
+        self.enter_after_turn(agent, turn, "interrupted", false, false);
     }
 
     /// When the loop must look at the turn in flight again.
@@ -351,6 +368,7 @@ impl Worker {
             agent,
             previous,
             until,
+            ..
         } = &self.phase
         else {
             return false;
@@ -372,6 +390,27 @@ impl Worker {
         };
         self.enter(Phase::Ready { agent }, why);
         true
+    }
+
+    /// Draining with a turn queued (`pipeline_turns`): the turn goes out now instead of after
+    /// the previous turn's end. Claude, still in its closing model call, folds a channel
+    /// message that arrives then into that call and answers it there (docs/SPEED.md §4),
+    /// which saves the next turn a whole model round trip; one that arrives after the call
+    /// runs as Claude's next turn. Either way the previous turn's end report is still owed:
+    /// the next turn drops it (its turn id is the previous one's, or, without an id, it is
+    /// the first anonymous report).
+    pub(super) fn pipeline_next_turn(&mut self) {
+        let Phase::Draining {
+            agent, previous, ..
+        } = self.take_phase()
+        else {
+            unreachable!("pipeline_next_turn outside Draining");
+        };
+        self.previous_end_unreported = true;
+        self.enter(
+            Phase::Ready { agent },
+            &format!("the next turn goes out while claude finishes {previous}"),
+        );
     }
 
     pub(super) fn on_agent_exited(&mut self, how: &str) {

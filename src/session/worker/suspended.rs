@@ -557,6 +557,8 @@ impl Worker {
                 agent,
                 previous: claude_id,
                 until: Instant::now() + PREVIOUS_TURN_WAIT,
+                // Claude is still working on the denied turn, not closing it.
+                answered: false,
             },
             "the open questions were denied",
         );

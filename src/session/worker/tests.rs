@@ -224,6 +224,7 @@ struct Options {
     retry_grace: Duration,
     permission_relay: crate::session::pending::PermissionRelay,
     permission_timeout: Duration,
+    pipeline_turns: bool,
 }
 
 impl Default for Options {
@@ -237,6 +238,7 @@ impl Default for Options {
             retry_grace: Duration::from_millis(50),
             permission_relay: crate::session::pending::PermissionRelay::Chat,
             permission_timeout: Duration::from_secs(30),
+            pipeline_turns: false,
         }
     }
 }
@@ -271,6 +273,7 @@ impl Harness {
             delivery_timeout: Duration::from_secs(10),
             permission_relay: options.permission_relay,
             permission_timeout: options.permission_timeout,
+            pipeline_turns: options.pipeline_turns,
         };
         let limits = Limits {
             max_processes: options.max_processes,
@@ -804,6 +807,89 @@ fn an_anonymous_turn_end_after_an_unreported_turn_is_not_credited_to_the_next_on
         "{failure_or_done:?}"
     );
     assert!(matches!(next_event(&second), TurnEvent::Done(_)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelined turns (pipeline_turns)
+// ---------------------------------------------------------------------------------------------
+
+fn pipelined() -> Options {
+    Options {
+        pipeline_turns: true,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn a_turn_queued_while_the_previous_one_drains_goes_out_before_its_end_report() {
+    let h = Harness::new(pipelined());
+    let (first, a, end) = h.start("a", "one", Script::Echo);
+    assert_eq!(expect_done(&first), "echo: one");
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Draining);
+    end.set_script(Script::Silent);
+    let second = h.submit("a", "two");
+    // Out at once: well before the drain wait would give up on the first turn.
+    let (id, content) = end
+        .turns
+        .recv_timeout(EVENT_WAIT)
+        .expect("the second turn went out while the first drained");
+    assert!(EVENT_WAIT < super::PREVIOUS_TURN_WAIT);
+    assert_eq!((id.as_str(), content.as_str()), (second.id.as_str(), "two"));
+    h.wait_phase("a", PhaseName::Busy);
+    // The first turn's end report, late: not the second turn's end.
+    h.turn_end(&a, Some(&first.id));
+    expect_quiet(&second);
+    assert_eq!(h.phase("a"), Some(PhaseName::Busy));
+    end.reply(&second.id, "two's answer", true);
+    assert_eq!(expect_done(&second), "two's answer");
+    h.wait_phase("a", PhaseName::Draining);
+    h.turn_end(&a, Some(&second.id));
+    h.wait_phase("a", PhaseName::Ready);
+    assert_eq!(h.processes(), 1);
+}
+
+#[test]
+fn an_anonymous_end_report_owed_by_the_previous_turn_is_not_credited_to_a_pipelined_one() {
+    let h = Harness::new(pipelined());
+    let (first, a, end) = h.start("a", "one", Script::Echo);
+    assert_eq!(expect_done(&first), "echo: one");
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Draining);
+    end.set_script(Script::Silent);
+    let second = h.submit("a", "two");
+    end.turns.recv_timeout(EVENT_WAIT).expect("sent at once");
+    h.wait_phase("a", PhaseName::Busy);
+    h.turn_end(&a, None);
+    expect_quiet(&second);
+    assert_eq!(h.phase("a"), Some(PhaseName::Busy));
+    h.turn_end(&a, None);
+    assert!(matches!(
+        next_event(&second),
+        TurnEvent::Text { is_final: true, .. }
+    ));
+    assert!(matches!(next_event(&second), TurnEvent::Done(_)));
+}
+
+#[test]
+fn with_pipelining_off_the_next_turn_waits_for_the_previous_turns_end() {
+    let h = Harness::new(Options::default());
+    let (first, a, end) = h.start("a", "one", Script::Echo);
+    assert_eq!(expect_done(&first), "echo: one");
+    end.next_turn();
+    h.wait_phase("a", PhaseName::Draining);
+    let second = h.submit("a", "two");
+    assert!(
+        end.turns.recv_timeout(QUIET).is_err(),
+        "sent before the end"
+    );
+    h.turn_end(&a, Some(&first.id));
+    let (id, _) = end
+        .turns
+        .recv_timeout(EVENT_WAIT)
+        .expect("sent after the end");
+    assert_eq!(id, second.id);
+    assert_eq!(expect_done(&second), "echo: two");
 }
 
 // ---------------------------------------------------------------------------------------------
