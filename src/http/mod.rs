@@ -14,6 +14,7 @@ pub mod openai;
 pub mod openclaw;
 pub mod params;
 pub mod permissions;
+mod prepared;
 pub mod responses;
 pub mod sse;
 pub mod tools;

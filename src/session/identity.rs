@@ -781,37 +781,37 @@ mod tests {
         (headers, capture["body"].clone())
     }
 
+    /// The first captured turn of an OpenClaw conversation resolves to `key` from `source`,
+    /// and the second to the same key; returns the first turn's body.
+    fn both_captured_turns_resolve_to(capture: &str, key: &str, source: &str) -> Value {
+        let (h1, b1) = fixture(&format!("turn1-{capture}.json"));
+        let (h2, b2) = fixture(&format!("turn2-{capture}.json"));
+        let k1 = resolve(&h1, &b1, "d", None).unwrap();
+        assert_eq!((k1.key.as_str(), k1.source), (key, source), "{capture}");
+        assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, key, "{capture}");
+        b1
+    }
+
     #[test]
     fn openclaw_affinity_captures_resolve_to_the_stable_session_id() {
-        let (h1, b1) = fixture("turn1-affinity-session-key.json");
-        let (h2, b2) = fixture("turn2-affinity-session-key.json");
-        let k1 = resolve(&h1, &b1, "d", None).unwrap();
-        assert_eq!(
-            k1,
-            SessionKey {
-                key: "98130faa-5e06-42a6-9e16-61f030ba2e8c".into(),
-                source: "x-session-affinity"
-            }
+        let session_id = "98130faa-5e06-42a6-9e16-61f030ba2e8c";
+        let b1 = both_captured_turns_resolve_to(
+            "affinity-session-key",
+            session_id,
+            "x-session-affinity",
         );
-        assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, k1.key);
         let only_cache_key = resolve(&[], &b1, "d", None).unwrap();
         assert_eq!(only_cache_key.source, "body.prompt_cache_key");
-        assert_eq!(only_cache_key.key, k1.key);
+        assert_eq!(only_cache_key.key, session_id);
     }
 
     #[test]
     fn openclaw_without_affinity_uses_the_runtime_line() {
-        let (h1, b1) = fixture("turn1-no-affinity.json");
-        let (h2, b2) = fixture("turn2-no-affinity.json");
-        let k1 = resolve(&h1, &b1, "d", None).unwrap();
-        assert_eq!(
-            k1,
-            SessionKey {
-                key: "agent:main:explicit:s1".into(),
-                source: "openclaw-runtime-line"
-            }
+        both_captured_turns_resolve_to(
+            "no-affinity",
+            "agent:main:explicit:s1",
+            "openclaw-runtime-line",
         );
-        assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, k1.key);
     }
 
     #[test]
