@@ -6,7 +6,7 @@
 //! interactive loop executes the plan.
 //!
 //! Syntax: `[sim:<item>(,<item>)*]` anywhere in the text, any number of times; an item is
-//! `progress=N`, `delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
+//! `progress=N`, `delay_ms=N`, `end_delay_ms=N`, `no_reply`, `no_final`, `exit=N`, `hang`, `stray`, `drop_first`,
 //! `drop_all`, `json_next`, `tool=NAME` (call the client tool NAME; several `tool=` items are
 //! parallel calls) or `ask=<tool>` (a permission prompt for that tool, relayed to the channel
 //! as Claude does; repeat it for several). Later items win for numbers; flags only ever
@@ -21,6 +21,9 @@ pub struct Directives {
     pub progress: u32,
     /// Pause before each reply (and before a turn without replies ends).
     pub delay_ms: u64,
+    /// Pause after the last reply before the turn ends (its Stop hooks, then the session file
+    /// says idle), as Claude's closing model call takes after its final `reply`.
+    pub end_delay_ms: u64,
     /// Never call `reply`.
     pub no_reply: bool,
     /// Never send a final reply.
@@ -99,6 +102,7 @@ impl Directives {
         match (key, value) {
             ("progress", v) => self.progress = number(v)?.min(u64::from(MAX_PROGRESS)) as u32,
             ("delay_ms", v) => self.delay_ms = number(v)?,
+            ("end_delay_ms", v) => self.end_delay_ms = number(v)?,
             ("exit", v) => {
                 self.exit =
                     Some(u8::try_from(number(v)?).map_err(|_| format!("`{item}`: 0..=255"))?)
@@ -153,6 +157,9 @@ impl Directives {
         }
         if steps.is_empty() && !delay.is_zero() {
             steps.push(Step::Sleep(delay));
+        }
+        if self.end_delay_ms > 0 {
+            steps.push(Step::Sleep(Duration::from_millis(self.end_delay_ms)));
         }
         steps
     }
@@ -263,6 +270,8 @@ mod tests {
         assert_eq!(plan("[sim:no_reply,progress=3]"), vec![]);
         assert_eq!(plan("[sim:no_reply,delay_ms=4]"), vec![ms(4)]);
         assert_eq!(plan("[sim:hang,progress=3]"), vec![Step::Hang]);
+        let t = "y [sim:end_delay_ms=7]";
+        assert_eq!(plan(t), vec![reply(t, true), ms(7)]);
         let t = "w [sim:progress=1,tool=a,tool=b]";
         assert_eq!(
             plan(t),
