@@ -128,6 +128,9 @@ impl Requests {
 mod tests {
     use super::*;
 
+    /// Longer than any test runs: an ended request is remembered unless a test says otherwise.
+    const GRACE: Duration = Duration::from_secs(3600);
+
     fn remembered(r: &RecentRequests, body_hash: u64) -> bool {
         crate::session::shared::lock(&r.inner)
             .by_hash
@@ -137,15 +140,14 @@ mod tests {
     #[test]
     fn an_ended_request_is_forgotten_after_the_retry_grace() {
         let r = RecentRequests::default();
-        let grace = Duration::from_secs(3600);
-        drop(r.note(1, "k1", grace));
-        let _running = r.note(2, "k2", grace);
-        drop(r.note(3, "k3", grace));
+        drop(r.note(1, "k1", GRACE));
+        let _running = r.note(2, "k2", GRACE);
+        drop(r.note(3, "k3", GRACE));
         assert!(remembered(&r, 1) && remembered(&r, 3));
         // The next request with a zero grace expires every ended one, not the running one.
         let _n = r.note(4, "k4", Duration::ZERO);
         assert!(!remembered(&r, 1) && !remembered(&r, 3));
-        assert_eq!(r.retry_of(1, grace), None, "forgotten, whatever the grace");
+        assert_eq!(r.retry_of(1, GRACE), None, "forgotten, whatever the grace");
         assert_eq!(r.retry_of(2, Duration::ZERO).as_deref(), Some("k2"));
         assert_eq!(r.retry_of(4, Duration::ZERO).as_deref(), Some("k4"));
     }
@@ -153,17 +155,16 @@ mod tests {
     #[test]
     fn the_cap_forgets_the_request_that_ended_first() {
         let r = RecentRequests::default();
-        let grace = Duration::from_secs(3600);
         let max = MAX_REMEMBERED_REQUESTS as u64;
         // Noted in one order, ended in the other: the last noted ends first.
-        let notes: Vec<_> = (0..max).map(|h| r.note(h, "k", grace)).collect();
+        let notes: Vec<_> = (0..max).map(|h| r.note(h, "k", GRACE)).collect();
         for note in notes.into_iter().rev() {
             drop(note);
         }
-        let _n = r.note(max, "k", grace);
+        let _n = r.note(max, "k", GRACE);
         assert!(!remembered(&r, max - 1), "ended first, forgotten first");
         assert!(remembered(&r, 0) && remembered(&r, max - 2) && remembered(&r, max));
-        let _m = r.note(max + 1, "k", grace);
+        let _m = r.note(max + 1, "k", GRACE);
         assert!(!remembered(&r, max - 2));
         assert!(remembered(&r, 0) && remembered(&r, max - 3));
     }
@@ -171,19 +172,18 @@ mod tests {
     #[test]
     fn a_retried_request_is_not_forgotten_by_its_earlier_end() {
         let r = RecentRequests::default();
-        let grace = Duration::from_secs(3600);
         // Request 7 ends, then an identical retry runs it again.
-        drop(r.note(7, "k7", grace));
-        let retry = r.note(7, "k7", grace);
-        // Expiry: its earlier end is past a zero grace, but it is running.
+        drop(r.note(7, "k7", GRACE));
+        let retry = r.note(7, "k7", GRACE);
+        // Expiry: its earlier end is past a zero GRACE, but it is running.
         let _n = r.note(8, "k8", Duration::ZERO);
         assert_eq!(r.retry_of(7, Duration::ZERO).as_deref(), Some("k7"));
         // The cap: every other request ended after 7's first end; 7 is running, so the
         // oldest ended request after it goes.
         for h in 100..100 + MAX_REMEMBERED_REQUESTS as u64 - 2 {
-            drop(r.note(h, "k", grace));
+            drop(r.note(h, "k", GRACE));
         }
-        let _m = r.note(1, "k1", grace);
+        let _m = r.note(1, "k1", GRACE);
         assert!(
             remembered(&r, 7),
             "running again: not evicted by its stale end"
@@ -194,16 +194,15 @@ mod tests {
         );
         // Ended again: now it is the latest end, and counts from there.
         drop(retry);
-        let _o = r.note(2, "k2", grace);
+        let _o = r.note(2, "k2", GRACE);
         assert!(remembered(&r, 7) && !remembered(&r, 101));
     }
 
     #[test]
     fn retrying_one_request_over_and_over_keeps_its_end_records_bounded() {
         let r = RecentRequests::default();
-        let grace = Duration::from_secs(3600);
         for _ in 0..10_000 {
-            drop(r.note(5, "k", grace));
+            drop(r.note(5, "k", GRACE));
         }
         let requests = crate::session::shared::lock(&r.inner);
         assert_eq!(requests.by_hash.len(), 1);
@@ -216,14 +215,13 @@ mod tests {
     #[ignore]
     fn note_cost_with_a_full_memory() {
         let r = RecentRequests::default();
-        let grace = Duration::from_secs(3600);
         for h in 0..MAX_REMEMBERED_REQUESTS as u64 {
-            drop(r.note(h, "k", grace));
+            drop(r.note(h, "k", GRACE));
         }
         let calls = 10_000u64;
         let started = Instant::now();
         for h in 0..calls {
-            drop(r.note(1_000_000 + h, "k", grace));
+            drop(r.note(1_000_000 + h, "k", GRACE));
         }
         let per_call = started.elapsed() / calls as u32;
         println!("note with {MAX_REMEMBERED_REQUESTS} remembered requests: {per_call:?} per call");
