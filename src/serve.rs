@@ -242,6 +242,8 @@ fn serve(config: Config) -> Result<(), String> {
                         "SIGUSR1: thread report\n{}",
                         http::thread_report(&report_registry)
                     );
+                    crate::fault::arm();
+                    crate::fault::panic_point();
                     continue;
                 }
                 let _ = signal_tx.send(signal);
@@ -431,6 +433,7 @@ fn spawn_sweeper(
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(period)
             {
+                crate::fault::panic_point();
                 registry.sweep(idle_kill);
             }
         })?;

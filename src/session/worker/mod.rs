@@ -744,19 +744,6 @@ fn phase_step(phase: PhaseName) -> Option<&'static str> {
     }
 }
 
-/// Fault injection for the panic-safety tests: a worker panics on a turn containing the text
-/// in `SYNTHESIS_FAULT_PANIC_ON`. Unset (the normal case), nothing happens.
-fn fault_panic_needle() -> Option<&'static str> {
-    static NEEDLE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    NEEDLE
-        .get_or_init(|| {
-            std::env::var("SYNTHESIS_FAULT_PANIC_ON")
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .as_deref()
-}
-
 fn reject_link(mut link: Box<dyn ChannelLink>, spawn_id: &str, why: &str) {
     log::warn!("channel connection for spawn {spawn_id} refused: {why}");
     link.close();
