@@ -412,16 +412,6 @@ impl Drop for TrimOnDrop {
     }
 }
 
-/// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
-/// 15 bytes: `respond:agent:m…`. The responder learns its session key only after reading the
-/// request, after it was spawned as `respond`.
-pub(super) fn name_this_thread(name: &str) {
-    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
-    bytes.push(0);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
-    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
-}
-
 /// Reads the body up to `limit` bytes; a declared or actual larger body is a 413 and is not
 /// read to the end.
 fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {

@@ -13,7 +13,7 @@ use tiny_http::Request;
 
 use super::HttpContext;
 use super::answers::check_answers;
-use super::completions::{lower_case_headers, name_this_thread, submit_error, system_prompt_text};
+use super::completions::{lower_case_headers, submit_error, system_prompt_text};
 use super::openai::ApiError;
 use super::openclaw;
 use crate::config::SystemPromptPolicy;
@@ -97,7 +97,7 @@ impl<'a> PreparedTurn<'a> {
         messages: &[Value],
         body_hash: u64,
     ) -> Self {
-        name_this_thread(&format!("respond:{}", key.key));
+        crate::logging::name_os_thread(&format!("respond:{}", key.key));
         let matched = MatchedTurn::new(
             ctx.continuations.as_ref(),
             &key,

@@ -340,6 +340,8 @@ impl Worker {
             self.identity.claude_session
         );
         self.key = key;
+        // The same name a worker started for this key has (`Registry::start_worker`).
+        crate::logging::name_os_thread(&crate::logging::thread_name("session:", &self.key));
         self.standby = false;
         self.prestart = false;
         self.identity.restore_history = true;
