@@ -255,6 +255,7 @@ pub fn spawn_acceptor(
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 wake.drain();
+                crate::fault::panic_point();
                 while let Ok((stream, peer)) = listener.accept() {
                     let slot = match pending.admit(&stream) {
                         Ok((slot, None)) => slot,

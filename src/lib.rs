@@ -6,6 +6,7 @@ pub mod agent;
 pub mod channel;
 pub mod config;
 pub mod doctor;
+pub mod fault;
 pub mod fnv;
 pub mod hook;
 pub mod hook_http;

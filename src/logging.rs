@@ -96,6 +96,17 @@ pub fn thread_name(prefix: &str, client_text: &str) -> String {
     format!("{prefix}{}", printable(client_text))
 }
 
+/// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
+/// 15 bytes: `respond:agent:m…`. For threads that learn their name after they started: a
+/// responder once it knows its session key, a standby worker once a conversation adopts it.
+/// The name Rust keeps (`std::thread::current().name()`, which log lines show) stays.
+pub fn name_os_thread(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
+    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
 /// `2026-11-24T10:14:03.123Z` without a date crate (civil-from-days, H. Hinnant).
 pub fn utc_timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();

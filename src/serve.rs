@@ -3,8 +3,9 @@
 //! Start-up: load the config, find the agent binary, write the MCP config, bind both
 //! listeners, start the threads (`http`, `ws-accept`, `signals`), then print
 //! `listening http=<addr> ws=<addr>` on stdout (scripts and tests read it). Shutdown on
-//! SIGTERM/SIGINT: stop accepting, let turns in flight finish within the grace period, stop
-//! every child, exit 0.
+//! SIGTERM/SIGINT: stop accepting turns, let turns in flight finish within the grace period
+//! (the channel hub, with its Stop-hook sockets, stops only after the sessions), stop every
+//! child, exit 0.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -196,7 +197,10 @@ fn serve(config: Config) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let (hub_waker, hub_wake) = wake_pair().map_err(|e| e.to_string())?;
     let hub = Arc::new(Hub::new(registry.clone(), token, config.max_processes));
-    let hub_thread = hub::spawn_acceptor(ws_listener, hook_socket, hub, stop.clone(), hub_wake)
+    // The hub stops after the sessions: one finishing its last turn at shutdown still gets its
+    // Stop-hook turn end (and a starting one its hello).
+    let hub_stop = Arc::new(AtomicBool::new(false));
+    let hub_thread = hub::spawn_acceptor(ws_listener, hook_socket, hub, hub_stop.clone(), hub_wake)
         .map_err(|e| e.to_string())?;
     let ctx = Arc::new(HttpContext {
         registry: registry.clone(),
@@ -239,6 +243,8 @@ fn serve(config: Config) -> Result<(), String> {
                         "SIGUSR1: thread report\n{}",
                         http::thread_report(&report_registry)
                     );
+                    crate::fault::arm();
+                    crate::fault::panic_point();
                     continue;
                 }
                 let _ = signal_tx.send(signal);
@@ -269,9 +275,10 @@ fn serve(config: Config) -> Result<(), String> {
     let grace = config.shutdown_grace;
     log::info!("signal {signal}: shutting down (turns in flight get {grace:?})");
     stop.store(true, Ordering::SeqCst);
-    hub_waker.wake();
     drop(sweeper_stop);
     registry.shutdown(grace);
+    hub_stop.store(true, Ordering::SeqCst);
+    hub_waker.wake();
     let _ = http_thread.join();
     let _ = hub_thread.join();
     let _ = sweeper_thread.join();
@@ -427,6 +434,7 @@ fn spawn_sweeper(
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(period)
             {
+                crate::fault::panic_point();
                 registry.sweep(idle_kill);
             }
         })?;

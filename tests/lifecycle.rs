@@ -306,6 +306,45 @@ fn sigterm_with_a_turn_in_flight_ends_it_cleanly_and_leaves_no_child() {
     assert_eq!(bridge.descendants(), Vec::<u32>::new());
 }
 
+/// SIGTERM right after a reply, while claude is still finishing that turn (its closing model
+/// call: 1.5 s here): the session waits for the end of the turn, which claude's Stop hook
+/// reports during the shutdown (either kind of hook), then stops claude.
+#[test]
+fn a_stop_hook_turn_end_during_shutdown_is_accepted() {
+    for stop_hook in ["http", "command"] {
+        let mut bridge = Bridge::demo()
+            .arg("--shutdown-grace", "20s")
+            .arg("--stop-hook", stop_hook)
+            .start();
+        let text = "answered [sim:end_delay_ms=1500]";
+        let (_, events) = stream_chat(bridge.http, "k", text);
+        assert_eq!(streamed_text(&events), text, "{events:?}");
+        let started = Instant::now();
+        assert_eq!(bridge.stop(), Some(0), "{stop_hook}");
+        let took = started.elapsed();
+        let log = bridge.log();
+        let drained: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("session \"k\": draining -> "))
+            .map(|l| l.split("draining -> ").nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            drained,
+            ["ready (the previous turn reported its end)"],
+            "{stop_hook}: the turn end came from the Stop hook, not from claude's session file: {log}"
+        );
+        if stop_hook == "http" {
+            let lines: Vec<&str> = log.lines().collect();
+            let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+            let signal = at("shutting down").unwrap_or_else(|| panic!("no shutdown: {log}"));
+            let hook = at("Stop hook over HTTP: session \"k\" ended turn");
+            assert!(hook.is_some_and(|hook| hook > signal), "{log}");
+        }
+        assert!(took < Duration::from_secs(10), "{stop_hook}: took {took:?}");
+        assert_eq!(bridge.descendants(), Vec::<u32>::new(), "{stop_hook}");
+    }
+}
+
 #[test]
 fn sigkill_of_the_bridge_leaves_no_child_within_two_seconds() {
     let mut bridge = Bridge::demo().start();

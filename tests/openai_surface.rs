@@ -176,6 +176,34 @@ fn an_edit_forks_from_its_branch_point() {
 }
 
 /// Problem 3: OpenAI's `user` is an end-user id, not a session key (unless configured).
+/// A request whose history continues a session but which is refused afterwards (here a
+/// `tool` message without `tool_call_id`) gives that history point back: the next request
+/// with the same history continues the session instead of forking a new one.
+#[test]
+fn a_refused_continuation_leaves_the_conversation_to_continue() {
+    let bridge = Bridge::demo().start();
+    let hello = json!({"role": "user", "content": "R1"});
+    let first = post(&bridge, &[], &chat(json!([hello])));
+    let reply = json!({"role": "assistant", "content": content(&first)});
+    let key = session_of(&first);
+    let bad_tool = json!({"role": "tool", "content": "result"});
+    let refused = post(&bridge, &[], &chat(json!([hello, reply, bad_tool])));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.text().contains("tool_call_id"),
+        "{}",
+        refused.text()
+    );
+    let next = post(
+        &bridge,
+        &[],
+        &chat(json!([hello, reply, {"role": "user", "content": "R2"}])),
+    );
+    assert!(content(&next).ends_with("R2"), "{}", next.text());
+    assert_eq!(session_of(&next), key, "R2 continues the conversation");
+    assert_eq!(turns_of(&bridge, &key), 2);
+}
+
 #[test]
 fn user_does_not_merge_conversations_unless_configured() {
     let bridge = Bridge::demo().start();

@@ -532,6 +532,46 @@ fn a_panicking_session_fails_its_turn_and_the_bridge_serves_on() {
     );
 }
 
+/// A panic in a thread the bridge has one of ends the bridge with status 70 (so a service
+/// manager restarts it), naming the thread, and leaves no claude or channel process behind.
+/// Fault injection: `SYNTHESIS_FAULT_PANIC_THREAD` names the thread, SIGUSR1 arms it.
+#[test]
+fn a_panicking_singleton_thread_ends_the_bridge_with_status_70_and_no_child() {
+    for thread in ["sweeper", "http", "ws-accept", "signals"] {
+        let mut bridge = Bridge::demo()
+            // The sweeper's round comes every 2 s; no idle kill within the test.
+            .arg("--idle-kill", "8s")
+            .env("SYNTHESIS_FAULT_PANIC_THREAD", thread)
+            .start();
+        let (_, events) = stream_chat(bridge.http, "k", "before the fault");
+        assert_eq!(streamed_text(&events), "before the fault", "{thread}");
+        assert_eq!(agent_pids(&bridge.marker, "k").len(), 1, "{thread}");
+        assert!(bridge.descendants().len() >= 2, "claude and its channel");
+        let mut child = bridge.child.take().unwrap();
+        signal(child.id(), libc::SIGUSR1);
+        if thread == "ws-accept" {
+            // Once armed, a connection wakes the hub's acceptor (else its poll ends in 5 s).
+            assert!(bridge.wait_for_log("panics at its next round", WAIT));
+            let _ = TcpStream::connect(bridge.ws);
+        }
+        let status = wait_until(WAIT, || child.try_wait().ok().flatten());
+        let log = bridge.log();
+        assert_eq!(status.and_then(|s| s.code()), Some(70), "{thread}: {log}");
+        assert!(
+            log.contains(&format!(
+                "thread \"{thread}\" panicked: the bridge cannot serve without it"
+            )),
+            "{thread}: {log}"
+        );
+        assert!(
+            log.contains(&format!("fault injection: thread {thread:?}")),
+            "{thread}: {log}"
+        );
+        let left = wait_until(WAIT, || bridge.descendants().is_empty().then_some(()));
+        assert!(left.is_some(), "{thread}: left {:?}", bridge.descendants());
+    }
+}
+
 #[test]
 fn locked_down_defaults_refuse_risky_configurations() {
     let out = std::process::Command::new(BIN)

@@ -160,8 +160,8 @@ fn the_previous_turns_late_stop_hook_does_not_end_the_next_turn() {
     // queued in the transcript; the hook must still name the first turn, so the second gets
     // its own answer, not the first turn's text.
     let bridge = Bridge::demo().flag("--pipeline-turns").start();
-    let (_, events) = stream_chat(bridge.http, "late", "first [sim:hook_delay_ms=1500]");
-    assert_eq!(streamed_text(&events), "first [sim:hook_delay_ms=1500]");
+    let (_, events) = stream_chat(bridge.http, "late", "first [sim:end_delay_ms=1500]");
+    assert_eq!(streamed_text(&events), "first [sim:end_delay_ms=1500]");
     let (response, events) = stream_chat(bridge.http, "late", "second");
     assert_eq!(response.status, 200);
     assert_eq!(streamed_text(&events), "second", "{}", bridge.log());

@@ -57,6 +57,19 @@ fn metric(bridge: &Bridge, name: &str) -> String {
         .to_string()
 }
 
+/// The OS names of the bridge's threads (`/proc/<pid>/task/*/comm`: 15 bytes at most).
+fn thread_names(bridge: &Bridge) -> Vec<String> {
+    let pid = bridge.child.as_ref().unwrap().id();
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|comm| comm.trim_end().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn a_new_conversation_is_served_by_the_standby_process_and_a_replacement_starts() {
     let bridge = Bridge::demo()
@@ -88,6 +101,12 @@ fn a_new_conversation_is_served_by_the_standby_process_and_a_replacement_starts(
         "a new standby replaces the adopted one"
     );
     assert_eq!(metric(&bridge, "synthesis_processes"), "2");
+    // The adopted worker's thread is named for alice now, as a worker started for her would
+    // be; the only standby-named thread is the replacement's.
+    let names = thread_names(&bridge);
+    let count = |name: &str| names.iter().filter(|n| *n == name).count();
+    assert_eq!(count("session:alice"), 1, "{names:?}");
+    assert_eq!(count("session:(standb"), 1, "{names:?}");
 
     // The adopted process keeps working under alice's key: its Stop hook and channel still
     // name the standby key they were started with, and are resolved to alice.

@@ -17,23 +17,22 @@ use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::Request;
 
-use super::answers::{check_answers, classify_answers, question_chunk, with_pending};
+use super::answers::{classify_answers, question_chunk, with_pending};
 use super::openai::{ApiError, ChatRequest, Completion, Usage, parse_chat_request, render_history};
 use super::openclaw;
 use super::params::{Params, ReplyFormat, StopFilter};
+use super::prepared::{PreparedTurn, TurnContent, turn_text};
 use super::sse::SseStream;
 use super::tools;
 use super::turn_wait::{Waited, check_format, wait_turn};
 use super::{HttpContext, respond_error};
-use crate::config::{ClientToolsPolicy, SystemPromptPolicy};
+use crate::config::ClientToolsPolicy;
 use crate::metrics::{self, METRICS};
-use crate::protocol::MAX_TURN_BYTES;
+use crate::session::SubmitError;
 use crate::session::pending::{self, Pending};
-use crate::session::registry::NewTurn;
 use crate::session::registry::SubmittedTurn;
 use crate::session::turn::{ClientTools, HistoryRenderer};
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
-use crate::session::{SubmitError, identity};
 
 /// Messages in one request at most (400 beyond).
 pub const MAX_MESSAGES: usize = 10_000;
@@ -51,12 +50,9 @@ static PARSING: Permits = Permits::new(PARSE_PERMITS);
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // Declared first, dropped last: once the body and its parsed form are gone.
     let mut trim = TrimOnDrop::default();
-    let (body, permit) = match read_json_request(&mut request, &ctx, &mut trim) {
+    let read = read_json_request(&mut request, &ctx, &mut trim, parse_chat_request);
+    let (body, permit, (chat, value)) = match read {
         Ok(read) => read,
-        Err(error) => return respond_error(request, &error),
-    };
-    let (chat, value) = match parse_chat_request(&body) {
-        Ok(parsed) => parsed,
         Err(error) => return respond_error(request, &error),
     };
     let message_count = value
@@ -85,27 +81,11 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Err(error) => return respond_error(request, &error),
     };
     let received = Instant::now();
-    let headers = lower_case_headers(&request);
     let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
-    let matching = ctx
-        .continuations
-        .as_ref()
-        .map(|continuations| identity::Matching {
-            continuations,
-            body_hash,
-            retry_grace: ctx.retry_grace,
-        });
-    let key = match identity::resolve_with(
-        &headers,
-        &value,
-        &ctx.fallback_session_key,
-        matching,
-        &ctx.session_key_sources,
-    ) {
-        Ok(key) => key,
-        Err(message) => return respond_error(request, &ApiError::bad_request(message)),
+    let mut prepared = match PreparedTurn::resolve(&ctx, &request, &value, body_hash) {
+        Ok(prepared) => prepared,
+        Err(error) => return respond_error(request, &error),
     };
-    name_this_thread(&format!("respond:{}", key.key));
     let messages = value
         .get("messages")
         .and_then(|m| m.as_array())
@@ -114,22 +94,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         Ok(results) => results,
         Err(error) => return respond_error(request, &error),
     };
-    // Sessions found by conversation matching: the history point this request claimed (given
-    // back if the turn fails), the request remembered for an identical retry, and the chain
-    // their next request will show.
-    let mut matched = identity::MatchedTurn::new(
-        ctx.continuations.as_ref(),
-        &key,
-        messages,
-        body_hash,
-        ctx.retry_grace,
-    );
-    let fingerprint = openclaw::retry_fingerprint(messages);
-    let marked_retry = openclaw::marks_a_retry(messages) || key.source == "identical-request-retry";
-    let system_prompt = match ctx.system_prompt {
-        SystemPromptPolicy::Ignore => None,
-        SystemPromptPolicy::Append => system_prompt_text(messages).map(Arc::from),
-    };
+    let marked_retry = openclaw::marks_a_retry(messages);
     let parts = if ctx.strip_openclaw_context {
         openclaw::strip_context(chat.turn_parts.clone())
     } else {
@@ -153,25 +118,14 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
             })
             .collect()
     };
-    if let Err(message) = check_answers(&ctx, &key.key, &answers) {
-        return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
-    }
-    let mut content = parts.join("\n\n");
-    if let Some(instruction) = params.format.instruction() {
-        content = format!("{content}\n\n{instruction}");
-    }
-    if let Some(instruction) =
-        tools::choice_instruction(&request_tools.choice, &request_tools.tools)
-    {
-        content = format!("{content}\n\n{instruction}");
-    }
-    if content.len() > MAX_TURN_BYTES {
-        let message = format!(
-            "the new turn's text is {} bytes; the bridge passes at most {MAX_TURN_BYTES} bytes to Claude in one turn",
-            content.len()
-        );
-        return respond_error(request, &ApiError::new(413, "turn_too_large", message));
-    }
+    let instructions = [
+        params.format.instruction(),
+        tools::choice_instruction(&request_tools.choice, &request_tools.tools),
+    ];
+    let text = match turn_text(&parts, instructions) {
+        Ok(text) => text,
+        Err(error) => return respond_error(request, &error),
+    };
     // The parsed form is ~20x the body for many small messages: drop it now and keep only
     // the body, parsed again in the rare case the history is needed.
     drop((value, permit));
@@ -180,70 +134,31 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         let messages = value.get("messages")?.as_array()?;
         render_history(messages, MAX_RESTORED_HISTORY_BYTES)
     });
-    let new_turn = NewTurn {
-        content,
-        received,
-        history: Some(history),
-        fingerprint,
-        marked_retry,
-        system_prompt,
+    let content = TurnContent {
+        text,
         answers,
+        history,
+        received,
         client_tools: (ctx.client_tools != ClientToolsPolicy::None).then(|| {
             Arc::new(ClientTools {
                 tools: request_tools.tools,
                 result_timeout: ctx.tool_result_timeout,
             })
         }),
-        fork_from: ctx
-            .continuations
-            .as_ref()
-            .and_then(|c| c.take_fork(&key.key)),
+        marked_retry,
+        route: "/v1/chat/completions",
+        stream: chat.stream,
     };
     // At capacity, with `queue_timeout` set, this request waits for a process to become free
     // or idle instead of answering 429 at once.
-    let turn = match ctx.registry.submit(&key.key, new_turn, ctx.queue_timeout) {
+    let turn = match prepared.submit(content) {
         Ok(turn) => turn,
-        Err(error) => return respond_error(request, &submit_error(error)),
+        Err(error) => return respond_error(request, &error),
     };
-    log::debug!(
-        "session {:?} {}: queued (key from {}, stream={})",
-        key.key,
-        turn.id,
-        key.source,
-        chat.stream
-    );
-    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
-    let completion = Completion::new(&model);
-    // Run once the reply is known, before its last bytes go out (MatchedTurn::settle).
-    let turn_id = turn.id.clone();
-    let mut settle = |reply: Option<&str>| {
-        if let Some(matched) = matched.as_mut() {
-            matched.settle(reply, &turn_id);
-        }
-    };
-    if chat.stream {
-        stream(
-            request,
-            &ctx,
-            &chat,
-            &params,
-            &completion,
-            turn,
-            &key.key,
-            &mut settle,
-        );
-    } else {
-        respond_whole(
-            request,
-            &ctx,
-            &chat,
-            &params,
-            &completion,
-            turn,
-            &key.key,
-            &mut settle,
-        );
-    }
+    let key = prepared.key.key.clone();
+    let reply = ChatReply::new(&ctx, &chat, params, &key);
+    // Run once the reply is known, before its last bytes go out (PreparedTurn::settle).
+    reply.send(request, turn, &mut |reply| prepared.settle(reply));
 }
 
 /// Answers `request` with the events of `turn` (an answer to a suspended turn's question, from
@@ -256,32 +171,75 @@ pub(super) fn respond_turn(
     turn: SubmittedTurn,
     key: &str,
 ) {
-    let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
-    let completion = Completion::new(&model);
-    let params = Params::default();
-    let mut settle = |_: Option<&str>| {};
-    if chat.stream {
-        stream(
-            request,
+    ChatReply::new(ctx, chat, Params::default(), key).send(request, turn, &mut |_| {});
+}
+
+/// How one chat completion is answered: the request's shape and parameters, and the session
+/// it ran on.
+struct ChatReply<'a> {
+    ctx: &'a Arc<HttpContext>,
+    chat: &'a ChatRequest,
+    params: Params,
+    completion: Completion,
+    key: &'a str,
+    /// The response's own headers.
+    headers: [(&'static str, String); 1],
+}
+
+impl<'a> ChatReply<'a> {
+    fn new(ctx: &'a Arc<HttpContext>, chat: &'a ChatRequest, params: Params, key: &'a str) -> Self {
+        let model = chat.model.clone().unwrap_or_else(|| ctx.models[0].clone());
+        ChatReply {
             ctx,
             chat,
-            &params,
-            &completion,
-            turn,
+            params,
+            completion: Completion::new(&model),
             key,
-            &mut settle,
-        );
-    } else {
-        respond_whole(
-            request,
-            ctx,
-            chat,
-            &params,
-            &completion,
-            turn,
-            key,
-            &mut settle,
-        );
+            headers: [("X-Session-Key", key.to_string())],
+        }
+    }
+
+    /// Streams the turn or answers it whole, as the request asked; `settle` gets the reply the
+    /// client gets (None if there is none) before its last bytes go out.
+    fn send(&self, request: Request, turn: SubmittedTurn, settle: &mut dyn FnMut(Option<&str>)) {
+        if self.chat.stream {
+            stream(request, self, turn, settle);
+        } else {
+            self.respond_whole(request, turn, settle);
+        }
+    }
+
+    /// Answers with one `chat.completion`; `settle` gets the reply before it is written.
+    fn respond_whole(
+        &self,
+        request: Request,
+        turn: SubmittedTurn,
+        settle: &mut dyn FnMut(Option<&str>),
+    ) {
+        let mut answer = Answer::new(request, &self.headers);
+        let whole = whole_reply(self.ctx, self.key, &self.params.format, &turn, &mut answer)
+            .map(|(text, pending)| (StopFilter::apply(&self.params.stop, &text), pending));
+        settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
+        let (text, pending) = match whole {
+            Ok(whole) => whole,
+            Err(Some(error)) => return answer.fail(&error),
+            Err(None) => return,
+        };
+        let usage = Usage::estimate(self.chat.prompt_chars, text.len());
+        let mut body = self.completion.full(&text, usage);
+        let calls = tools::calls_of(&pending);
+        if calls.len() < pending.len() {
+            body = with_pending(body, &pending);
+        }
+        if !calls.is_empty() {
+            body = tools::with_tool_calls(body, &text, &calls);
+        }
+        if let Err(e) = answer.finish(body, self.ctx.write_deadline) {
+            log::info!(
+                "{}: client left before the answer was written ({e})",
+                turn.id
+            );
+        }
     }
 }
 
@@ -300,13 +258,15 @@ pub fn lower_case_headers(request: &Request) -> Vec<(String, String)> {
 }
 
 /// The body of a JSON request, read and bounded (415 for another content type, 413 over
-/// `max_body_bytes`, 400 over `MAX_JSON_CONTAINERS`), with a parse permit (503 after
-/// `PARSE_WAIT` without one). `trim` is armed for a large body.
-pub(super) fn read_json_request(
+/// `max_body_bytes`, 400 over `MAX_JSON_CONTAINERS`), and its parsed form from `parse`, with
+/// the parse permit it was parsed under (503 after `PARSE_WAIT` without one). `trim` is armed
+/// for a large body.
+pub(super) fn read_json_request<T>(
     request: &mut Request,
     ctx: &HttpContext,
     trim: &mut TrimOnDrop,
-) -> Result<(Vec<u8>, Permit<'static>), ApiError> {
+    parse: impl FnOnce(&[u8]) -> Result<T, ApiError>,
+) -> Result<(Vec<u8>, Permit<'static>, T), ApiError> {
     let content_type = request
         .headers()
         .iter()
@@ -335,7 +295,8 @@ pub(super) fn read_json_request(
             format!("{PARSE_PERMITS} request bodies are being parsed already; retry in a second");
         return Err(ApiError::new(503, "busy_parsing", message).retry_after(1));
     };
-    Ok((body, permit))
+    let parsed = parse(&body)?;
+    Ok((body, permit, parsed))
 }
 
 /// `Content-Type` names exactly the media type `application/json` (parameters such as
@@ -451,16 +412,6 @@ impl Drop for TrimOnDrop {
     }
 }
 
-/// Renames the calling thread for the OS (`/proc/<pid>/task/*/comm`, gdb, top), which keeps
-/// 15 bytes: `respond:agent:m…`. The responder learns its session key only after reading the
-/// request, after it was spawned as `respond`.
-pub(super) fn name_this_thread(name: &str) {
-    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
-    bytes.push(0);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
-    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
-}
-
 /// Reads the body up to `limit` bytes; a declared or actual larger body is a 413 and is not
 /// read to the end.
 fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
@@ -543,19 +494,21 @@ pub(super) fn submit_error(error: SubmitError) -> ApiError {
 /// With `stop`, the text ends before the first stop sequence (the turn still runs to its end
 /// in Claude); with a JSON `response_format`, the reply is sent as one piece once checked.
 /// `settle` gets the reply the client gets (None if there is none) before the stream ends.
-#[allow(clippy::too_many_arguments)]
 fn stream(
     request: Request,
-    ctx: &Arc<HttpContext>,
-    chat: &ChatRequest,
-    params: &Params,
-    completion: &Completion,
+    reply: &ChatReply,
     turn: SubmittedTurn,
-    key: &str,
     settle: &mut dyn FnMut(Option<&str>),
 ) {
-    let headers = [("X-Session-Key", key.to_string())];
-    let mut sse = match SseStream::start_with_headers(request, &headers) {
+    let ChatReply {
+        ctx,
+        chat,
+        params,
+        completion,
+        key,
+        headers,
+    } = reply;
+    let mut sse = match SseStream::start_with_headers(request, headers) {
         Ok(sse) => sse,
         Err(e) => {
             log::info!(
@@ -679,44 +632,6 @@ fn stream(
             metrics::failed("client_gone");
             turn.cancel.cancel();
         }
-    }
-}
-
-/// Answers with one `chat.completion`; `settle` gets the reply before it is written.
-#[allow(clippy::too_many_arguments)]
-fn respond_whole(
-    request: Request,
-    ctx: &Arc<HttpContext>,
-    chat: &ChatRequest,
-    params: &Params,
-    completion: &Completion,
-    turn: SubmittedTurn,
-    key: &str,
-    settle: &mut dyn FnMut(Option<&str>),
-) {
-    let headers = [("X-Session-Key", key.to_string())];
-    let mut answer = Answer::new(request, &headers);
-    let whole = whole_reply(ctx, key, &params.format, &turn, &mut answer)
-        .map(|(text, pending)| (StopFilter::apply(&params.stop, &text), pending));
-    settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
-    let (text, pending) = match whole {
-        Ok(whole) => whole,
-        Err(Some(error)) => return answer.fail(&error),
-        Err(None) => return,
-    };
-    let mut body = completion.full(&text, Usage::estimate(chat.prompt_chars, text.len()));
-    let calls = tools::calls_of(&pending);
-    if calls.len() < pending.len() {
-        body = with_pending(body, &pending);
-    }
-    if !calls.is_empty() {
-        body = tools::with_tool_calls(body, &text, &calls);
-    }
-    if let Err(e) = answer.finish(body, ctx.write_deadline) {
-        log::info!(
-            "{}: client left before the answer was written ({e})",
-            turn.id
-        );
     }
 }
 

@@ -14,6 +14,7 @@ pub mod openai;
 pub mod openclaw;
 pub mod params;
 pub mod permissions;
+mod prepared;
 pub mod responses;
 pub mod sse;
 pub mod tools;
@@ -127,6 +128,7 @@ pub fn spawn_acceptor(
         .spawn(move || {
             let mut spawn_failures = 0u64;
             while !stop.load(Ordering::SeqCst) {
+                crate::fault::panic_point();
                 match server.recv_timeout(Duration::from_millis(200)) {
                     Ok(Some(request)) => dispatch(request, &ctx, &reaper_tx, &mut spawn_failures),
                     Ok(None) => {}

@@ -18,23 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tiny_http::Request;
 
-use super::answers::{check_answers, classify_answers, pending_json};
-use super::completions::{
-    Answer, TrimOnDrop, lower_case_headers, name_this_thread, read_json_request, submit_error,
-    system_prompt_text, whole_reply,
-};
+use super::answers::{classify_answers, pending_json};
+use super::completions::{Answer, TrimOnDrop, read_json_request, whole_reply};
 use super::openai::{self, ApiError, KNOWN_ROLES, new_turn_parts, render_history};
 use super::params::{ReplyFormat, reply_format};
+use super::prepared::{PreparedTurn, TurnContent, turn_text};
 use super::sse::SseStream;
 use super::turn_wait::{Waited, check_format, wait_turn};
 use super::{HttpContext, respond_error};
-use crate::config::SystemPromptPolicy;
 use crate::metrics::METRICS;
-use crate::protocol::MAX_TURN_BYTES;
 use crate::session::identity;
 use crate::session::pending::Pending;
-use crate::session::registry::NewTurn;
-use crate::session::turn::HistoryRenderer;
 use crate::session::worker::MAX_RESTORED_HISTORY_BYTES;
 
 /// Responses remembered for `previous_response_id` at most (oldest forgotten first).
@@ -287,12 +281,9 @@ fn input_message(i: usize, item: &Value) -> Result<Value, ApiError> {
 
 pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     let mut trim = TrimOnDrop::default();
-    let (body, permit) = match read_json_request(&mut request, &ctx, &mut trim) {
+    let read = read_json_request(&mut request, &ctx, &mut trim, parse);
+    let (body, permit, (req, value)) = match read {
         Ok(read) => read,
-        Err(error) => return respond_error(request, &error),
-    };
-    let (req, value) = match parse(&body) {
-        Ok(parsed) => parsed,
         Err(error) => return respond_error(request, &error),
     };
     drop(permit);
@@ -305,30 +296,23 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         }
     };
     let answers = classify_answers(&parts);
-    let mut content = parts.join("\n\n");
-    let user_text = content.clone();
-    if let Some(instruction) = req.format.instruction() {
-        content = format!("{content}\n\n{instruction}");
-    }
-    if content.len() > MAX_TURN_BYTES {
-        let message = format!(
-            "the new turn's text is {} bytes; the bridge passes at most {MAX_TURN_BYTES} bytes to Claude in one turn",
-            content.len()
-        );
-        return respond_error(request, &ApiError::new(413, "turn_too_large", message));
-    }
+    let user_text = parts.join("\n\n");
+    let text = match turn_text(&parts, [req.format.instruction()]) {
+        Ok(text) => text,
+        Err(error) => return respond_error(request, &error),
+    };
     // The session: `previous_response_id` first, else the chat rules on an equivalent body.
     let mut history_messages = req.messages.clone();
     let body_hash = crate::fnv::extend(crate::fnv::OFFSET_BASIS, body.iter().copied());
     let mut claim = None;
-    let key = match &req.previous {
+    let named_key = match &req.previous {
         Some(previous) => match ctx.responses.follow(previous) {
             Some(Previous::Continue(key)) => {
                 claim = Some(Claimed(&ctx.responses, key.clone(), previous.clone()));
-                identity::SessionKey {
+                Some(identity::SessionKey {
                     key,
                     source: "previous_response_id",
-                }
+                })
             }
             Some(Previous::Fork(history)) => {
                 history_messages = history;
@@ -337,10 +321,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                 log::info!(
                     "conversation {key:?} forks from response {previous:?} (not its session's latest)"
                 );
-                identity::SessionKey {
+                Some(identity::SessionKey {
                     key,
                     source: "previous_response_id-fork",
-                }
+                })
             }
             None => {
                 let message = format!(
@@ -352,6 +336,10 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                 );
             }
         },
+        None => None,
+    };
+    let prepared = match named_key {
+        Some(key) => Ok(PreparedTurn::for_key(&ctx, key, &req.messages, body_hash)),
         None => {
             let mut lookup = json!({"messages": req.messages});
             for field in ["prompt_cache_key", "user", "metadata"] {
@@ -359,69 +347,28 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
                     lookup[field] = v.clone();
                 }
             }
-            let matching = ctx
-                .continuations
-                .as_ref()
-                .map(|continuations| identity::Matching {
-                    continuations,
-                    body_hash,
-                    retry_grace: ctx.retry_grace,
-                });
-            match identity::resolve_with(
-                &lower_case_headers(&request),
-                &lookup,
-                &ctx.fallback_session_key,
-                matching,
-                &ctx.session_key_sources,
-            ) {
-                Ok(key) => key,
-                Err(message) => return respond_error(request, &ApiError::bad_request(message)),
-            }
+            PreparedTurn::resolve(&ctx, &request, &lookup, body_hash)
         }
     };
+    let mut prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return respond_error(request, &error),
+    };
     drop(value);
-    name_this_thread(&format!("respond:{}", key.key));
-    if let Err(message) = check_answers(&ctx, &key.key, &answers) {
-        return respond_error(request, &ApiError::new(400, "unknown_question_id", message));
-    }
-    let mut matched = identity::MatchedTurn::new(
-        ctx.continuations.as_ref(),
-        &key,
-        &req.messages,
-        body_hash,
-        ctx.retry_grace,
-    );
-    let system_prompt = match ctx.system_prompt {
-        SystemPromptPolicy::Ignore => None,
-        SystemPromptPolicy::Append => system_prompt_text(&req.messages).map(Arc::from),
-    };
-    let history: HistoryRenderer =
-        Box::new(move || render_history(&history_messages, MAX_RESTORED_HISTORY_BYTES));
-    let new_turn = NewTurn {
-        content,
-        received,
-        history: Some(history),
-        fingerprint: super::openclaw::retry_fingerprint(&req.messages),
-        marked_retry: key.source == "identical-request-retry",
-        system_prompt,
+    let content = TurnContent {
+        text,
         answers,
+        history: Box::new(move || render_history(&history_messages, MAX_RESTORED_HISTORY_BYTES)),
+        received,
         client_tools: None,
-        fork_from: ctx
-            .continuations
-            .as_ref()
-            .and_then(|c| c.take_fork(&key.key)),
+        marked_retry: false,
+        route: "/v1/responses",
+        stream: req.stream,
     };
-    let turn = match ctx.registry.submit(&key.key, new_turn, ctx.queue_timeout) {
+    let turn = match prepared.submit(content) {
         Ok(turn) => turn,
-        Err(error) => return respond_error(request, &submit_error(error)),
+        Err(error) => return respond_error(request, &error),
     };
-    log::debug!(
-        "session {:?} {}: queued from /v1/responses (key from {}, stream={})",
-        key.key,
-        turn.id,
-        key.source,
-        req.stream
-    );
     let model = req.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let shape = Shape {
         id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -434,17 +381,15 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         prompt_chars: body.len(),
     };
     drop(body);
+    let key = prepared.key.key.clone();
     let previous = req.previous.clone();
-    let turn_id = turn.id.clone();
     let mut settle = |reply: Option<&str>| {
-        if let Some(matched) = matched.as_mut() {
-            matched.settle(reply, &turn_id);
-        }
+        prepared.settle(reply);
         let Some(reply) = reply else { return };
         ctx.responses
-            .record(&shape.id, &key.key, previous.clone(), &user_text, reply);
+            .record(&shape.id, &key, previous.clone(), &user_text, reply);
     };
-    let headers = [("X-Session-Key", key.key.clone())];
+    let headers = [("X-Session-Key", key.clone())];
     if req.stream {
         stream(
             request,
@@ -452,13 +397,13 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
             &req.format,
             &shape,
             turn,
-            &key.key,
+            &key,
             &headers,
             &mut settle,
         );
     } else {
         let mut answer = Answer::new(request, &headers);
-        let whole = whole_reply(&ctx, &key.key, &req.format, &turn, &mut answer);
+        let whole = whole_reply(&ctx, &key, &req.format, &turn, &mut answer);
         settle(whole.as_ref().ok().map(|(text, _)| text.as_str()));
         match whole {
             Ok((text, pending)) => {

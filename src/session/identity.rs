@@ -22,7 +22,10 @@
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::recent_requests::RecentRequests;
+pub use super::recent_requests::RequestNote;
 
 /// The resolved key and the rule that chose it (logged, and shown per session).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +325,7 @@ const MAX_PENDING_FORKS: usize = 1_000;
 /// turn it resent (`note_request` / `retry_of`).
 pub struct Continuations {
     inner: Mutex<Tree>,
+    requests: RecentRequests,
     capacity: usize,
     /// `fork_with_claude_flags`: forks get a `ForkSource` (`take_fork`); else none, and every
     /// fork carries the restored history.
@@ -337,8 +341,6 @@ struct Tree {
     order: VecDeque<(String, u64)>,
     total_points: usize,
     next: u64,
-    /// Body hash → (session key, when its turn ended; None while running).
-    requests: HashMap<u64, (String, Option<Instant>)>,
     /// New fork key → where it branches from (`note_fork` / `take_fork`).
     forks: HashMap<String, ForkSource>,
 }
@@ -354,13 +356,11 @@ struct Branch {
     used: u64,
 }
 
-/// Requests remembered for retries at most (the oldest finished ones are dropped first).
-const MAX_REMEMBERED_REQUESTS: usize = 10_000;
-
 impl Continuations {
     pub fn new(capacity: usize) -> Self {
         Continuations {
             inner: Mutex::new(Tree::default()),
+            requests: RecentRequests::default(),
             capacity,
             claude_forks: true,
         }
@@ -469,11 +469,7 @@ impl Continuations {
     /// The session of a request with this body that is still running, or that ended less than
     /// `retry_grace` ago (see `note_request`).
     pub fn retry_of(&self, body_hash: u64, retry_grace: Duration) -> Option<String> {
-        let tree = crate::session::shared::lock(&self.inner);
-        tree.requests
-            .get(&body_hash)
-            .filter(|(_, ended)| ended.is_none_or(|at| at.elapsed() < retry_grace))
-            .map(|(key, _)| key.clone())
+        self.requests.retry_of(body_hash, retry_grace)
     }
 
     /// Remembers a request by its body hash until `retry_grace` after the returned guard is
@@ -484,44 +480,7 @@ impl Continuations {
         key: &str,
         retry_grace: Duration,
     ) -> RequestNote<'_> {
-        let mut tree = crate::session::shared::lock(&self.inner);
-        let now = Instant::now();
-        tree.requests
-            .retain(|_, (_, ended)| ended.is_none_or(|at| now.duration_since(at) < retry_grace));
-        if tree.requests.len() >= MAX_REMEMBERED_REQUESTS
-            && let Some(oldest) = tree
-                .requests
-                .iter()
-                .filter_map(|(h, (_, ended))| ended.map(|at| (at, *h)))
-                .min()
-                .map(|(_, h)| h)
-        {
-            tree.requests.remove(&oldest);
-        }
-        tree.requests
-            .entry(body_hash)
-            .and_modify(|(_, ended)| *ended = None)
-            .or_insert_with(|| (key.to_string(), None));
-        RequestNote {
-            continuations: self,
-            body_hash,
-        }
-    }
-}
-
-/// Marks a remembered request's turn as ended when dropped (the request may then be retried
-/// for `retry_grace`).
-pub struct RequestNote<'a> {
-    continuations: &'a Continuations,
-    body_hash: u64,
-}
-
-impl Drop for RequestNote<'_> {
-    fn drop(&mut self) {
-        let mut tree = crate::session::shared::lock(&self.continuations.inner);
-        if let Some((_, ended)) = tree.requests.get_mut(&self.body_hash) {
-            *ended = Some(Instant::now());
-        }
+        self.requests.note(body_hash, key, retry_grace)
     }
 }
 
@@ -781,37 +740,37 @@ mod tests {
         (headers, capture["body"].clone())
     }
 
+    /// The first captured turn of an OpenClaw conversation resolves to `key` from `source`,
+    /// and the second to the same key; returns the first turn's body.
+    fn both_captured_turns_resolve_to(capture: &str, key: &str, source: &str) -> Value {
+        let (h1, b1) = fixture(&format!("turn1-{capture}.json"));
+        let (h2, b2) = fixture(&format!("turn2-{capture}.json"));
+        let k1 = resolve(&h1, &b1, "d", None).unwrap();
+        assert_eq!((k1.key.as_str(), k1.source), (key, source), "{capture}");
+        assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, key, "{capture}");
+        b1
+    }
+
     #[test]
     fn openclaw_affinity_captures_resolve_to_the_stable_session_id() {
-        let (h1, b1) = fixture("turn1-affinity-session-key.json");
-        let (h2, b2) = fixture("turn2-affinity-session-key.json");
-        let k1 = resolve(&h1, &b1, "d", None).unwrap();
-        assert_eq!(
-            k1,
-            SessionKey {
-                key: "98130faa-5e06-42a6-9e16-61f030ba2e8c".into(),
-                source: "x-session-affinity"
-            }
+        let session_id = "98130faa-5e06-42a6-9e16-61f030ba2e8c";
+        let b1 = both_captured_turns_resolve_to(
+            "affinity-session-key",
+            session_id,
+            "x-session-affinity",
         );
-        assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, k1.key);
         let only_cache_key = resolve(&[], &b1, "d", None).unwrap();
         assert_eq!(only_cache_key.source, "body.prompt_cache_key");
-        assert_eq!(only_cache_key.key, k1.key);
+        assert_eq!(only_cache_key.key, session_id);
     }
 
     #[test]
     fn openclaw_without_affinity_uses_the_runtime_line() {
-        let (h1, b1) = fixture("turn1-no-affinity.json");
-        let (h2, b2) = fixture("turn2-no-affinity.json");
-        let k1 = resolve(&h1, &b1, "d", None).unwrap();
-        assert_eq!(
-            k1,
-            SessionKey {
-                key: "agent:main:explicit:s1".into(),
-                source: "openclaw-runtime-line"
-            }
+        both_captured_turns_resolve_to(
+            "no-affinity",
+            "agent:main:explicit:s1",
+            "openclaw-runtime-line",
         );
-        assert_eq!(resolve(&h2, &b2, "d", None).unwrap().key, k1.key);
     }
 
     #[test]

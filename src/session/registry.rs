@@ -62,7 +62,8 @@ struct SessionHandle {
     control: Sender<Control>,
     waker: Waker,
     status: Arc<SessionStatus>,
-    thread: JoinHandle<()>,
+    /// Taken by `shutdown`, which joins it while the handle stays in the table.
+    thread: Option<JoinHandle<()>>,
 }
 
 impl SessionHandle {
@@ -289,6 +290,11 @@ impl Registry {
             )
         };
         let mut table = lock(&inner.table);
+        // `shutdown` sets the flag before it takes the table's threads: a turn admitted past
+        // this point would reach a worker nobody tells to stop.
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err((SubmitError::ShuttingDown, None));
+        }
         if let Some(fresh) = fresh {
             table.live.entry(key.to_string()).or_insert(fresh);
         }
@@ -572,26 +578,34 @@ impl Registry {
     }
 
     /// Stops accepting turns, lets turns in flight run until `grace` has passed, stops every
-    /// process, joins every worker and writes the session map.
+    /// process, joins every worker and writes the session map. The sessions stay in the table
+    /// until their workers are joined, so a session finishing its last turn still gets its
+    /// Stop-hook turn end (`turn_end`, `agent_pid`) and its channel's hello (`attach`).
     pub fn shutdown(&self, grace: Duration) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
-        let (live, retired) = {
+        let (threads, retired) = {
             let mut table = lock(&self.inner.table);
-            let live: Vec<(String, SessionHandle)> = table.live.drain().collect();
-            (live, std::mem::take(&mut table.retired))
+            let mut threads = Vec::new();
+            for (key, handle) in &mut table.live {
+                handle.send_control(Control::Shutdown { deadline });
+                if let Some(thread) = handle.thread.take() {
+                    threads.push((key.clone(), thread));
+                }
+            }
+            (threads, std::mem::take(&mut table.retired))
         };
-        for (_, handle) in &live {
-            handle.send_control(Control::Shutdown { deadline });
-        }
-        for (key, handle) in live {
-            if handle.thread.join().is_err() {
+        for (key, thread) in threads {
+            if thread.join().is_err() {
                 log::error!("session {key:?}: worker thread ended abnormally during shutdown");
             }
         }
         for thread in retired {
             let _ = thread.join();
         }
+        // Every worker has ended; their handles (and queues) go now, outside the lock.
+        let live = std::mem::take(&mut lock(&self.inner.table).live);
+        drop(live);
         self.inner.settings.store.flush_if_dirty();
     }
 
@@ -656,7 +670,7 @@ impl Inner {
             control: control_tx,
             waker,
             status,
-            thread,
+            thread: Some(thread),
         })
     }
 
@@ -732,7 +746,7 @@ impl Inner {
             && let Some(handle) = table.live.remove(key)
         {
             handle.status.mark_retired();
-            table.retired.push(handle.thread);
+            table.retired.extend(handle.thread);
             drop(table);
             // Dropping the handle (its queue) outside the lock: each queued turn fails.
             drop(handle.turns);
@@ -812,7 +826,7 @@ impl Supervisor for Inner {
         handle.status.mark_retired();
         // A grant nobody will use goes back to the pool.
         drop(lock(&handle.status.slot_grant).take());
-        table.retired.push(handle.thread);
+        table.retired.extend(handle.thread);
         true
     }
 }

@@ -11,8 +11,8 @@
 //! parallel calls), `ask=<tool>` (a permission prompt for that tool, relayed to the channel
 //! as Claude does; repeat it for several), `linger_ms=N` (Claude's closing model call after
 //! the last reply: a channel message arriving meanwhile is folded into this turn, as Claude
-//! folds it) or `hook_delay_ms=N` (a pause after that, before the Stop hooks: a message
-//! arriving then is only queued). Later items win for numbers; flags only ever
+//! folds it) or `end_delay_ms=N` (a pause after that, before the turn ends and its Stop
+//! hooks run: a message arriving then is only queued). Later items win for numbers; flags only ever
 //! switch on. Unknown or malformed items are reported, not fatal.
 
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub struct Directives {
     pub progress: u32,
     /// Pause before each reply (and before a turn without replies ends).
     pub delay_ms: u64,
+    /// Pause after the last reply (and after `linger_ms`) before the turn ends (its Stop
+    /// hooks, then the session file says idle); a message arriving then is only queued.
+    pub end_delay_ms: u64,
     /// Never call `reply`.
     pub no_reply: bool,
     /// Never send a final reply.
@@ -45,8 +48,6 @@ pub struct Directives {
     pub json_next: bool,
     /// The closing model call after the last step (a message arriving then is folded in).
     pub linger_ms: u64,
-    /// A pause after the closing call, before the Stop hooks (a message then is queued).
-    pub hook_delay_ms: u64,
 }
 
 /// Largest `progress` honoured (a typo must not turn into a million tool calls).
@@ -109,7 +110,7 @@ impl Directives {
             ("progress", v) => self.progress = number(v)?.min(u64::from(MAX_PROGRESS)) as u32,
             ("delay_ms", v) => self.delay_ms = number(v)?,
             ("linger_ms", v) => self.linger_ms = number(v)?,
-            ("hook_delay_ms", v) => self.hook_delay_ms = number(v)?,
+            ("end_delay_ms", v) => self.end_delay_ms = number(v)?,
             ("exit", v) => {
                 self.exit =
                     Some(u8::try_from(number(v)?).map_err(|_| format!("`{item}`: 0..=255"))?)
@@ -168,8 +169,8 @@ impl Directives {
         if self.linger_ms > 0 {
             steps.push(Step::Closing(Duration::from_millis(self.linger_ms)));
         }
-        if self.hook_delay_ms > 0 {
-            steps.push(Step::Sleep(Duration::from_millis(self.hook_delay_ms)));
+        if self.end_delay_ms > 0 {
+            steps.push(Step::Sleep(Duration::from_millis(self.end_delay_ms)));
         }
         steps
     }
@@ -205,7 +206,7 @@ mod tests {
 
     #[test]
     fn the_closing_call_and_the_hook_delay_come_after_the_last_reply() {
-        let (d, problems) = parse("x [sim:linger_ms=300,hook_delay_ms=20]");
+        let (d, problems) = parse("x [sim:linger_ms=300,end_delay_ms=20]");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             d.plan("x"),
@@ -297,6 +298,8 @@ mod tests {
         assert_eq!(plan("[sim:no_reply,progress=3]"), vec![]);
         assert_eq!(plan("[sim:no_reply,delay_ms=4]"), vec![ms(4)]);
         assert_eq!(plan("[sim:hang,progress=3]"), vec![Step::Hang]);
+        let t = "y [sim:end_delay_ms=7]";
+        assert_eq!(plan(t), vec![reply(t, true), ms(7)]);
         let t = "w [sim:progress=1,tool=a,tool=b]";
         assert_eq!(
             plan(t),

@@ -345,6 +345,8 @@ impl Worker {
             self.identity.claude_session
         );
         self.key = key;
+        // The same name a worker started for this key has (`Registry::start_worker`).
+        crate::logging::name_os_thread(&crate::logging::thread_name("session:", &self.key));
         self.standby = false;
         self.prestart = false;
         self.identity.restore_history = true;
@@ -754,19 +756,6 @@ fn phase_step(phase: PhaseName) -> Option<&'static str> {
         PhaseName::Suspended => Some("waiting for the client's answer"),
         PhaseName::Stopping | PhaseName::Retired => None,
     }
-}
-
-/// Fault injection for the panic-safety tests: a worker panics on a turn containing the text
-/// in `SYNTHESIS_FAULT_PANIC_ON`. Unset (the normal case), nothing happens.
-fn fault_panic_needle() -> Option<&'static str> {
-    static NEEDLE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    NEEDLE
-        .get_or_init(|| {
-            std::env::var("SYNTHESIS_FAULT_PANIC_ON")
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .as_deref()
 }
 
 fn reject_link(mut link: Box<dyn ChannelLink>, spawn_id: &str, why: &str) {

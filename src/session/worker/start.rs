@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{
-    ActiveTurn, Phase, Running, SCREEN_LINES_IN_ERRORS, Worker, fault_panic_needle, reject_link,
-};
+use super::{ActiveTurn, Phase, Running, SCREEN_LINES_IN_ERRORS, Worker, reject_link};
 use crate::agent::Launch;
 use crate::link::ChannelLink;
 use crate::metrics::METRICS;
@@ -21,7 +19,7 @@ impl Worker {
     /// Starts `turn` (its turn slot in hand): on the running process when there is one, else
     /// on a new one.
     pub(super) fn begin(&mut self, mut turn: Turn, slot: TurnSlot, deadline: Instant) {
-        if let Some(needle) = fault_panic_needle()
+        if let Some(needle) = crate::fault::panic_on_turn_text()
             && turn.content.contains(needle)
         {
             panic!(
