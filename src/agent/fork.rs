@@ -97,28 +97,36 @@ mod tests {
             .to_string()
     }
 
-    #[test]
-    fn the_anchor_is_the_turns_last_assistant_message() {
-        let channel = |id: &str, text: &str| {
-            json!(format!(
-                "<channel source=\"synthesis\" turn_id=\"{id}\">\n{text}\n</channel>"
-            ))
-        };
-        let transcript = [
-            r#"{"type":"summary","summary":"x"}"#.to_string(),
-            line("user", channel("turn-1", "a"), "u1"),
+    fn channel(id: &str, text: &str) -> String {
+        format!("<channel source=\"synthesis\" turn_id=\"{id}\">\n{text}\n</channel>")
+    }
+
+    /// Claude's `reply` call (`reply_uuid`) and its result.
+    fn reply_call(reply_uuid: &str) -> [String; 2] {
+        [
             line(
                 "assistant",
                 json!([{"type": "tool_use", "name": "reply"}]),
-                "a1",
+                reply_uuid,
             ),
             line(
                 "user",
-                json!([{"type": "tool_result", "content": "ok"}]),
+                json!([{"type": "tool_result", "content": "sent"}]),
                 "r1",
             ),
+        ]
+    }
+
+    #[test]
+    fn the_anchor_is_the_turns_last_assistant_message() {
+        let [call, result] = reply_call("a1");
+        let transcript = [
+            r#"{"type":"summary","summary":"x"}"#.to_string(),
+            line("user", json!(channel("turn-1", "a")), "u1"),
+            call,
+            result,
             line("assistant", json!([{"type": "text", "text": "done"}]), "a2"),
-            line("user", channel("turn-2", "b"), "u2"),
+            line("user", json!(channel("turn-2", "b")), "u2"),
             line("assistant", json!("b reply"), "a3"),
             "{not json".to_string(),
         ]
@@ -127,30 +135,22 @@ mod tests {
         assert_eq!(anchor_in(&transcript, "turn-2").as_deref(), Some("a3"));
         assert_eq!(anchor_in(&transcript, "turn-3"), None);
         // A turn with no reply in the transcript has no anchor.
-        let unanswered = line("user", channel("turn-9", "c"), "u9");
+        let unanswered = line("user", json!(channel("turn-9", "c")), "u9");
         assert_eq!(anchor_in(&unanswered, "turn-9"), None);
     }
 
     #[test]
     fn a_turn_folded_into_the_previous_one_ends_that_ones_span() {
-        let channel =
-            |id: &str| format!("<channel source=\"synthesis\" turn_id=\"{id}\">\nq\n</channel>");
+        let [call, result] = reply_call("a1");
+        let folded = channel("turn-2", "q");
         let transcript = [
-            line("user", json!(channel("turn-1")), "u1"),
-            line(
-                "assistant",
-                json!([{"type": "tool_use", "name": "reply"}]),
-                "a1",
-            ),
-            line(
-                "user",
-                json!([{"type": "tool_result", "content": "sent"}]),
-                "r1",
-            ),
-            json!({"type": "queue-operation", "operation": "remove", "content": channel("turn-2")})
+            line("user", json!(channel("turn-1", "q")), "u1"),
+            call,
+            result,
+            json!({"type": "queue-operation", "operation": "remove", "content": folded})
                 .to_string(),
             json!({"type": "attachment", "uuid": "q2",
-                   "attachment": {"type": "queued_command", "prompt": channel("turn-2")}})
+                   "attachment": {"type": "queued_command", "prompt": folded}})
             .to_string(),
             line(
                 "assistant",

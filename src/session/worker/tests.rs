@@ -771,12 +771,23 @@ fn a_turn_end_naming_an_earlier_turn_is_not_credited_to_the_current_one() {
     end.set_script(Script::Silent);
     let second = h.submit("a", "two");
     end.next_turn();
+    the_first_turns_late_report_is_dropped_and_the_second_answers(&h, &a, &end, &first, &second);
+}
+
+/// Session "a" runs `second`: `first`'s late end report leaves it running; its reply ends it.
+fn the_first_turns_late_report_is_dropped_and_the_second_answers(
+    h: &Harness,
+    a: &Spawned,
+    end: &ChannelEnd,
+    first: &SubmittedTurn,
+    second: &SubmittedTurn,
+) {
     h.wait_phase("a", PhaseName::Busy);
-    h.turn_end(&a, Some(&first.id));
-    expect_quiet(&second);
+    h.turn_end(a, Some(&first.id));
+    expect_quiet(second);
     assert_eq!(h.phase("a"), Some(PhaseName::Busy));
     end.reply(&second.id, "two's answer", true);
-    assert_eq!(expect_done(&second), "two's answer");
+    assert_eq!(expect_done(second), "two's answer");
 }
 
 #[test]
@@ -820,13 +831,19 @@ fn pipelined() -> Options {
     }
 }
 
-#[test]
-fn a_turn_queued_while_the_previous_one_drains_goes_out_before_its_end_report() {
-    let h = Harness::new(pipelined());
+/// Session "a" answered its first turn ("one") and drains: claude has not reported its end.
+fn answered_and_draining(h: &Harness) -> (SubmittedTurn, Spawned, ChannelEnd) {
     let (first, a, end) = h.start("a", "one", Script::Echo);
     assert_eq!(expect_done(&first), "echo: one");
     end.next_turn();
     h.wait_phase("a", PhaseName::Draining);
+    (first, a, end)
+}
+
+#[test]
+fn a_turn_queued_while_the_previous_one_drains_goes_out_before_its_end_report() {
+    let h = Harness::new(pipelined());
+    let (first, a, end) = answered_and_draining(&h);
     end.set_script(Script::Silent);
     let second = h.submit("a", "two");
     // Out at once: well before the drain wait would give up on the first turn.
@@ -836,13 +853,7 @@ fn a_turn_queued_while_the_previous_one_drains_goes_out_before_its_end_report() 
         .expect("the second turn went out while the first drained");
     assert!(EVENT_WAIT < super::PREVIOUS_TURN_WAIT);
     assert_eq!((id.as_str(), content.as_str()), (second.id.as_str(), "two"));
-    h.wait_phase("a", PhaseName::Busy);
-    // The first turn's end report, late: not the second turn's end.
-    h.turn_end(&a, Some(&first.id));
-    expect_quiet(&second);
-    assert_eq!(h.phase("a"), Some(PhaseName::Busy));
-    end.reply(&second.id, "two's answer", true);
-    assert_eq!(expect_done(&second), "two's answer");
+    the_first_turns_late_report_is_dropped_and_the_second_answers(&h, &a, &end, &first, &second);
     h.wait_phase("a", PhaseName::Draining);
     h.turn_end(&a, Some(&second.id));
     h.wait_phase("a", PhaseName::Ready);
@@ -852,10 +863,7 @@ fn a_turn_queued_while_the_previous_one_drains_goes_out_before_its_end_report() 
 #[test]
 fn an_anonymous_end_report_owed_by_the_previous_turn_is_not_credited_to_a_pipelined_one() {
     let h = Harness::new(pipelined());
-    let (first, a, end) = h.start("a", "one", Script::Echo);
-    assert_eq!(expect_done(&first), "echo: one");
-    end.next_turn();
-    h.wait_phase("a", PhaseName::Draining);
+    let (_first, a, end) = answered_and_draining(&h);
     end.set_script(Script::Silent);
     let second = h.submit("a", "two");
     end.turns.recv_timeout(EVENT_WAIT).expect("sent at once");
@@ -874,10 +882,7 @@ fn an_anonymous_end_report_owed_by_the_previous_turn_is_not_credited_to_a_pipeli
 #[test]
 fn with_pipelining_off_the_next_turn_waits_for_the_previous_turns_end() {
     let h = Harness::new(Options::default());
-    let (first, a, end) = h.start("a", "one", Script::Echo);
-    assert_eq!(expect_done(&first), "echo: one");
-    end.next_turn();
-    h.wait_phase("a", PhaseName::Draining);
+    let (first, a, end) = answered_and_draining(&h);
     let second = h.submit("a", "two");
     assert!(
         end.turns.recv_timeout(QUIET).is_err(),
