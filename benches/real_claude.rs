@@ -4,6 +4,8 @@
 //!
 //! - the bridge: cold first turn of a new conversation, resumed cold turn (the process stopped
 //!   as an idle kill stops it, then `--resume`), warm turns back to back and with think time;
+//!   on a second bridge with one standby: the first turn of new conversations, and of
+//!   conversations coming back (resumed in the standby with `/resume`, `standby_resume`);
 //! - `claude -p --input-format stream-json` kept warm per session (OpenClaw's `claude-cli`):
 //!   cold start (spawn → first result) and warm turns;
 //! - a fresh `claude -p <prompt>` per request (the wrappers' shape).
@@ -164,6 +166,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .map_or(s.think_time, Duration::from_millis);
     let mut with_standby = Vec::new();
+    let mut resumed_in_standby = Vec::new();
     let mut standby_turn = None;
     let standby_timeline;
     {
@@ -171,7 +174,7 @@ fn main() {
         seed_claude_config(&dir, FAKE_KEY);
         let log = dir.path().join("channels-standby.log");
         let standby_bridge = start_bridge(&claude, &api, dir, &log, 1);
-        for i in 0..s.cold {
+        let standby_ready_and_idle = || {
             let ready = wait_until(Duration::from_secs(60), || {
                 let list = request(standby_bridge.http, "GET", "/v1/sessions", &[], "").json();
                 list["data"]
@@ -182,6 +185,9 @@ fn main() {
             });
             assert!(ready.is_some(), "no standby became ready within 60 s");
             std::thread::sleep(standby_idle);
+        };
+        for i in 0..s.cold {
+            standby_ready_and_idle();
             let key = format!("new-{i}");
             let (took, sent, done) = turn(&standby_bridge, &key, &format!("new {i}"));
             with_standby.push(took);
@@ -191,6 +197,30 @@ fn main() {
         }
         let adopted = standby_bridge.log().matches("takes standby").count();
         assert_eq!(adopted, s.cold, "every first turn went to a standby");
+        // Conversations coming back (their process stopped as an idle kill stops it) take
+        // the standby too: the bridge types /resume into it (standby_resume).
+        let comebacks = s.cold.min(3).max(usize::from(!quick));
+        for i in 0..comebacks {
+            let key = format!("new-{i}");
+            stop_session(&standby_bridge, &key);
+            let retired = wait_until(Duration::from_secs(20), || {
+                let list = request(standby_bridge.http, "GET", "/v1/sessions", &[], "").json();
+                list["data"]
+                    .as_array()?
+                    .iter()
+                    .all(|r| r["key"] != key.as_str() || r["pid"].is_null())
+                    .then_some(())
+            });
+            assert!(retired.is_some(), "{key}'s worker did not let go of its process");
+            standby_ready_and_idle();
+            let (took, _, _) = turn(&standby_bridge, &key, &format!("back again {i}"));
+            resumed_in_standby.push(took);
+        }
+        let resumed = standby_bridge
+            .log()
+            .matches("claude resumed the conversation")
+            .count();
+        assert_eq!(resumed, comebacks, "every comeback resumed in a standby");
         let channels = std::fs::read_to_string(&log).unwrap_or_default();
         standby_timeline = standby_turn.map(|tl| (tl, standby_bridge.log(), channels));
     }
@@ -201,6 +231,12 @@ fn main() {
         ),
         with_standby.clone(),
     ));
+    if !resumed_in_standby.is_empty() {
+        rows.push((
+            "bridge returning conversation with a standby (process stopped, then /resume in the standby)".into(),
+            resumed_in_standby,
+        ));
+    }
 
     // ------------------------------------------------------------------ the peers
     let peer_dir = TempDir::new("b5-peers");

@@ -147,6 +147,8 @@ pub struct Metrics {
     pub channel_refused: Counter,
     pub retries_attached: Counter,
     pub standbys_adopted: Counter,
+    pub standbys_resumed: Counter,
+    pub standby_resume_failures: Counter,
     pub deliveries_confirmed: Counter,
     pub delivery_retries: Counter,
     pub delivery_failures: Counter,
@@ -181,6 +183,8 @@ pub static METRICS: Metrics = Metrics {
     channel_refused: Counter::new(),
     retries_attached: Counter::new(),
     standbys_adopted: Counter::new(),
+    standbys_resumed: Counter::new(),
+    standby_resume_failures: Counter::new(),
     deliveries_confirmed: Counter::new(),
     delivery_retries: Counter::new(),
     delivery_failures: Counter::new(),
@@ -412,8 +416,20 @@ pub fn expose(gauges: &Gauges) -> String {
     counter(
         &mut out,
         "synthesis_standbys_adopted_total",
-        "New conversations whose first turn went to a standby process.",
+        "Conversations whose turn went to a standby process (new ones, and returning ones that resumed there).",
         m.standbys_adopted.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_standbys_resumed_total",
+        "Returning conversations resumed in a standby process with /resume (standby_resume).",
+        m.standbys_resumed.get(),
+    );
+    counter(
+        &mut out,
+        "synthesis_standby_resume_failures_total",
+        "Standbys that did not switch to a returning conversation; claude was started with --resume instead.",
+        m.standby_resume_failures.get(),
     );
     out
 }

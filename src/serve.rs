@@ -168,6 +168,7 @@ fn serve(config: Config) -> Result<(), String> {
         } else {
             0
         },
+        standby_resume: config.standby_resume,
         max_queued_turns: config.max_queued_turns,
         max_concurrent_turns: config.max_concurrent_turns(),
     };

@@ -30,18 +30,25 @@ fn start(claude: &str, api: &FakeAnthropic, dir: TempDir, marker: &str) -> Bridg
     start_with(claude, api, dir, marker, &[])
 }
 
-/// `start` with extra environment for the bridge (and so for claude and its channel).
+/// `start` with extra environment for the bridge (and so for claude and its channel), and
+/// bridge flags given as `("--flag", "value")`.
 fn start_with(
     claude: &str,
     api: &FakeAnthropic,
     dir: TempDir,
     marker: &str,
-    env: &[(&str, &str)],
+    settings: &[(&str, &str)],
 ) -> Bridge {
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
-    let builder = env
+    let builder = settings
         .iter()
-        .fold(Bridge::real(claude).dir(dir), |b, (k, v)| b.env(k, v));
+        .fold(Bridge::real(claude).dir(dir), |b, (k, v)| {
+            if k.starts_with("--") {
+                b.arg(k, v)
+            } else {
+                b.env(k, v)
+            }
+        });
     builder
         .marker(marker)
         .arg("--workspace", workspace.to_str().unwrap())
@@ -201,6 +208,80 @@ fn pipelined_turns_get_their_own_answers_and_claude_marks_a_folded_one_as_not_th
             "Claude Code no longer marks a folded channel message as untrusted: reconsider pipeline_turns on by default (docs/SPEED.md §4). {message}"
         );
     }
+}
+
+/// `standby_resume`: a conversation whose process was stopped (as an idle kill stops it)
+/// comes back into the ready standby, which the bridge switches to it with `/resume`; Claude
+/// then answers with the conversation's history.
+#[test]
+fn a_returning_conversation_resumes_in_a_standby_with_its_history() {
+    let Some(claude) = real_claude() else { return };
+    let api = FakeAnthropic::start();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("real-claude-standby-resume");
+    seed_claude_config(&dir, FAKE_KEY);
+    let bridge = start_with(
+        &claude,
+        &api,
+        dir,
+        &marker,
+        &[("--standby", "1"), ("--max-processes", "4")],
+    );
+    let ready_standby = || {
+        wait_until(Duration::from_secs(60), || {
+            let list = request(bridge.http, "GET", "/v1/sessions", &[], "").json();
+            list["data"]
+                .as_array()
+                .and_then(|rows| {
+                    rows.iter()
+                        .find(|r| r["standby"] == true && r["state"] == "ready")
+                })
+                .and_then(|r| r["pid"].as_u64())
+        })
+        .expect("a ready standby")
+    };
+    ready_standby();
+    let (_, events) = stream_chat(bridge.http, "back", "first question alpha");
+    assert_eq!(streamed_text(&events), "reply to: first question alpha");
+    let stopped = wait_until(Duration::from_secs(30), || {
+        (request(bridge.http, "DELETE", "/v1/sessions/back", &[], "").status == 202).then_some(())
+    });
+    assert!(stopped.is_some(), "log:\n{}", bridge.log());
+    let standby_pid = ready_standby();
+    // The stopped worker retires before the conversation comes back.
+    wait_until(Duration::from_secs(10), || {
+        let list = request(bridge.http, "GET", "/v1/sessions", &[], "").json();
+        let row = list["data"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["key"] == "back").cloned());
+        row.is_none_or(|r| r["pid"].is_null()).then_some(())
+    })
+    .expect("back's process stopped");
+    let before = api.requests().len();
+    let (_, events) = stream_chat(bridge.http, "back", "second question beta");
+    assert_eq!(
+        streamed_text(&events),
+        "reply to: second question beta",
+        "log:\n{}",
+        bridge.log()
+    );
+    let log = bridge.log();
+    assert!(log.contains("claude resumed the conversation"), "log:\n{log}");
+    let list = request(bridge.http, "GET", "/v1/sessions", &[], "").json();
+    let row = list["data"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == "back").cloned())
+        .expect("back is live");
+    assert_eq!(row["pid"].as_u64(), Some(standby_pid), "served by the standby");
+    let seen = api.requests()[before..]
+        .iter()
+        .find(|r| all_text(r).contains("second question beta"))
+        .cloned()
+        .expect("the fake API saw the second turn");
+    assert!(
+        all_text(&seen).contains("first question alpha"),
+        "the resumed conversation carries the first turn"
+    );
 }
 
 #[test]

@@ -132,10 +132,13 @@ fn a_new_conversation_is_served_by_the_standby_process_and_a_replacement_starts(
 
 #[test]
 fn eviction_takes_the_standby_first_and_a_dead_standby_is_replaced() {
+    // With standby_resume off, a returning conversation does not take the standby: it needs
+    // a slot of its own, and the standby is the one evicted for it.
     let bridge = Bridge::demo()
         .arg("--max-processes", "2")
         .arg("--standby", "1")
         .arg("--idle-kill", "8s")
+        .flag("--standby-resume=false")
         .start();
     ready_standbys(&bridge, 1);
     // a takes the standby; a replacement fills the second slot.

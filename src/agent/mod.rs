@@ -411,15 +411,30 @@ impl Agent {
         self.child.master.write_all(keys)
     }
 
+    /// Types `line` then Enter, in one write (claude takes a slash command typed this way at
+    /// its prompt; observed on 2.1.331 with `/resume <uuid>`).
+    pub fn type_line(&mut self, line: &str) -> io::Result<()> {
+        self.send_keys(format!("{line}\r").as_bytes())
+    }
+
     /// What claude's own session file (`<config>/sessions/<pid>.json`) says it is doing:
     /// `idle`, `busy` or `waiting` (for a permission prompt). None if there is no such file.
     pub fn reported_status(&self, config_dir: &Path) -> Option<String> {
+        self.session_file_field(config_dir, "status")
+    }
+
+    /// The conversation claude's session file names (`sessionId`; it changes on `/resume`).
+    pub fn reported_conversation(&self, config_dir: &Path) -> Option<String> {
+        self.session_file_field(config_dir, "sessionId")
+    }
+
+    fn session_file_field(&self, config_dir: &Path, field: &str) -> Option<String> {
         let path = config_dir
             .join("sessions")
             .join(format!("{}.json", self.pid()));
         let text = std::fs::read_to_string(path).ok()?;
         let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value.get("status")?.as_str().map(String::from)
+        value.get(field)?.as_str().map(String::from)
     }
 
     /// Waits up to `limit` for the child to exit (used after its terminal closed).

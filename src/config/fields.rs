@@ -155,6 +155,11 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
         "claude processes started ahead for new conversations, counted in max_processes (default 1 when max_processes >= 4, else 0)",
     ),
     (
+        "standby_resume",
+        "BOOL",
+        "a conversation coming back (after an idle kill, a restart) also takes a standby: the bridge types /resume <its claude session> into it, and starts claude with --resume only if that fails (default true)",
+    ),
+    (
         "queue_timeout",
         "DUR",
         "when every claude process is busy, wait this long for one before answering 429 (default 0: at once)",

@@ -86,6 +86,9 @@ pub struct Config {
     pub max_concurrent_turns: Option<usize>,
     /// None = `default_standby(max_processes)`.
     pub standby: Option<usize>,
+    /// A returning conversation takes a standby too: the bridge types `/resume <id>` into it
+    /// (docs/SPEED.md §3).
+    pub standby_resume: bool,
     pub shutdown_grace: Duration,
     pub queue_timeout: Duration,
     pub retry_grace: Duration,
@@ -235,6 +238,7 @@ impl Default for Config {
             max_processes: default_max_processes(),
             max_concurrent_turns: None,
             standby: None,
+            standby_resume: true,
             shutdown_grace: Duration::from_secs(10),
             queue_timeout: Duration::ZERO,
             retry_grace: Duration::from_secs(10),
@@ -486,6 +490,7 @@ impl Config {
                 self.max_concurrent_turns = Some(parse_count(value, 1, MAX_PROCESSES)?)
             }
             "standby" => self.standby = Some(parse_count(value, 0, MAX_PROCESSES)?),
+            "standby_resume" => self.standby_resume = parse_bool(value)?,
             "shutdown_grace" => self.shutdown_grace = parse_duration(value)?,
             "queue_timeout" => self.queue_timeout = parse_duration(value)?,
             "retry_grace" => self.retry_grace = parse_duration(value)?,

@@ -407,6 +407,16 @@ fn forks_use_the_restored_history_unless_claude_flags_are_asked_for() {
 }
 
 #[test]
+fn returning_conversations_take_standbys_unless_switched_off() {
+    assert!(run(&[], &[]).unwrap().standby_resume);
+    assert!(
+        !run(&["--standby-resume=false"], &[])
+            .unwrap()
+            .standby_resume
+    );
+}
+
+#[test]
 fn turns_are_pipelined_only_when_asked_for() {
     assert!(!run(&[], &[]).unwrap().pipeline_turns);
     assert!(run(&["--pipeline-turns"], &[]).unwrap().pipeline_turns);

@@ -135,6 +135,8 @@ pub struct Limits {
     pub max_processes: usize,
     /// Processes kept started ahead for new conversations (`standby`).
     pub standby: usize,
+    /// Returning conversations take standbys too (`standby_resume`).
+    pub standby_resume: bool,
     pub max_queued_turns: usize,
     pub max_concurrent_turns: usize,
 }
@@ -274,12 +276,12 @@ impl Registry {
         // inserted one meanwhile, ours is dropped and its thread ends on its own.
         // A turn with its own system prompt would restart a standby (prompt.rs): it starts
         // its own process and leaves the standby to the next new conversation.
-        let new_conversation = inner.limits.standby > 0
+        let adoptable = inner.limits.standby > 0
             && request.system_prompt.is_none()
-            && inner.settings.store.get(key).is_none();
+            && inner.may_take_standby(key);
         let fresh = if lock(&inner.table).live.contains_key(key) {
             None
-        } else if new_conversation && inner.adopt_standby(key) {
+        } else if adoptable && inner.adopt_standby(key) {
             self.fill_standbys();
             None
         } else {
@@ -707,6 +709,23 @@ impl Inner {
     /// A new conversation takes a `Ready` standby: its handle moves to `key` (under the table's
     /// lock, so neither another request nor an eviction can take it too). False when none is
     /// ready.
+    /// Whether a turn for `key` (which has no worker) may take a standby: a new conversation,
+    /// or with `standby_resume` one coming back whose transcript is in the standby's
+    /// workspace (the adopter then types `/resume`, worker/resume.rs).
+    fn may_take_standby(&self, key: &str) -> bool {
+        match self.settings.store.get(key) {
+            None => true,
+            Some(record) => {
+                self.limits.standby_resume
+                    && record.workspace == self.settings.workspace
+                    && self
+                        .settings
+                        .agents
+                        .transcript_exists(&record.workspace, &record.claude_session)
+            }
+        }
+    }
+
     fn adopt_standby(&self, key: &str) -> bool {
         let mut table = lock(&self.table);
         if table.live.contains_key(key) {
@@ -727,7 +746,7 @@ impl Inner {
             table.aliases.insert(spawn_id, key.to_string());
         }
         handle.status.touch();
-        log::info!("session {key:?}: new conversation takes standby {standby:?}");
+        log::info!("session {key:?}: takes standby {standby:?}");
         METRICS.standbys_adopted.inc();
         table.live.insert(key.to_string(), handle);
         true

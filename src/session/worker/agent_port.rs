@@ -24,6 +24,10 @@ pub trait AgentProcess: Send {
     fn interrupt(&mut self) -> io::Result<()>;
     /// Whether the agent itself says it is idle (claude's session file).
     fn says_idle(&self) -> bool;
+    /// Types `line` and Enter on claude's terminal (a slash command at its prompt).
+    fn type_line(&mut self, line: &str) -> io::Result<()>;
+    /// The conversation claude's session file names (`sessionId`), if it has one.
+    fn conversation(&self) -> Option<String>;
     /// Waits up to `limit` for the process to exit; Some(how) once it has.
     fn wait_exit(&mut self, limit: Duration) -> Option<String>;
     /// The last lines on its screen, for error messages.
@@ -139,6 +143,14 @@ impl AgentProcess for ClaudeProcess {
 
     fn says_idle(&self) -> bool {
         self.agent.reported_status(&self.config_dir).as_deref() == Some("idle")
+    }
+
+    fn type_line(&mut self, line: &str) -> io::Result<()> {
+        self.agent.type_line(line)
+    }
+
+    fn conversation(&self) -> Option<String> {
+        self.agent.reported_conversation(&self.config_dir)
     }
 
     fn wait_exit(&mut self, limit: Duration) -> Option<String> {

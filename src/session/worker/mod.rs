@@ -23,7 +23,8 @@
 //! what happened. The pieces live beside this file: events.rs (the poll-based event source),
 //! start.rs (spawn, start-up screens, back-off), running.rs (a turn: send, replies, turn end,
 //! cancel, deadlines), suspended.rs (a turn waiting for the client's answers), delivery.rs (proof that claude took the turn in), prompt.rs (the
-//! client's system prompt file), agent_port.rs (the trait between worker and agent).
+//! client's system prompt file), resume.rs (a standby switching to a returning conversation),
+//! agent_port.rs (the trait between worker and agent).
 //!
 //! Resources are owned: the process slot sits in `Running`, the turn slot in `ActiveTurn`,
 //! and a `Turn` dropped without an answer (a panic, a dropped queue) fails its response
@@ -34,6 +35,7 @@ pub mod agent_port;
 mod delivery;
 mod events;
 mod prompt;
+mod resume;
 mod running;
 pub mod start;
 mod suspended;
@@ -150,6 +152,14 @@ enum Phase {
     },
     /// Up, connected, nothing to do.
     Ready { agent: Running },
+    /// An adopted standby switches to the returning conversation `conversation`: the worker
+    /// typed `/resume <conversation>` and waits until claude's session file names it
+    /// (resume.rs). Shown as `starting`; turns wait.
+    Resuming {
+        agent: Running,
+        conversation: String,
+        deadline: Instant,
+    },
     /// A turn is in flight.
     Busy { agent: Running, turn: ActiveTurn },
     /// The last turn is answered (or was interrupted, or its questions denied) but claude
@@ -176,7 +186,7 @@ impl Phase {
     fn name(&self) -> PhaseName {
         match self {
             Phase::Idle => PhaseName::Idle,
-            Phase::Starting { .. } => PhaseName::Starting,
+            Phase::Starting { .. } | Phase::Resuming { .. } => PhaseName::Starting,
             Phase::Ready { .. } => PhaseName::Ready,
             Phase::Busy { .. } => PhaseName::Busy,
             Phase::Draining { .. } => PhaseName::Draining,
@@ -189,6 +199,7 @@ impl Phase {
         match self {
             Phase::Starting { agent, .. }
             | Phase::Ready { agent }
+            | Phase::Resuming { agent, .. }
             | Phase::Busy { agent, .. }
             | Phase::Draining { agent, .. }
             | Phase::Suspended { agent, .. } => Some(agent),
@@ -200,6 +211,7 @@ impl Phase {
         match self {
             Phase::Starting { agent, .. }
             | Phase::Ready { agent }
+            | Phase::Resuming { agent, .. }
             | Phase::Busy { agent, .. }
             | Phase::Draining { agent, .. }
             | Phase::Suspended { agent, .. } => Some(agent),
@@ -349,8 +361,13 @@ impl Worker {
         crate::logging::name_os_thread(&crate::logging::thread_name("session:", &self.key));
         self.standby = false;
         self.prestart = false;
-        self.identity.restore_history = true;
         lock(&self.status.info).standby = false;
+        // A conversation coming back (the registry adopts for one only with
+        // `standby_resume`, in the standby's workspace, with its transcript there).
+        if let Some(record) = self.settings.store.get(&self.key) {
+            return self.resume_in_standby(record.claude_session);
+        }
+        self.identity.restore_history = true;
         self.settings.store.put(
             &self.key,
             &self.identity.claude_session,
@@ -549,6 +566,7 @@ impl Worker {
             self.phase,
             Phase::Idle
                 | Phase::Ready { .. }
+                | Phase::Resuming { .. }
                 | Phase::Draining { .. }
                 | Phase::Suspended { .. }
                 | Phase::Starting { turn: None, .. }
@@ -631,6 +649,7 @@ impl Worker {
             Phase::Starting { deadline, .. } => next.min(*deadline),
             Phase::Busy { turn, .. } => next.min(self.turn_wake_up(turn)),
             Phase::Draining { until, .. } => next.min(*until).min(now + IDLE_FILE_POLL),
+            Phase::Resuming { deadline, .. } => next.min(*deadline).min(now + resume::POLL),
             Phase::Suspended { turn, .. } => next.min(turn.deadline),
             Phase::Idle | Phase::Ready { .. } | Phase::Retired => next,
         }
@@ -730,6 +749,7 @@ impl Worker {
         let agent = match self.take_phase() {
             Phase::Starting { agent, .. }
             | Phase::Ready { agent }
+            | Phase::Resuming { agent, .. }
             | Phase::Busy { agent, .. }
             | Phase::Draining { agent, .. }
             | Phase::Suspended { agent, .. } => Some(agent),

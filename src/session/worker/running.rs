@@ -307,6 +307,7 @@ impl Worker {
     pub(super) fn check_deadlines(&mut self) {
         match &self.phase {
             Phase::Starting { .. } => self.check_start_deadline(),
+            Phase::Resuming { .. } => self.check_resume(),
             Phase::Busy { .. } => self.check_turn(),
             Phase::Suspended { .. } => self.check_suspended(),
             _ => {}
@@ -417,7 +418,7 @@ impl Worker {
         match &self.phase {
             Phase::Starting { .. } => self.on_exit_while_starting(how),
             Phase::Busy { .. } => self.fail_busy_turn_on_exit(how),
-            Phase::Ready { .. } | Phase::Draining { .. } => {
+            Phase::Ready { .. } | Phase::Resuming { .. } | Phase::Draining { .. } => {
                 log::info!("session {:?}: claude exited while idle ({how})", self.key);
                 self.stop_agent("exited");
             }
@@ -469,7 +470,7 @@ impl Worker {
                 );
                 self.enter(Phase::Idle, "channel closed mid-turn");
             }
-            Phase::Ready { .. } | Phase::Draining { .. } => {
+            Phase::Ready { .. } | Phase::Resuming { .. } | Phase::Draining { .. } => {
                 self.stop_agent(&format!("channel closed while idle: {why}"))
             }
             Phase::Suspended { .. } => {

@@ -32,6 +32,8 @@ const QUIET: Duration = Duration::from_millis(300);
 mod client_tools;
 /// The fake channel link and the channel server's end.
 mod fake_channel;
+/// A returning conversation taking a standby with `/resume` (resume.rs).
+mod resume;
 /// The suspended turn (suspended.rs): questions, answers, timeouts.
 mod suspended;
 
@@ -52,12 +54,19 @@ struct FakeControl {
     panic_on_screen: AtomicBool,
     panic_on_readable: AtomicBool,
     panic_says_idle: AtomicBool,
+    /// Lines typed on the terminal (`type_line`).
+    typed: Mutex<Vec<String>>,
+    /// The session file's `sessionId`; `/resume <id>` sets it unless `resume_refused`.
+    conversation: Mutex<Option<String>>,
+    resume_refused: AtomicBool,
 }
 
 /// One spawn, as the fake factory reports it.
 struct Spawned {
     key: String,
     spawn_id: String,
+    /// The Claude conversation it was started with (`--session-id` / `--resume`).
+    conversation: String,
     control: Arc<FakeControl>,
     /// Writing here makes the process's fd readable (terminal output or exit).
     poke: UnixStream,
@@ -129,6 +138,20 @@ impl AgentProcess for FakeProcess {
         self.control.idle.load(Ordering::SeqCst)
     }
 
+    fn type_line(&mut self, line: &str) -> io::Result<()> {
+        self.control.typed.lock().unwrap().push(line.to_string());
+        if let Some(id) = line.strip_prefix("/resume ")
+            && !self.control.resume_refused.load(Ordering::SeqCst)
+        {
+            *self.control.conversation.lock().unwrap() = Some(id.to_string());
+        }
+        Ok(())
+    }
+
+    fn conversation(&self) -> Option<String> {
+        self.control.conversation.lock().unwrap().clone()
+    }
+
     fn wait_exit(&mut self, _limit: Duration) -> Option<String> {
         self.control
             .exited
@@ -157,6 +180,8 @@ impl Drop for FakeProcess {
 struct FakeFactory {
     spawns: Sender<Spawned>,
     next_pid: AtomicUsize,
+    /// Conversations whose transcript exists (none unless a test says so).
+    transcripts: Arc<Mutex<Vec<String>>>,
 }
 
 impl AgentFactory for FakeFactory {
@@ -164,9 +189,12 @@ impl AgentFactory for FakeFactory {
         let (readable, poke) = UnixStream::pair()?;
         readable.set_nonblocking(true)?;
         let control = Arc::new(FakeControl::default());
+        // Like claude's session file, which names the conversation it runs.
+        *control.conversation.lock().unwrap() = Some(launch.claude_session.to_string());
         let _ = self.spawns.send(Spawned {
             key: launch.session_key.to_string(),
             spawn_id: launch.spawn_id.to_string(),
+            conversation: launch.claude_session.to_string(),
             control: control.clone(),
             poke,
         });
@@ -177,8 +205,12 @@ impl AgentFactory for FakeFactory {
         }))
     }
 
-    fn transcript_exists(&self, _workspace: &Path, _conversation: &str) -> bool {
-        false
+    fn transcript_exists(&self, _workspace: &Path, conversation: &str) -> bool {
+        self.transcripts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == conversation)
     }
 
     fn transcript_mentions_turn(&self, _: &Path, _: &str, _turn_id: &str) -> bool {
@@ -225,6 +257,7 @@ struct Options {
     permission_relay: crate::session::pending::PermissionRelay,
     permission_timeout: Duration,
     pipeline_turns: bool,
+    standby: usize,
 }
 
 impl Default for Options {
@@ -239,6 +272,7 @@ impl Default for Options {
             permission_relay: crate::session::pending::PermissionRelay::Chat,
             permission_timeout: Duration::from_secs(30),
             pipeline_turns: false,
+            standby: 0,
         }
     }
 }
@@ -246,6 +280,8 @@ impl Default for Options {
 struct Harness {
     registry: Registry,
     spawns: Receiver<Spawned>,
+    /// The fake factory's existing transcripts.
+    transcripts: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -256,10 +292,12 @@ impl Harness {
         let (store, error) = SessionStore::open(&dir.0);
         assert!(error.is_none(), "{error:?}");
         let (spawns_tx, spawns) = unbounded();
+        let transcripts = Arc::new(Mutex::new(Vec::new()));
         let settings = WorkerSettings {
             agents: Box::new(FakeFactory {
                 spawns: spawns_tx,
                 next_pid: AtomicUsize::new(0),
+                transcripts: transcripts.clone(),
             }),
             workspace: dir.0.join("workspace"),
             workspace_mode: WorkspaceMode::Shared,
@@ -277,13 +315,17 @@ impl Harness {
         };
         let limits = Limits {
             max_processes: options.max_processes,
-            standby: 0,
+            standby: options.standby,
+            standby_resume: true,
             max_queued_turns: options.max_queued_turns,
             max_concurrent_turns: options.max_concurrent_turns,
         };
+        let registry = Registry::new(settings, limits);
+        registry.fill_standbys();
         Harness {
-            registry: Registry::new(settings, limits),
+            registry,
             spawns,
+            transcripts,
             _dir: dir,
         }
     }
