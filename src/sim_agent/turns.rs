@@ -10,7 +10,7 @@
 //! between. Every arrival is logged in the transcript as Claude logs its input queue.
 //! Keys go to the prompt on screen, or else to the input line (`prompt.rs`, whose `/resume`
 //! this loop applies when due, before starting a queued turn).
-//! This loop owns the turn queue and the session files' updates; it must never block
+//! This loop owns the turn queue and the session file's busy/idle updates; it must never block
 //! without a bound (the Stop hooks are bounded too) and never answer for a turn it is not
 //! running (answers to tool calls of an interrupted turn are dropped).
 
