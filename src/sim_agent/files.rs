@@ -3,7 +3,7 @@
 //! - transcript `<config>/projects/<project dir name>/<uuid>.jsonl`, created at the first
 //!   user message, one JSON line per user message and per assistant reply;
 //! - status `<config>/sessions/<pid>.json` `{"pid", "sessionId", "status"}`, removed on a
-//!   clean exit.
+//!   clean exit; its `sessionId` follows `/resume` (`session.rs`).
 //!
 //! Owns those paths and their formats. It must never touch any other file in the config dir.
 
@@ -209,6 +209,11 @@ impl StatusFile {
         let tmp = self.path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&body)?)?;
         std::fs::rename(&tmp, &self.path)
+    }
+
+    /// The process is now in conversation `session` (`/resume`): written at the next `set`.
+    pub fn set_session(&mut self, session: &str) {
+        self.session = session.to_string();
     }
 
     pub fn remove(&self) {

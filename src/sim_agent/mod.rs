@@ -3,10 +3,12 @@
 //! real spawn, PTY, screen and channel code without Claude. It behaves as docs/CLAUDE_CODE.md §9 says
 //! Claude Code does: session files and the new-vs-resume rules, the dev-channels dialog,
 //! the MCP client handshake with the channel server, `<channel>` turns answered through the
-//! `reply` tool, Stop hooks, clean exit on SIGTERM/SIGHUP/EOF.
+//! `reply` tool, Stop hooks, `/resume <uuid>` typed at the prompt, clean exit on
+//! SIGTERM/SIGHUP/EOF.
 //!
 //! This file owns start-up (flags, session checks, banner, dialog, starting the channel) and
-//! shutdown; `turns.rs` owns the loop in between. The sim must never call a model, never
+//! shutdown; `turns.rs` owns the loop in between, `prompt.rs` what is typed at the prompt
+//! (`/resume <uuid>`), `session.rs` which conversation it is in. The sim must never call a model, never
 //! read a key it was not waiting for, and never leave a child process behind on a clean exit.
 //!
 //! Test hooks (environment):
@@ -24,18 +26,24 @@
 //! - `SYNTHESIS_SIM_REGISTER_DELAY_MS=<n>` (default 0): channel notifications that arrive
 //!   within n ms of `notifications/initialized` are dropped, as the real Claude drops those
 //!   that come before it has registered the channel (docs/CLAUDE_CODE.md §9.5).
+//! - `SYNTHESIS_SIM_RESUME_DELAY_MS=<n>` (default 0): `/resume <uuid>` typed at the prompt
+//!   switches the conversation n ms after Enter (the session file changes then).
+//! - `SYNTHESIS_SIM_NO_RESUME=1`: `/resume` is an unknown slash command (nothing switches).
 
 mod args;
 mod directives;
 mod files;
 mod hook;
 mod mcp_client;
+mod prompt;
+mod session;
 mod signals;
 mod term;
 mod turns;
 
-use files::{StatusFile, Transcript};
+use files::Transcript;
 use mcp_client::McpClient;
+use session::Session;
 use signals::Signals;
 use std::fs::File;
 use std::io::{self, Read};
@@ -55,6 +63,8 @@ pub const LOG: &str = "SYNTHESIS_SIM_LOG";
 pub const NO_MESSAGE_UUIDS: &str = "SYNTHESIS_SIM_NO_MESSAGE_UUIDS";
 pub const NO_FORK: &str = "SYNTHESIS_SIM_NO_FORK";
 pub const REGISTER_DELAY_MS: &str = "SYNTHESIS_SIM_REGISTER_DELAY_MS";
+pub const RESUME_DELAY_MS: &str = "SYNTHESIS_SIM_RESUME_DELAY_MS";
+pub const NO_RESUME: &str = "SYNTHESIS_SIM_NO_RESUME";
 
 /// Exit code when a key arrived before the dialog was on screen.
 const EXIT_EARLY_INPUT: u8 = 3;
@@ -191,15 +201,10 @@ pub fn run(argv: Vec<String>) -> u8 {
     screen.clear();
     screen.line(&format!("✻ Claude Code (simulated) · session {session}"));
 
-    let status = StatusFile::new(&config_dir, std::process::id(), &session);
-    let _ = status.set("idle");
-    let extra_env = vec![
-        (
-            "CLAUDE_PROJECT_DIR".to_string(),
-            cwd.to_string_lossy().into_owned(),
-        ),
-        ("CLAUDE_CODE_SESSION_ID".to_string(), session.clone()),
-    ];
+    let session = Session::new(&config_dir, &cwd, std::process::id(), &session, transcript);
+    let _ = session.status.set("idle");
+    // The channel server keeps the variables it started with, even after a `/resume`.
+    let extra_env = session.claude_env();
     let mcp = match &channel {
         Some(_) if std::env::var(NO_HELLO).is_ok_and(|v| !v.is_empty() && v != "0") => {
             screen.line(&format!(
@@ -242,11 +247,16 @@ pub fn run(argv: Vec<String>) -> u8 {
         hooks,
         defaults: std::env::var(DEFAULT).unwrap_or_default(),
         stop_hooks_on_interrupt: std::env::var(STOP_HOOK_ON_INTERRUPT).is_ok_and(|v| v == "1"),
-        transcript,
-        status,
-        session_id: session,
-        cwd,
-        env: extra_env,
+        session,
+        line: Default::default(),
+        resume_known: std::env::var_os(NO_RESUME).is_none_or(|v| v.is_empty() || v == "0"),
+        resume_delay: Duration::from_millis(
+            std::env::var(RESUME_DELAY_MS)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+        ),
+        pending_resume: None,
         queue: Default::default(),
         current: None,
         dropped: Default::default(),
@@ -262,7 +272,7 @@ pub fn run(argv: Vec<String>) -> u8 {
     match ending {
         Ending::Clean(why) => {
             log::info!("clean exit: {why}");
-            conversation.status.remove();
+            conversation.session.status.remove();
             0
         }
         // A crash leaves sessions/<pid>.json behind, as a killed claude does.

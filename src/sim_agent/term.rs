@@ -72,10 +72,15 @@ impl Screen {
         self.raw("> ");
     }
 
-    fn raw(&self, text: &str) {
+    /// Typed input as it is echoed at the prompt (raw mode does not echo).
+    pub fn echo(&self, bytes: &[u8]) {
         let mut out = io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
+        let _ = out.write_all(bytes);
         let _ = out.flush();
+    }
+
+    fn raw(&self, text: &str) {
+        self.echo(text.as_bytes());
     }
 }
 

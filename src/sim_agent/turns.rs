@@ -8,14 +8,17 @@
 //! except during a turn's closing model call (`[sim:linger_ms]`): as Claude does, a message
 //! arriving then is folded into the running turn, which answers it without a Stop hook in
 //! between. Every arrival is logged in the transcript as Claude logs its input queue.
-//! This loop owns the turn queue and the session files' updates; it must never block
+//! Keys go to the prompt on screen, or else to the input line (`prompt.rs`, whose `/resume`
+//! this loop applies when due, before starting a queued turn).
+//! This loop owns the turn queue and the session file's busy/idle updates; it must never block
 //! without a bound (the Stop hooks are bounded too) and never answer for a turn it is not
 //! running (answers to tool calls of an interrupted turn are dropped).
 
 use super::directives::{Directives, Step};
-use super::files::{StatusFile, Transcript};
 use super::hook::{self, HookCommand, Outcome};
 use super::mcp_client::McpClient;
+use super::prompt::{LineEditor, PendingResume};
+use super::session::Session;
 use super::signals::{self, Signals};
 use super::term::{self, Key, Screen};
 use crate::poll::wait_readable;
@@ -23,7 +26,6 @@ use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Longest a wait lasts when nothing is due (signals and input wake it earlier anyway).
@@ -52,12 +54,16 @@ pub struct Conversation<'a> {
     pub defaults: String,
     /// Run the Stop hooks after an interrupt too (Claude Code does not; see `interrupt`).
     pub stop_hooks_on_interrupt: bool,
-    pub transcript: Transcript,
-    pub status: StatusFile,
-    pub session_id: String,
-    pub cwd: PathBuf,
-    /// Extra environment for hooks (Claude's own additions).
-    pub env: Vec<(String, String)>,
+    /// The conversation: its id, transcript and session file (switched by `/resume`).
+    pub session: Session,
+    /// What is typed at the prompt while no permission prompt is shown.
+    pub line: LineEditor,
+    /// `SYNTHESIS_SIM_NO_RESUME` unset: `/resume` is a known command.
+    pub resume_known: bool,
+    /// `SYNTHESIS_SIM_RESUME_DELAY_MS`: from Enter to the switch.
+    pub resume_delay: Duration,
+    /// A `/resume` submitted and not yet done.
+    pub pending_resume: Option<PendingResume>,
     pub queue: VecDeque<Incoming>,
     pub current: Option<Turn>,
     /// Turn ids whose first delivery was seen (for `[sim:drop_first]`).
@@ -198,14 +204,22 @@ impl Conversation<'_> {
     }
 
     fn next_wait(&self) -> Duration {
-        match self.current.as_ref().map(|t| &t.wait) {
-            Some(Wait::Until(at)) => at.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
-            _ => IDLE_WAIT,
-        }
+        let turn_due = match self.current.as_ref().map(|t| &t.wait) {
+            Some(Wait::Until(at)) => Some(*at),
+            _ => None,
+        };
+        let resume_due = self.pending_resume.as_ref().map(|r| r.due);
+        [turn_due, resume_due]
+            .into_iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .fold(IDLE_WAIT, Duration::min)
     }
 
-    /// Runs every step that is due; starts queued turns when none runs.
+    /// Runs every step that is due; switches conversation when a `/resume` is due (before a
+    /// queued turn starts); starts queued turns when none runs.
     fn advance(&mut self) -> Option<Ending> {
+        self.resume_if_due();
         loop {
             let Some(turn) = self.current.as_mut() else {
                 let incoming = self.queue.pop_front()?;
@@ -298,17 +312,23 @@ impl Conversation<'_> {
 
     /// Begins a turn; `Some(code)` when its directives say to exit.
     fn start_turn(&mut self, incoming: Incoming, taken_in: TakenIn) -> Option<u8> {
-        let _ = self.status.set("busy");
+        let _ = self.session.status.set("busy");
         let recorded = self.recorded(&incoming);
         let written = match taken_in {
             TakenIn::NewTurn => self
+                .session
                 .transcript
                 .queue_operation("dequeue", None)
-                .and_then(|()| self.transcript.append("user", &recorded)),
+                .and_then(|()| self.session.transcript.append("user", &recorded)),
             TakenIn::Folded => self
+                .session
                 .transcript
                 .queued_command(&recorded)
-                .and_then(|()| self.transcript.queue_operation("remove", Some(&recorded))),
+                .and_then(|()| {
+                    self.session
+                        .transcript
+                        .queue_operation("remove", Some(&recorded))
+                }),
         };
         if let Err(e) = written {
             self.screen
@@ -509,7 +529,7 @@ impl Conversation<'_> {
     fn end_turn(&mut self) -> Option<Ending> {
         let turn = self.current.take()?;
         let ending = self.run_stop_hooks(turn.last_reply.as_deref().unwrap_or("done"));
-        let _ = self.status.set("idle");
+        let _ = self.session.status.set("idle");
         self.screen.prompt();
         ending
     }
@@ -526,7 +546,7 @@ impl Conversation<'_> {
         } else {
             None
         };
-        let _ = self.status.set("idle");
+        let _ = self.session.status.set("idle");
         self.screen.prompt();
         ending
     }
@@ -536,15 +556,16 @@ impl Conversation<'_> {
             return None;
         }
         let input = json!({
-            "session_id": self.session_id,
-            "transcript_path": self.transcript.path,
-            "cwd": self.cwd,
+            "session_id": self.session.id,
+            "transcript_path": self.session.transcript.path,
+            "cwd": self.session.cwd,
             "hook_event_name": "Stop",
             "stop_hook_active": false,
             "last_assistant_message": last_message,
         });
+        let env = self.session.claude_env();
         for h in &self.hooks {
-            match hook::run(h, &input, &self.env, self.signals) {
+            match hook::run(h, &input, &env, self.signals) {
                 Outcome::Exited(status) if status.success() => {}
                 Outcome::Exited(status) => self
                     .screen
@@ -585,6 +606,11 @@ impl Conversation<'_> {
                     }
                     self.screen.clear();
                     self.call_reply(text, is_final)
+                }
+                // No prompt on screen: the key goes to the input line (`prompt.rs`).
+                (_, None) if !asking => {
+                    self.on_typed_key(key);
+                    None
                 }
                 _ => None,
             };
@@ -692,7 +718,7 @@ impl Conversation<'_> {
                 .line(&format!("  ⎿  Error: {}", term::one_line(&why, 150))),
             None => {
                 self.screen.line("  ⎿  sent");
-                if let Err(e) = self.transcript.append("assistant", &text) {
+                if let Err(e) = self.session.transcript.append("assistant", &text) {
                     self.screen
                         .line(&format!("  ⎿  could not write the transcript: {e}"));
                 }
@@ -758,6 +784,7 @@ impl Conversation<'_> {
         }
         let incoming = Incoming { content, turn_id };
         if let Err(e) = self
+            .session
             .transcript
             .queue_operation("enqueue", Some(&self.recorded(&incoming)))
         {
