@@ -211,7 +211,10 @@ fn main() {
                     .all(|r| r["key"] != key.as_str() || r["pid"].is_null())
                     .then_some(())
             });
-            assert!(retired.is_some(), "{key}'s worker did not let go of its process");
+            assert!(
+                retired.is_some(),
+                "{key}'s worker did not let go of its process"
+            );
             standby_ready_and_idle();
             let (took, _, _) = turn(&standby_bridge, &key, &format!("back again {i}"));
             resumed_in_standby.push(took);

@@ -266,13 +266,20 @@ fn a_returning_conversation_resumes_in_a_standby_with_its_history() {
         bridge.log()
     );
     let log = bridge.log();
-    assert!(log.contains("claude resumed the conversation"), "log:\n{log}");
+    assert!(
+        log.contains("claude resumed the conversation"),
+        "log:\n{log}"
+    );
     let list = request(bridge.http, "GET", "/v1/sessions", &[], "").json();
     let row = list["data"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["key"] == "back").cloned())
         .expect("back is live");
-    assert_eq!(row["pid"].as_u64(), Some(standby_pid), "served by the standby");
+    assert_eq!(
+        row["pid"].as_u64(),
+        Some(standby_pid),
+        "served by the standby"
+    );
     let seen = api.requests()[before..]
         .iter()
         .find(|r| all_text(r).contains("second question beta"))
