@@ -217,3 +217,83 @@ fn standby_zero_starts_nothing_ahead() {
     assert_eq!(metric(&bridge, "synthesis_standby_sessions"), "0");
     assert_eq!(metric(&bridge, "synthesis_standbys_adopted_total"), "0");
 }
+
+/// Conversation `key` had a turn, then its process was stopped (as an idle kill stops it)
+/// and its worker let go of it; a standby is ready again. Returns that standby's pid.
+fn gone_idle_with_a_standby_ready(bridge: &Bridge, key: &str) -> u32 {
+    ready_standbys(bridge, 1);
+    let (_, events) = stream_chat(bridge.http, key, "one");
+    assert_eq!(streamed_text(&events), "one");
+    let stopped = wait_until(WAIT, || {
+        let path = format!("/v1/sessions/{key}");
+        (request(bridge.http, "DELETE", &path, &[], "").status == 202).then_some(())
+    });
+    assert!(stopped.is_some(), "{}", bridge.log());
+    wait_until(WAIT, || {
+        row(&live_rows(bridge), key)
+            .is_none_or(|r| r["pid"].is_null())
+            .then_some(())
+    })
+    .expect("the process stopped");
+    ready_standbys(bridge, 1)[0]
+}
+
+#[test]
+fn a_returning_conversation_resumes_in_the_standby() {
+    let bridge = Bridge::demo()
+        .arg("--max-processes", "4")
+        .arg("--standby", "1")
+        .start();
+    let standby = gone_idle_with_a_standby_ready(&bridge, "back");
+    let claude_session = |bridge: &Bridge| {
+        let list = request(bridge.http, "GET", "/v1/sessions?limit=10000", &[], "").json();
+        row(list["data"].as_array().unwrap(), "back").unwrap()["claude_session"].clone()
+    };
+    let before = claude_session(&bridge);
+    assert!(before.as_str().is_some_and(|s| s.len() == 36), "{before}");
+    let started = Instant::now();
+    let (_, events) = stream_chat(bridge.http, "back", "two");
+    assert_eq!(streamed_text(&events), "two", "{}", bridge.log());
+    // Served by the standby's process, switched with /resume (no 3 s fallback), in the
+    // same Claude conversation as before the stop.
+    assert_eq!(
+        row(&live_rows(&bridge), "back").unwrap()["pid"].as_u64(),
+        Some(u64::from(standby))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{}",
+        bridge.log()
+    );
+    assert!(bridge.log().contains("claude resumed the conversation"));
+    assert_eq!(claude_session(&bridge), before);
+    assert_eq!(metric(&bridge, "synthesis_standbys_resumed_total"), "1");
+    assert_eq!(
+        metric(&bridge, "synthesis_standby_resume_failures_total"),
+        "0"
+    );
+}
+
+#[test]
+fn a_standby_that_does_not_resume_is_stopped_and_claude_starts_with_resume() {
+    // SYNTHESIS_SIM_NO_RESUME: the sim, like a Claude without the command, does not switch.
+    let bridge = Bridge::demo()
+        .arg("--max-processes", "4")
+        .arg("--standby", "1")
+        .env("SYNTHESIS_SIM_NO_RESUME", "1")
+        .start();
+    let standby = gone_idle_with_a_standby_ready(&bridge, "back");
+    let (_, events) = stream_chat(bridge.http, "back", "two");
+    assert_eq!(streamed_text(&events), "two", "{}", bridge.log());
+    assert!(
+        wait_until(WAIT, || (!alive(standby)).then_some(())).is_some(),
+        "the standby that did not switch was stopped"
+    );
+    let log = bridge.log();
+    assert!(log.contains("did not switch"), "{log}");
+    assert!(log.contains("--resume"), "{log}");
+    assert_eq!(
+        metric(&bridge, "synthesis_standby_resume_failures_total"),
+        "1"
+    );
+}

@@ -20,6 +20,7 @@ impl Worker {
     /// Adopted for a returning conversation: types `/resume` into the standby's claude.
     pub(super) fn resume_in_standby(&mut self, conversation: String) {
         self.identity.claude_session = conversation.clone();
+        crate::session::shared::lock(&self.status.info).claude_session = conversation.clone();
         // Claude loads the conversation itself: nothing to restore into the turn.
         self.identity.restore_history = false;
         let Phase::Ready { mut agent } = self.take_phase() else {
