@@ -92,7 +92,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
         .map_or(&[][..], Vec::as_slice);
     let tool_results = match tools::tool_results(messages) {
         Ok(results) => results,
-        Err(error) => return respond_error(request, &error),
+        Err(error) => return prepared.refuse(request, &error),
     };
     let marked_retry = openclaw::marks_a_retry(messages);
     let parts = if ctx.strip_openclaw_context {
@@ -102,7 +102,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     };
     if parts.is_empty() && tool_results.is_empty() {
         let message = "the turn has no user text once OpenClaw's internal context is removed (strip_openclaw_context)";
-        return respond_error(request, &ApiError::bad_request(message));
+        return prepared.refuse(request, &ApiError::bad_request(message));
     }
     // `tool` messages answer client tool calls; any text beside them is not passed on (the
     // turn they resume is already running in Claude).
@@ -124,7 +124,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     ];
     let text = match turn_text(&parts, instructions) {
         Ok(text) => text,
-        Err(error) => return respond_error(request, &error),
+        Err(error) => return prepared.refuse(request, &error),
     };
     // The parsed form is ~20x the body for many small messages: drop it now and keep only
     // the body, parsed again in the rare case the history is needed.
@@ -153,7 +153,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     // or idle instead of answering 429 at once.
     let turn = match prepared.submit(content) {
         Ok(turn) => turn,
-        Err(error) => return respond_error(request, &error),
+        Err(error) => return prepared.refuse(request, &error),
     };
     let key = prepared.key.key.clone();
     let reply = ChatReply::new(&ctx, &chat, params, &key);

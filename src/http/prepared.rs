@@ -156,6 +156,14 @@ impl<'a> PreparedTurn<'a> {
         Ok(turn)
     }
 
+    /// Answers the request with `error`, giving conversation matching's claim back first: a
+    /// client that sends its next request as soon as it reads the error must find the
+    /// history point free (dropped after the answer, it raced: the next request forked).
+    pub fn refuse(self, request: Request, error: &ApiError) {
+        drop(self);
+        super::respond_error(request, error);
+    }
+
     /// The turn's reply is known (None: it failed or was never given), before its last bytes
     /// go out: conversation matching records it (`MatchedTurn::settle`).
     pub fn settle(&mut self, reply: Option<&str>) {

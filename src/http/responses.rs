@@ -367,7 +367,7 @@ pub fn handle(mut request: Request, ctx: Arc<HttpContext>) {
     };
     let turn = match prepared.submit(content) {
         Ok(turn) => turn,
-        Err(error) => return respond_error(request, &error),
+        Err(error) => return prepared.refuse(request, &error),
     };
     let model = req.model.clone().unwrap_or_else(|| ctx.models[0].clone());
     let shape = Shape {
