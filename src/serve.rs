@@ -168,10 +168,21 @@ fn serve(config: Config) -> Result<(), String> {
         } else {
             0
         },
-        standby_resume: config.standby_resume,
+        // Only for a claude known to take `/resume` at its prompt (and the sim-agent).
+        standby_resume: config.standby_resume
+            && (config.demo
+                || claude_version.is_some_and(|v| v >= agent::version::TYPED_RESUME_SINCE)),
         max_queued_turns: config.max_queued_turns,
         max_concurrent_turns: config.max_concurrent_turns(),
     };
+    if config.standby_resume && limits.standby > 0 && !limits.standby_resume {
+        log::info!(
+            "standby_resume not used: claude's version is unknown or older than {}.{}.{} (returning conversations start claude with --resume)",
+            agent::version::TYPED_RESUME_SINCE.0,
+            agent::version::TYPED_RESUME_SINCE.1,
+            agent::version::TYPED_RESUME_SINCE.2
+        );
+    }
     let registry = Arc::new(Registry::new(
         WorkerSettings {
             agents: Box::new(ClaudeFactory {

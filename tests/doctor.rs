@@ -6,19 +6,6 @@ mod support;
 use std::process::Command;
 use support::*;
 
-/// A stand-in `claude` that only answers `--version`.
-fn fake_claude(dir: &TempDir, version: &str) -> String {
-    let path = dir.path().join("claude");
-    std::fs::write(
-        &path,
-        format!("#!/bin/sh\necho '{version} (Claude Code)'\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
 fn doctor(dir: &TempDir, args: &[&str]) -> (i32, String) {
     let workspace = dir.path().join("workspace");
     std::fs::create_dir_all(&workspace).unwrap();

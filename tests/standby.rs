@@ -297,3 +297,22 @@ fn a_standby_that_does_not_resume_is_stopped_and_claude_starts_with_resume() {
         "1"
     );
 }
+
+#[test]
+fn standby_resume_is_used_only_with_a_claude_known_to_take_resume_at_its_prompt() {
+    for (version, used) in [("2.1.330", false), ("2.1.331", true)] {
+        let dir = TempDir::new("standby-resume-version");
+        let claude = fake_claude(&dir, version);
+        let bridge = Bridge::real(&claude)
+            .dir(dir)
+            .arg("--standby", "1")
+            .arg("--max-processes", "4")
+            .start();
+        let log = bridge.log();
+        assert_eq!(
+            !log.contains("standby_resume not used"),
+            used,
+            "claude {version}: {log}"
+        );
+    }
+}

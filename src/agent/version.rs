@@ -20,6 +20,10 @@ pub const DEBUG_FILE_SIGNAL_SINCE: (u32, u32, u32) = (2, 1, 331);
 /// First release known to have `type: "http"` hooks (issue 16 names 2.1.328; the bridge's
 /// http Stop hook is tested on 2.1.331). `stop_hook = auto` uses them from here on.
 pub const HTTP_HOOKS_SINCE: (u32, u32, u32) = (2, 1, 328);
+/// Oldest release on which `/resume <uuid>` typed at the prompt was checked to switch the
+/// running claude and keep its channel (docs/CLAUDE_CODE.md §9.6). `standby_resume` is used
+/// from here on; an older or unreadable version resumes with `--resume` as before.
+pub const TYPED_RESUME_SINCE: (u32, u32, u32) = (2, 1, 331);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -615,3 +615,17 @@ pub fn healthz_latency(addr: SocketAddr) -> Duration {
     assert_eq!(response.status, 200, "{}", response.text());
     started.elapsed()
 }
+
+/// A stand-in `claude` in `dir` that only answers `--version` (any other call prints the
+/// same and exits): for what the bridge decides from the version alone.
+pub fn fake_claude(dir: &TempDir, version: &str) -> String {
+    let path = dir.path().join("claude");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\necho '{version} (Claude Code)'\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_string_lossy().into_owned()
+}
