@@ -276,12 +276,17 @@ impl Registry {
         // inserted one meanwhile, ours is dropped and its thread ends on its own.
         // A turn with its own system prompt would restart a standby (prompt.rs): it starts
         // its own process and leaves the standby to the next new conversation.
-        let adoptable = inner.limits.standby > 0
-            && request.system_prompt.is_none()
-            && inner.may_take_standby(key);
-        let fresh = if lock(&inner.table).live.contains_key(key) {
+        // Whether it may take a standby is asked only for a key without a worker: a returning
+        // conversation's check reads the session map and looks for its transcript on disk,
+        // which a session's every turn must not pay.
+        let has_worker = lock(&inner.table).live.contains_key(key);
+        let fresh = if has_worker {
             None
-        } else if adoptable && inner.adopt_standby(key) {
+        } else if inner.limits.standby > 0
+            && request.system_prompt.is_none()
+            && inner.may_take_standby(key)
+            && inner.adopt_standby(key)
+        {
             self.fill_standbys();
             None
         } else {

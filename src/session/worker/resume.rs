@@ -35,9 +35,10 @@ impl Worker {
         self.status
             .set_step("resuming the conversation in a standby process");
         if let Err(e) = agent.process.type_line(&format!("/resume {conversation}")) {
-            self.enter(Phase::Ready { agent }, "typing /resume failed");
             METRICS.standby_resume_failures.inc();
-            return self.stop_agent(&format!("could not type /resume: {e}"));
+            let why = format!("could not type /resume: {e}");
+            drop(self.stop_running(agent, &why));
+            return self.enter(Phase::Idle, &why);
         }
         log::info!(
             "session {:?}: resuming claude session {conversation} in the adopted standby",

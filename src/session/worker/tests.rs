@@ -182,6 +182,8 @@ struct FakeFactory {
     next_pid: AtomicUsize,
     /// Conversations whose transcript exists (none unless a test says so).
     transcripts: Arc<Mutex<Vec<String>>>,
+    /// How often a transcript was looked for.
+    transcript_lookups: Arc<AtomicUsize>,
 }
 
 impl AgentFactory for FakeFactory {
@@ -206,6 +208,7 @@ impl AgentFactory for FakeFactory {
     }
 
     fn transcript_exists(&self, _workspace: &Path, conversation: &str) -> bool {
+        self.transcript_lookups.fetch_add(1, Ordering::SeqCst);
         self.transcripts
             .lock()
             .unwrap()
@@ -282,6 +285,7 @@ struct Harness {
     spawns: Receiver<Spawned>,
     /// The fake factory's existing transcripts.
     transcripts: Arc<Mutex<Vec<String>>>,
+    transcript_lookups: Arc<AtomicUsize>,
     _dir: TempDir,
 }
 
@@ -293,11 +297,13 @@ impl Harness {
         assert!(error.is_none(), "{error:?}");
         let (spawns_tx, spawns) = unbounded();
         let transcripts = Arc::new(Mutex::new(Vec::new()));
+        let transcript_lookups = Arc::new(AtomicUsize::new(0));
         let settings = WorkerSettings {
             agents: Box::new(FakeFactory {
                 spawns: spawns_tx,
                 next_pid: AtomicUsize::new(0),
                 transcripts: transcripts.clone(),
+                transcript_lookups: transcript_lookups.clone(),
             }),
             workspace: dir.0.join("workspace"),
             workspace_mode: WorkspaceMode::Shared,
@@ -326,6 +332,7 @@ impl Harness {
             registry,
             spawns,
             transcripts,
+            transcript_lookups,
             _dir: dir,
         }
     }

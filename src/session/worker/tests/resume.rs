@@ -57,6 +57,14 @@ fn a_returning_conversation_resumes_in_the_ready_standby() {
     // The only spawn is the next standby, not a claude for "r".
     assert_eq!(h.next_spawn().key, STANDBY);
     assert!(!standby.control.stopped.load(Ordering::SeqCst));
+    // Later turns go to the worker it has: no look for a transcript on their way.
+    h.turn_end(&standby, None);
+    h.wait_phase("r", PhaseName::Ready);
+    let lookups = h.transcript_lookups.load(Ordering::SeqCst);
+    let third = h.submit("r", "third");
+    end.next_turn();
+    assert_eq!(expect_done(&third), "echo: third");
+    assert_eq!(h.transcript_lookups.load(Ordering::SeqCst), lookups);
 }
 
 #[test]
