@@ -595,19 +595,7 @@ impl Worker {
             self.fail(&turn, TurnFailure::new(FailureKind::BadAnswer, message));
             return true;
         }
-        if turn.output.abandoned_since().is_some() {
-            log::info!(
-                "session {:?} {}: every client left before the turn started; skipped",
-                self.key,
-                turn.id
-            );
-            self.fail(
-                &turn,
-                TurnFailure::new(
-                    FailureKind::Cancelled,
-                    "every client left before the turn started",
-                ),
-            );
+        if self.skip_if_abandoned(&turn) {
             return true;
         }
         let deadline = turn.received + self.settings.turn_timeout;
@@ -633,6 +621,26 @@ impl Worker {
                 false
             }
         }
+    }
+
+    /// A turn whose clients all left before it started is failed (cancelled), not started.
+    fn skip_if_abandoned(&self, turn: &Turn) -> bool {
+        if turn.output.abandoned_since().is_none() {
+            return false;
+        }
+        log::info!(
+            "session {:?} {}: every client left before the turn started; skipped",
+            self.key,
+            turn.id
+        );
+        self.fail(
+            turn,
+            TurnFailure::new(
+                FailureKind::Cancelled,
+                "every client left before the turn started",
+            ),
+        );
+        true
     }
 
     /// What the loop may sleep until.

@@ -272,14 +272,7 @@ impl Worker {
 
     /// Suspended: the session's next turn. True unless it went back to waiting for a slot.
     pub(super) fn resume(&mut self, turn: Turn) -> bool {
-        if turn.output.abandoned_since().is_some() {
-            self.fail(
-                &turn,
-                TurnFailure::new(
-                    FailureKind::Cancelled,
-                    "every client left before the turn started",
-                ),
-            );
+        if self.skip_if_abandoned(&turn) {
             return true;
         }
         if turn.answers.is_empty() {
