@@ -12,32 +12,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::*;
 
-fn post(bridge: &Bridge, body: &Value) -> HttpResponse {
-    request(
-        bridge.http,
-        "POST",
-        "/v1/chat/completions",
-        &[("Content-Type", "application/json")],
-        &body.to_string(),
-    )
-}
-
-fn chat(messages: Value) -> Value {
-    json!({"model": "claude-code", "messages": messages})
-}
-
-fn content(response: &HttpResponse) -> String {
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn session_of(response: &HttpResponse) -> String {
-    response.headers["x-session-key"].clone()
-}
-
 /// The session's Claude transcript (`<config>/projects/*/<claude session>.jsonl`), as text.
 fn transcript_of(bridge: &Bridge, key: &str) -> String {
     let sessions = request(bridge.http, "GET", "/v1/sessions", &[], "").json();
@@ -64,7 +38,7 @@ fn edit_after_three_turns(bridge: &Bridge) -> (String, HttpResponse) {
     let mut key = String::new();
     for text in ["A1", "A2", "A3"] {
         messages.push(json!({"role": "user", "content": text}));
-        let r = post(bridge, &chat(Value::Array(messages.clone())));
+        let r = post_chat(bridge, &[], &chat(Value::Array(messages.clone())));
         let reply = content(&r);
         messages.push(json!({"role": "assistant", "content": reply}));
         if key.is_empty() {
@@ -76,7 +50,7 @@ fn edit_after_three_turns(bridge: &Bridge) -> (String, HttpResponse) {
         messages[0], messages[1],
         {"role": "user", "content": "A2-edited"},
     ]));
-    (key, post(bridge, &edited))
+    (key, post_chat(bridge, &[], &edited))
 }
 
 #[test]
@@ -124,7 +98,7 @@ fn an_edit_forks_claudes_own_transcript_at_its_branch_point() {
         {"role": "user", "content": "A2-edited"}, {"role": "assistant", "content": "A2-edited"},
         {"role": "user", "content": "B3"},
     ]));
-    let b3 = post(&bridge, &next);
+    let b3 = post_chat(&bridge, &[], &next);
     assert_eq!((content(&b3), session_of(&b3)), ("B3".into(), fork_key));
 }
 
@@ -133,7 +107,11 @@ fn an_edit_forks_claudes_own_transcript_at_its_branch_point() {
 #[test]
 fn the_second_identical_continuation_forks_without_the_other_branch() {
     let bridge = Bridge::demo().flag("--fork-with-claude-flags").start();
-    let first = post(&bridge, &chat(json!([{"role": "user", "content": "hi T"}])));
+    let first = post_chat(
+        &bridge,
+        &[],
+        &chat(json!([{"role": "user", "content": "hi T"}])),
+    );
     let reply = content(&first);
     let next = |text: &str| {
         chat(json!([
@@ -142,8 +120,8 @@ fn the_second_identical_continuation_forks_without_the_other_branch() {
             {"role": "user", "content": text},
         ]))
     };
-    let x2 = post(&bridge, &next("X2 private to X"));
-    let y2 = post(&bridge, &next("Y2 private to Y"));
+    let x2 = post_chat(&bridge, &[], &next("X2 private to X"));
+    let y2 = post_chat(&bridge, &[], &next("Y2 private to Y"));
     assert_eq!(session_of(&x2), session_of(&first));
     assert_ne!(session_of(&y2), session_of(&x2));
     assert_eq!(content(&y2), "Y2 private to Y");

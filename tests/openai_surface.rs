@@ -9,38 +9,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::*;
 
-fn post(bridge: &Bridge, headers: &[(&str, &str)], body: &Value) -> HttpResponse {
-    let mut all = vec![("Content-Type", "application/json")];
-    all.extend_from_slice(headers);
-    request(
-        bridge.http,
-        "POST",
-        "/v1/chat/completions",
-        &all,
-        &body.to_string(),
-    )
-}
-
-fn chat(messages: Value) -> Value {
-    json!({"model": "claude-code", "messages": messages})
-}
-
-fn content(response: &HttpResponse) -> String {
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn session_of(response: &HttpResponse) -> String {
-    response
-        .headers
-        .get("x-session-key")
-        .cloned()
-        .unwrap_or_else(|| panic!("no X-Session-Key in {:?}", response.headers))
-}
-
 fn sessions(bridge: &Bridge) -> Vec<Value> {
     request(bridge.http, "GET", "/v1/sessions", &[], "").json()["data"]
         .as_array()
@@ -61,8 +29,8 @@ fn turns_of(bridge: &Bridge, key: &str) -> u64 {
 fn identical_histories_continue_in_different_sessions() {
     let bridge = Bridge::demo().arg("--retry-grace", "0s").start();
     let first = chat(json!([{"role": "user", "content": "hi T"}]));
-    let x = post(&bridge, &[], &first);
-    let y = post(&bridge, &[], &first);
+    let x = post_chat(&bridge, &[], &first);
+    let y = post_chat(&bridge, &[], &first);
     let reply = content(&x);
     assert_eq!(content(&y), reply);
     assert_ne!(
@@ -77,8 +45,8 @@ fn identical_histories_continue_in_different_sessions() {
             {"role": "user", "content": text},
         ]))
     };
-    let x2 = post(&bridge, &[], &next("X2 private to X"));
-    let y2 = post(&bridge, &[], &next("Y2 private to Y"));
+    let x2 = post_chat(&bridge, &[], &next("X2 private to X"));
+    let y2 = post_chat(&bridge, &[], &next("Y2 private to Y"));
     assert_eq!(content(&x2), "X2 private to X");
     assert_eq!(content(&y2), "Y2 private to Y");
     assert_eq!(session_of(&x2), session_of(&x));
@@ -98,8 +66,8 @@ fn identical_histories_continue_in_different_sessions() {
 fn identical_first_requests_within_the_grace_share_a_turn_then_fork_apart() {
     let bridge = Bridge::demo().start();
     let first = chat(json!([{"role": "user", "content": "hi T"}]));
-    let x = post(&bridge, &[], &first);
-    let y = post(&bridge, &[], &first);
+    let x = post_chat(&bridge, &[], &first);
+    let y = post_chat(&bridge, &[], &first);
     let reply = content(&x);
     assert_eq!(session_of(&x), session_of(&y));
     assert_eq!(
@@ -114,8 +82,8 @@ fn identical_first_requests_within_the_grace_share_a_turn_then_fork_apart() {
             {"role": "user", "content": text},
         ]))
     };
-    let x2 = post(&bridge, &[], &next("X2 private to X"));
-    let y2 = post(&bridge, &[], &next("Y2 private to Y"));
+    let x2 = post_chat(&bridge, &[], &next("X2 private to X"));
+    let y2 = post_chat(&bridge, &[], &next("Y2 private to Y"));
     assert_eq!(session_of(&x2), session_of(&x));
     assert_ne!(session_of(&y2), session_of(&x2));
     let seen = content(&y2);
@@ -136,7 +104,7 @@ fn an_edit_forks_from_its_branch_point() {
     let mut key = String::new();
     for text in ["A1", "A2", "A3"] {
         messages.push(json!({"role": "user", "content": text}));
-        let r = post(&bridge, &[], &chat(Value::Array(messages.clone())));
+        let r = post_chat(&bridge, &[], &chat(Value::Array(messages.clone())));
         let reply = content(&r);
         messages.push(json!({"role": "assistant", "content": reply}));
         if key.is_empty() {
@@ -149,7 +117,7 @@ fn an_edit_forks_from_its_branch_point() {
         messages[0], messages[1],
         {"role": "user", "content": "A2-edited"},
     ]));
-    let fork = post(&bridge, &[], &edited);
+    let fork = post_chat(&bridge, &[], &edited);
     let text = content(&fork);
     assert_ne!(
         session_of(&fork),
@@ -170,7 +138,7 @@ fn an_edit_forks_from_its_branch_point() {
         {"role": "assistant", "content": text},
         {"role": "user", "content": "B3"},
     ]));
-    let b3 = post(&bridge, &[], &after);
+    let b3 = post_chat(&bridge, &[], &after);
     assert_eq!(content(&b3), "B3");
     assert_eq!(session_of(&b3), fork_key);
 }
@@ -183,18 +151,18 @@ fn an_edit_forks_from_its_branch_point() {
 fn a_refused_continuation_leaves_the_conversation_to_continue() {
     let bridge = Bridge::demo().start();
     let hello = json!({"role": "user", "content": "R1"});
-    let first = post(&bridge, &[], &chat(json!([hello])));
+    let first = post_chat(&bridge, &[], &chat(json!([hello])));
     let reply = json!({"role": "assistant", "content": content(&first)});
     let key = session_of(&first);
     let bad_tool = json!({"role": "tool", "content": "result"});
-    let refused = post(&bridge, &[], &chat(json!([hello, reply, bad_tool])));
+    let refused = post_chat(&bridge, &[], &chat(json!([hello, reply, bad_tool])));
     assert_eq!(refused.status, 400, "{}", refused.text());
     assert!(
         refused.text().contains("tool_call_id"),
         "{}",
         refused.text()
     );
-    let next = post(
+    let next = post_chat(
         &bridge,
         &[],
         &chat(json!([hello, reply, {"role": "user", "content": "R2"}])),
@@ -207,12 +175,12 @@ fn a_refused_continuation_leaves_the_conversation_to_continue() {
 #[test]
 fn user_does_not_merge_conversations_unless_configured() {
     let bridge = Bridge::demo().start();
-    let a = post(
+    let a = post_chat(
         &bridge,
         &[],
         &json!({"user": "u", "messages": [{"role": "user", "content": "my secret is 1234"}]}),
     );
-    let b = post(
+    let b = post_chat(
         &bridge,
         &[],
         &json!({"user": "u", "messages": [{"role": "user", "content": "what is my secret?"}]}),
@@ -223,12 +191,12 @@ fn user_does_not_merge_conversations_unless_configured() {
     let opted_in = Bridge::demo()
         .arg("--session-key-sources", "x-session-key,user")
         .start();
-    let a = post(
+    let a = post_chat(
         &opted_in,
         &[],
         &json!({"user": "u", "messages": [{"role": "user", "content": "one"}]}),
     );
-    let b = post(
+    let b = post_chat(
         &opted_in,
         &[],
         &json!({"user": "u", "messages": [{"role": "user", "content": "two"}]}),
@@ -255,7 +223,7 @@ fn a_stateless_first_turn_retry_attaches_to_the_running_turn() {
     };
     give_up(&body);
     give_up(&body);
-    let last = post(&bridge, &[], &body);
+    let last = post_chat(&bridge, &[], &body);
     assert!(content(&last).starts_with("slow first turn"));
     let sessions = sessions(&bridge);
     assert_eq!(sessions.len(), 1, "one session ran the turn: {sessions:?}");
@@ -314,7 +282,7 @@ fn cors_preflight_and_headers_for_listed_origins() {
         h["access-control-allow-headers"],
         "authorization, content-type"
     );
-    let turn = post(
+    let turn = post_chat(
         &bridge,
         &[
             ("Origin", "https://app.example"),
@@ -382,7 +350,7 @@ fn n_above_one_is_refused_saying_why() {
     let bridge = Bridge::demo().start();
     let mut body = chat(json!([{"role": "user", "content": "x"}]));
     body["n"] = json!(2);
-    let r = post(&bridge, &[], &body);
+    let r = post_chat(&bridge, &[], &body);
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "unsupported_parameter");
     assert!(
@@ -399,7 +367,7 @@ fn stop_cuts_the_reply_streamed_and_not() {
     let bridge = Bridge::demo().start();
     let mut body = chat(json!([{"role": "user", "content": "alpha END beta"}]));
     body["stop"] = json!(["END", "zzz"]);
-    assert_eq!(content(&post(&bridge, &[], &body)), "alpha ");
+    assert_eq!(content(&post_chat(&bridge, &[], &body)), "alpha ");
     body["stream"] = json!(true);
     body["messages"][0]["content"] = json!("[sim:progress=2] gamma END delta");
     let (response, events) = stream_body(bridge.http, "stop-stream", &body.to_string());
@@ -421,7 +389,7 @@ fn a_json_schema_reply_that_comes_back_as_prose_is_repaired_once() {
         "content": "[sim:json_next] describe Ada\n{\"name\": \"Ada\", \"age\": 36}"}]));
     body["response_format"] =
         json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
-    let r = post(&bridge, &[], &body);
+    let r = post_chat(&bridge, &[], &body);
     let text = content(&r);
     let parsed: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(parsed, json!({"name": "Ada", "age": 36}));
@@ -434,7 +402,7 @@ fn a_json_schema_reply_that_comes_back_as_prose_is_repaired_once() {
     // Prose twice: a clear error.
     let mut prose = chat(json!([{"role": "user", "content": "just prose"}]));
     prose["response_format"] = json!({"type": "json_object"});
-    let failed = post(&bridge, &[], &prose);
+    let failed = post_chat(&bridge, &[], &prose);
     assert_eq!(failed.status, 502, "{}", failed.text());
     assert_eq!(failed.json()["error"]["code"], "reply_format_failed");
 }
@@ -443,7 +411,7 @@ fn a_json_schema_reply_that_comes_back_as_prose_is_repaired_once() {
 #[test]
 fn clients_get_short_errors_and_malformed_shapes_are_named() {
     let bridge = Bridge::demo().start();
-    let bogus = post(
+    let bogus = post_chat(
         &bridge,
         &[],
         &chat(json!([{"role": "bogus", "content": "x"}])),
@@ -457,7 +425,7 @@ fn clients_get_short_errors_and_malformed_shapes_are_named() {
         message.contains("messages[0].role") && message.contains("user"),
         "{message}"
     );
-    let died = post(
+    let died = post_chat(
         &bridge,
         &[("X-Session-Key", "dies")],
         &chat(json!([{"role": "user", "content": "my private words [sim:exit=3]"}])),

@@ -629,3 +629,39 @@ pub fn fake_claude(dir: &TempDir, version: &str) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path.to_string_lossy().into_owned()
 }
+
+/// Posts a non-streamed chat completion (`body`) with extra `headers`.
+pub fn post_chat(bridge: &Bridge, headers: &[(&str, &str)], body: &Value) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    request(
+        bridge.http,
+        "POST",
+        "/v1/chat/completions",
+        &all,
+        &body.to_string(),
+    )
+}
+
+/// A chat completion body of these `messages`.
+pub fn chat(messages: Value) -> Value {
+    serde_json::json!({"model": "claude-code", "messages": messages})
+}
+
+/// The reply text of a 200 non-streamed chat completion.
+pub fn content(response: &HttpResponse) -> String {
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The session key the bridge answered with (`X-Session-Key`).
+pub fn session_of(response: &HttpResponse) -> String {
+    response
+        .headers
+        .get("x-session-key")
+        .cloned()
+        .unwrap_or_else(|| panic!("no X-Session-Key in {:?}", response.headers))
+}
