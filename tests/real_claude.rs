@@ -26,12 +26,40 @@ fn real_claude() -> Option<String> {
     }
 }
 
+/// What every test here starts from: the real claude, a fake Anthropic API, a marker for its
+/// processes and a test dir with a seeded Claude config. None: Claude Code is not installed.
+struct Offline {
+    claude: String,
+    api: FakeAnthropic,
+    marker: String,
+    dir: TempDir,
+}
+
+fn offline(tag: &str) -> Option<Offline> {
+    let claude = real_claude()?;
+    let dir = TempDir::new(tag);
+    seed_claude_config(&dir, FAKE_KEY);
+    Some(Offline {
+        claude,
+        api: FakeAnthropic::start(),
+        marker: uuid::Uuid::new_v4().simple().to_string(),
+        dir,
+    })
+}
+
+/// A non-streamed chat turn of `messages`: (the session key answered, the reply text).
+fn converse(bridge: &Bridge, messages: &Value) -> (String, String) {
+    let r = post_chat(bridge, &[], &chat(messages.clone()));
+    assert_eq!(r.status, 200, "{}\nlog:\n{}", r.text(), bridge.log());
+    (session_of(&r), content(&r))
+}
+
 fn start(claude: &str, api: &FakeAnthropic, dir: TempDir, marker: &str) -> Bridge {
     start_with(claude, api, dir, marker, &[])
 }
 
 /// `start` with extra environment for the bridge (and so for claude and its channel), and
-/// bridge flags given as `("--flag", "value")`.
+/// bridge flags given as `("--flag", "value")` (`("--flag", "")` for a flag alone).
 fn start_with(
     claude: &str,
     api: &FakeAnthropic,
@@ -43,7 +71,9 @@ fn start_with(
     let builder = settings
         .iter()
         .fold(Bridge::real(claude).dir(dir), |b, (k, v)| {
-            if k.starts_with("--") {
+            if k.starts_with("--") && v.is_empty() {
+                b.flag(k)
+            } else if k.starts_with("--") {
                 b.arg(k, v)
             } else {
                 b.env(k, v)
@@ -68,11 +98,15 @@ fn all_text(request: &Value) -> String {
 
 #[test]
 fn two_turns_then_a_restart_resumes_the_same_conversation() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude")
+    else {
+        return;
+    };
     let mut bridge = start(&claude, &api, dir, &marker);
 
     let (_, events) = stream_chat(bridge.http, "real", "first question alpha");
@@ -159,12 +193,16 @@ fn pipelined_turns_get_their_own_answers_and_claude_marks_a_folded_one_as_not_th
     // Each model call takes 200 ms, so every next turn arrives while Claude is still in the
     // previous turn's closing call: Claude folds it into that call (or, when the call was
     // already sent, runs it right after). Either way each answer must be its own turn's.
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude-pipelined")
+    else {
+        return;
+    };
     api.set_delay(Duration::from_millis(200));
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude-pipelined");
-    seed_claude_config(&dir, FAKE_KEY);
     let mut bridge = start_with(
         &claude,
         &api,
@@ -215,11 +253,15 @@ fn pipelined_turns_get_their_own_answers_and_claude_marks_a_folded_one_as_not_th
 /// then answers with the conversation's history.
 #[test]
 fn a_returning_conversation_resumes_in_a_standby_with_its_history() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude-standby-resume");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude-standby-resume")
+    else {
+        return;
+    };
     let bridge = start_with(
         &claude,
         &api,
@@ -293,10 +335,12 @@ fn a_returning_conversation_resumes_in_a_standby_with_its_history() {
 
 #[test]
 fn doctor_passes_and_its_probe_gets_a_reply_from_the_real_claude() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let dir = TempDir::new("real-doctor");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude, api, dir, ..
+    }) = offline("real-doctor")
+    else {
+        return;
+    };
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
     let out = std::process::Command::new(BIN)
         .args([
@@ -337,11 +381,15 @@ fn doctor_passes_and_its_probe_gets_a_reply_from_the_real_claude() {
 /// that Claude re-listed the channel's tools (`notifications/tools/list_changed`).
 #[test]
 fn the_real_claude_calls_a_client_tool_and_uses_its_result() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude-tools");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude-tools")
+    else {
+        return;
+    };
     let channel_log = dir.path().join("channel.log");
     let channel_log = channel_log.to_str().unwrap().to_string();
     let bridge = start_with(
@@ -458,11 +506,15 @@ fn the_real_claude_calls_a_client_tool_and_uses_its_result() {
 /// response, and both results go back into the same Claude turn.
 #[test]
 fn parallel_client_tool_calls_of_the_real_claude_come_back_together() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude-parallel");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude-parallel")
+    else {
+        return;
+    };
     let bridge = start(&claude, &api, dir, &marker);
     let tool = |name: &str| {
         serde_json::json!({"type": "function", "function": {"name": name,
@@ -532,29 +584,29 @@ fn question_id(events: &[(std::time::Instant, String)]) -> Option<String> {
 
 #[test]
 fn a_bash_permission_question_reaches_the_chat_yes_runs_it_and_no_does_not() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-permission");
     // The seed caches tengu_harbor_permissions too: Claude 2.1.331 relays permission prompts
     // to a channel only with it (docs/ARCHITECTURE.md "Permission relay").
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-permission")
+    else {
+        return;
+    };
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
     let channel_log = dir.path().join("channel.log");
-    let bridge = Bridge::real(&claude)
-        .dir(dir)
-        .marker(&marker)
-        .arg("--workspace", workspace.to_str().unwrap())
-        .arg("--ready-timeout", "60s")
-        .arg("--heartbeat-interval", "5s")
-        .arg("--turn-timeout", "25s")
-        .env("SYNTHESIS_CHANNEL_LOG", channel_log.to_str().unwrap())
-        .env("ANTHROPIC_BASE_URL", &format!("http://{}", api.addr))
-        .env("ANTHROPIC_API_KEY", FAKE_KEY)
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
-        .start();
+    let bridge = start_with(
+        &claude,
+        &api,
+        dir,
+        &marker,
+        &[
+            ("--turn-timeout", "25s"),
+            ("SYNTHESIS_CHANNEL_LOG", channel_log.to_str().unwrap()),
+        ],
+    );
     let diagnose = || {
         format!(
             "bridge log:\n{}\nchannel log:\n{}\nmodel requests: {}; the last one's last messages:\n{}",
@@ -642,11 +694,15 @@ fn a_bash_permission_question_reaches_the_chat_yes_runs_it_and_no_does_not() {
 
 #[test]
 fn without_the_relay_flag_a_permission_prompt_fails_the_turn_instead_of_stalling() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-unrelayed");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-unrelayed")
+    else {
+        return;
+    };
     // Without tengu_harbor_permissions Claude keeps the prompt on its terminal.
     let state_file = dir.path().join("home/.claude/.claude.json");
     let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
@@ -687,29 +743,17 @@ fn without_the_relay_flag_a_permission_prompt_fails_the_turn_instead_of_stalling
 /// (the first exchange) and the edited message, never the abandoned second and third turns.
 #[test]
 fn an_edited_turn_forks_with_exactly_the_context_of_its_branch_point() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude-fork");
-    seed_claude_config(&dir, FAKE_KEY);
-    let bridge = start(&claude, &api, dir, &marker);
-    let post = |messages: &Value| {
-        let body = serde_json::json!({"model": "claude-code", "messages": messages}).to_string();
-        let r = request(
-            bridge.http,
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            &body,
-        );
-        assert_eq!(r.status, 200, "{}\nlog:\n{}", r.text(), bridge.log());
-        let key = r.headers["x-session-key"].clone();
-        let text = r.json()["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        (key, text)
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude-fork")
+    else {
+        return;
     };
+    let bridge = start(&claude, &api, dir, &marker);
+    let post = |messages: &Value| converse(&bridge, messages);
     let mut messages = vec![];
     let mut keys = vec![];
     for text in ["apple one", "banana two", "cherry three"] {
@@ -755,41 +799,23 @@ fn an_edited_turn_forks_with_exactly_the_context_of_its_branch_point() {
 /// make `fork_with_claude_flags` the default and assert exact context here.
 #[test]
 fn interactive_claude_forks_with_the_flags_but_ignores_resume_session_at() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let dir = TempDir::new("real-claude-fork-flags-interactive");
-    seed_claude_config(&dir, FAKE_KEY);
-    let workspace = dir.path().join("workspace").canonicalize().unwrap();
-    let bridge = Bridge::real(&claude)
-        .dir(dir)
-        .marker(&marker)
-        .arg("--workspace", workspace.to_str().unwrap())
-        .arg("--ready-timeout", "60s")
-        .arg("--heartbeat-interval", "5s")
-        .flag("--fork-with-claude-flags")
-        .env("ANTHROPIC_BASE_URL", &format!("http://{}", api.addr))
-        .env("ANTHROPIC_API_KEY", FAKE_KEY)
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("CLAUDE_CODE_GB_DISK_CACHE_WHEN_TELEMETRY_OFF", "1")
-        .start();
-    let post = |messages: &Value| {
-        let body = serde_json::json!({"model": "claude-code", "messages": messages}).to_string();
-        let r = request(
-            bridge.http,
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            &body,
-        );
-        assert_eq!(r.status, 200, "{}\nlog:\n{}", r.text(), bridge.log());
-        let text = r.json()["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        (r.headers["x-session-key"].clone(), text)
+    let Some(Offline {
+        claude,
+        api,
+        marker,
+        dir,
+    }) = offline("real-claude-fork-flags-interactive")
+    else {
+        return;
     };
+    let bridge = start_with(
+        &claude,
+        &api,
+        dir,
+        &marker,
+        &[("--fork-with-claude-flags", "")],
+    );
+    let post = |messages: &Value| converse(&bridge, messages);
     let mut messages = vec![];
     for text in ["apple one", "banana two", "cherry three"] {
         messages.push(serde_json::json!({"role": "user", "content": text}));
@@ -845,10 +871,12 @@ fn interactive_claude_forks_with_the_flags_but_ignores_resume_session_at() {
 /// bridge forks with the restored history instead; see the test above.)
 #[test]
 fn claude_code_can_fork_a_conversation_at_an_earlier_message() {
-    let Some(claude) = real_claude() else { return };
-    let api = FakeAnthropic::start();
-    let dir = TempDir::new("real-claude-fork-flags");
-    seed_claude_config(&dir, FAKE_KEY);
+    let Some(Offline {
+        claude, api, dir, ..
+    }) = offline("real-claude-fork-flags")
+    else {
+        return;
+    };
     let workspace = dir.path().join("workspace").canonicalize().unwrap();
     let home = dir.path().join("home");
     let run = |args: &[&str]| {
