@@ -342,6 +342,26 @@ impl Harness {
     }
 
     fn try_submit(&self, key: &str, content: &str) -> Result<SubmittedTurn, SubmitError> {
+        self.try_submit_answers(key, content, Vec::new())
+    }
+
+    /// A turn carrying `answers` (permission verdicts, client tool results).
+    fn submit_answers(
+        &self,
+        key: &str,
+        content: &str,
+        answers: Vec<crate::session::pending::Answer>,
+    ) -> SubmittedTurn {
+        self.try_submit_answers(key, content, answers)
+            .expect("turn admitted")
+    }
+
+    fn try_submit_answers(
+        &self,
+        key: &str,
+        content: &str,
+        answers: Vec<crate::session::pending::Answer>,
+    ) -> Result<SubmittedTurn, SubmitError> {
         self.registry.submit(
             key,
             NewTurn {
@@ -352,7 +372,7 @@ impl Harness {
                 fingerprint: None,
                 marked_retry: false,
                 system_prompt: None,
-                answers: Vec::new(),
+                answers,
                 fork_from: None,
             },
             Duration::ZERO,

@@ -7,23 +7,7 @@ use super::*;
 use crate::session::pending::{Answer, Pending, PendingKind, PermissionRelay};
 
 fn submit_answers(h: &Harness, key: &str, text: &str, answers: Vec<Answer>) -> SubmittedTurn {
-    h.registry
-        .submit(
-            key,
-            NewTurn {
-                content: text.into(),
-                received: Instant::now(),
-                history: None,
-                fingerprint: None,
-                marked_retry: false,
-                system_prompt: None,
-                answers,
-                client_tools: None,
-                fork_from: None,
-            },
-            Duration::ZERO,
-        )
-        .expect("turn admitted")
+    h.submit_answers(key, text, answers)
 }
 
 fn verdict(id: &str, allow: bool) -> Vec<Answer> {
