@@ -205,13 +205,19 @@ fn metrics_parse_and_count_what_happened() {
         );
     }
     // After its answer, a session drains until claude reports the end of its turn (its Stop
-    // hook), then is ready.
+    // hook), then is ready. The responder records its outbound time after the client's last
+    // byte, so that count may trail the response by a moment: both are awaited.
+    let grew_by = |after: &HashMap<String, f64>, name: &str| {
+        after[name] - before.get(name).copied().unwrap_or(0.0)
+    };
     let after = wait_until(Duration::from_secs(10), || {
         let after = parse_metrics(&request(bridge.http, "GET", "/metrics", &[], "").text());
-        (after["synthesis_sessions{state=\"ready\"}"] == 1.0).then_some(after)
+        (after["synthesis_sessions{state=\"ready\"}"] == 1.0
+            && grew_by(&after, "synthesis_bridge_outbound_seconds_count") >= 3.0)
+            .then_some(after)
     })
     .expect("the session is ready once claude reported the end of its turn");
-    let grew = |name: &str| after[name] - before.get(name).copied().unwrap_or(0.0);
+    let grew = |name: &str| grew_by(&after, name);
     assert_eq!(grew("synthesis_turns_completed_total"), 3.0);
     assert_eq!(grew("synthesis_spawns_total"), 1.0);
     assert!(grew("synthesis_heartbeats_total") >= 3.0);
